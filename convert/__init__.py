@@ -1,0 +1,1 @@
+"""PyTorch -> reprog-jax checkpoint conversion (`python -m convert torch ...`)."""

@@ -1,0 +1,177 @@
+"""`python -m convert torch ...`: a PyTorch ResNet (and ticket mask) -> a
+reprog-jax network directory.
+
+  python -m convert torch --arch resnet50 --weights W.pth [--mask M.pth] --out DIR
+  python -m convert torch --arch resnet50 --lt-dir LT --sparsity-state 8 --out DIR
+  python -m convert torch --arch resnet50 --random-init --out DIR   # smoke runs
+
+The output directory is written only once everything has been read,
+checked and (unless --no-verify) shown to reproduce PyTorch's logits; on any
+error nothing is written and the exit status is 1.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from convert import torch_io
+from convert.torch_to_flax import ConversionError, convert_masks, convert_state_dict
+from reprog_jax import masks as masks_lib
+from reprog_jax import networks
+from reprog_jax import resnet
+
+LT_WEIGHTS = "{arch}_dyn4_{k}_checkpoint.pth"
+LT_MASK = "{arch}_dyn4_{k}_mask.pth"
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m convert",
+      description="Convert PyTorch checkpoints into reprog-jax networks.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser(
+      "torch", help="a torchvision ResNet state dict (+ lottery-ticket mask)",
+      description="Convert a torchvision ResNet state dict, optionally with "
+      "a lottery-ticket mask, into a reprog-jax network directory.")
+  p.add_argument("--arch", required=True, choices=sorted(resnet.ARCHITECTURES))
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--weights", metavar="W.pth",
+                   help="a state dict, bare or under 'state_dict'/'model'")
+  src.add_argument("--lt-dir", metavar="DIR",
+                   help="a folder with the PyTorch version's ticket pair "
+                   f"{LT_WEIGHTS} + {LT_MASK}")
+  src.add_argument("--random-init", action="store_true",
+                   help="convert a randomly initialised torchvision network "
+                   "(random BatchNorm statistics too): for smoke runs only")
+  p.add_argument("--mask", metavar="M.pth",
+                 help="a lottery-ticket mask dict (0/1 per conv/fc weight)")
+  p.add_argument("--sparsity-state", type=int, metavar="K",
+                 help="with --lt-dir: the pruning round k (keeps 0.8**k)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="with --random-init: the torch seed (default 0)")
+  p.add_argument("--out", required=True, metavar="DIR",
+                 help="the network directory to write")
+  p.add_argument("--force", action="store_true",
+                 help="replace --out if it exists")
+  p.add_argument("--no-verify", dest="verify", action="store_false",
+                 help="skip running both networks on a random batch")
+  p.add_argument("--verify-size", type=int, default=224, metavar="PX",
+                 help="image size of the verification batch (default 224)")
+  p.add_argument("--verify-tol", type=float, default=1e-3, metavar="TOL",
+                 help="largest logit difference accepted (default 1e-3)")
+  p.add_argument("--per-layer", action="store_true",
+                 help="print the per-layer sparsity table")
+  return parser
+
+
+def _resolve_sources(args, parser):
+  """(weights path or None, mask path or None, ticket meta or None)."""
+  if args.lt_dir is not None:
+    if args.sparsity_state is None or args.mask is not None:
+      parser.error("--lt-dir needs --sparsity-state K and takes no --mask")
+    names = {"arch": args.arch, "k": args.sparsity_state}
+    return (os.path.join(args.lt_dir, LT_WEIGHTS.format(**names)),
+            os.path.join(args.lt_dir, LT_MASK.format(**names)),
+            {"sparsity_state": args.sparsity_state,
+             "expected_remaining_percent": 100 * 0.8 ** args.sparsity_state})
+  if args.sparsity_state is not None:
+    parser.error("--sparsity-state goes with --lt-dir")
+  if args.random_init and args.mask is not None:
+    parser.error("--random-init takes no --mask")
+  return args.weights, args.mask, None
+
+
+def run(args, parser) -> None:
+  weights_path, mask_path, ticket = _resolve_sources(args, parser)
+  out = os.path.abspath(args.out)
+  if os.path.exists(out) and not args.force:
+    raise ConversionError(f"{args.out}: exists; pass --force to replace it")
+
+  sources = {}
+  if args.random_init:
+    print(f"NOTE: no checkpoint given: converting a RANDOMLY INITIALISED "
+          f"torchvision {args.arch} (seed {args.seed}). Its predictions mean "
+          f"nothing; pass --weights W.pth to convert a real network.")
+    state_dict = torch_io.random_state_dict(args.arch, seed=args.seed)
+    sources["weights"] = {"random_init": True, "seed": args.seed}
+  else:
+    print(f"reading {weights_path}")
+    state_dict = torch_io.read_state_dict(weights_path, "weights")
+    sources["weights"] = {"path": os.path.abspath(weights_path),
+                          "sha256": torch_io.sha256(weights_path)}
+  fc = next((v for k, v in state_dict.items() if k.endswith("fc.weight")), None)
+  num_classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else 1000
+  tree = convert_state_dict(state_dict, args.arch, num_classes,
+                            source=weights_path or "random init")
+
+  mask_dict = None
+  if mask_path is not None:
+    print(f"reading {mask_path}")
+    mask_dict = torch_io.read_state_dict(mask_path, "mask")
+    masks, unmasked = convert_masks(mask_dict, tree["params"], source=mask_path)
+    sources["mask"] = {"path": os.path.abspath(mask_path),
+                       "sha256": torch_io.sha256(mask_path)}
+    if unmasked:
+      print(f"note: {mask_path} has no mask for {len(unmasked)} prunable "
+            f"weight(s), kept dense: {', '.join(unmasked[:5])}"
+            f"{' ...' if len(unmasked) > 5 else ''}")
+  else:
+    masks = masks_lib.dense(tree["params"])
+
+  report = masks_lib.sparsity(tree["params"], masks)
+  print(masks_lib.format_report(report, per_layer=args.per_layer))
+
+  verification = None
+  if args.verify:
+    verification = verify(args.arch, state_dict, mask_dict, tree, masks,
+                          num_classes, args.verify_size, args.verify_tol)
+
+  networks.save(out, arch=args.arch, params=tree["params"],
+                batch_stats=tree["batch_stats"], masks=masks,
+                overwrite=args.force, meta={
+                    "num_classes": num_classes,
+                    "sources": sources,
+                    "ticket": ticket,
+                    "dense": mask_path is None,
+                    "verification": verification,
+                    "sparsity": report,
+                })
+  print(f"wrote {args.out} ({args.arch}, "
+        f"{'ticket' if mask_path else 'dense'}); load it with "
+        f"reprog_jax.networks.load({args.out!r})")
+
+
+def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
+  """Runs torchvision and the converted network on one random batch."""
+  import jax
+
+  images = np.random.default_rng(0).standard_normal(
+      (2, size, size, 3)).astype(np.float32)
+  expected = torch_io.torch_logits(
+      torch_io.torchvision_model(arch, state_dict, mask_dict, num_classes),
+      images)
+  model = resnet.get_architecture(arch)(num_classes=num_classes)
+  got = np.asarray(networks.forward(
+      model, jax.device_put(tree["params"]), jax.device_put(tree["batch_stats"]),
+      jax.device_put(masks), images))
+  diff = float(np.max(np.abs(got - expected)))
+  print(f"verified against torchvision on a random {size}px batch: "
+        f"max |logit difference| = {diff:.2e}")
+  if not diff <= tol:
+    raise ConversionError(
+        f"converted {arch} differs from torchvision by {diff:.2e} > "
+        f"--verify-tol {tol:g}; nothing written")
+  return {"image_size": size, "batch": 2, "max_abs_logit_diff": diff}
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    run(args, parser)
+  except (ConversionError, networks.NetworkDirError, OSError) as e:
+    print(f"convert: error: {e}", file=sys.stderr)
+    return 1
+  return 0

@@ -1,0 +1,274 @@
+"""Label mappings: which source (ImageNet) class stands for each target class.
+
+A visually prompted network still outputs source logits, shape `(..., S)` with
+`S = 1000`. A *mapping sequence* of length `T` (the number of target classes)
+picks one distinct source class per target class, and the target logits are
+`source_logits[..., mapping_sequence]` (`apply_mapping`).
+
+Three ways to choose it, as in the PyTorch version:
+
+- ILM (iterative label mapping): from the network's predictions over the
+  training set with the current prompt, count how often each target class is
+  predicted as each source class (`count_matrix`), then match greedily
+  (`greedy_mapping`). Recomputed at the start of every epoch with
+  `epoch % mapping_interval == 0`.
+- FLM (frequency label mapping): the same computation, done once with the
+  initial prompt, before training, and then kept.
+- RLM (random label mapping): the first `T` entries of a seeded random
+  permutation of the source classes (`rlm`).
+
+"Every epoch" versus "once" is the training loop's business; this module only
+computes mappings. The counts are a sum over examples, so the loop can run the
+network batch by batch, add up `count_matrix` of each batch, and call
+`greedy_mapping` on the total.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_IMAGENET_CLASSES = 1000
+
+
+def count_matrix(
+    source_outputs: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    mask: jax.Array | None = None,
+    *,
+    num_source: int | None = None,
+) -> jax.Array:
+  """Counts target examples per (predicted source class, target class).
+
+  Entry `[s, t]` is the number of (valid) examples of target class `t` whose
+  argmax source class is `s`: the PyTorch version's `dist_matrix`. Counts of
+  several batches add up to the counts of their union.
+
+  Unlike the PyTorch version, which builds one column per label present in
+  the data, there is always one column per target class; a class without
+  examples gets a zero column.
+
+  Args:
+    source_outputs: Either source logits of shape `(N, S)` (floating point;
+      the argmax over the last axis is taken, first index on ties) or
+      integer source predictions of shape `(N,)` (then `num_source` is
+      required).
+    labels: Integer target labels, shape `(N,)`.
+    num_classes: Number of target classes `T`.
+    mask: Optional validity mask, shape `(N,)`; examples where it is false
+      or 0 are not counted (padding of a last, partial batch). Their labels
+      may be anything, even out of range.
+    num_source: Number of source classes `S`, for integer predictions only.
+
+  Returns:
+    An int32 array of shape `(S, T)`.
+
+  Raises:
+    ValueError: On inconsistent shapes or a missing `num_source`.
+  """
+  source_outputs = jnp.asarray(source_outputs)
+  if jnp.issubdtype(source_outputs.dtype, jnp.integer):
+    if source_outputs.ndim != 1:
+      raise ValueError(
+          "Integer source predictions must have shape (N,), got "
+          f"{source_outputs.shape}.")
+    if num_source is None:
+      raise ValueError("num_source is required with integer predictions.")
+    predictions = source_outputs
+  else:
+    if source_outputs.ndim != 2:
+      raise ValueError(
+          f"Source logits must have shape (N, S), got {source_outputs.shape}.")
+    if num_source is not None and num_source != source_outputs.shape[-1]:
+      raise ValueError(
+          f"num_source={num_source} disagrees with the logits' last axis "
+          f"({source_outputs.shape[-1]}).")
+    num_source = source_outputs.shape[-1]
+    predictions = jnp.argmax(source_outputs, axis=-1)
+  labels = jnp.asarray(labels)
+  if labels.shape != predictions.shape:
+    raise ValueError(
+        f"labels must have shape {predictions.shape}, got {labels.shape}.")
+  if mask is None:
+    weights = jnp.ones(predictions.shape, jnp.int32)
+  else:
+    weights = jnp.asarray(mask).astype(bool).astype(jnp.int32)
+  # Masked-out examples add 0 wherever their (maybe out-of-range) label
+  # points; "drop" also keeps an index past the end from being clamped.
+  return jnp.zeros((num_source, num_classes), jnp.int32).at[
+      predictions, labels].add(weights, mode="drop")
+
+
+def greedy_mapping(counts: jax.Array) -> jax.Array:
+  """Greedy one-to-one matching of target classes to source classes.
+
+  `T` times: take the largest entry of `counts` (argmax over the row-major
+  flattened `S x T` matrix, so the first one on ties), assign its target
+  class `t*` to its source class `s*`, and set row `s*` and column `t*` to
+  -1. This is the PyTorch version's loop with one source class per target.
+  Counts are non-negative, so a removed row or column is never picked again
+  while a valid entry remains. Jittable.
+
+  Args:
+    counts: Shape `(S, T)` with `T <= S`, non-negative, e.g. the output of
+      `count_matrix` summed over the training set.
+
+  Returns:
+    The mapping sequence: int32 of shape `(T,)`, distinct entries in
+    `[0, S)`; entry `t` is the source class of target class `t`.
+
+  Raises:
+    ValueError: If `counts` is not 2-D or has more columns than rows.
+  """
+  counts = jnp.asarray(counts)
+  if counts.ndim != 2:
+    raise ValueError(f"counts must have shape (S, T), got {counts.shape}.")
+  num_source, num_classes = counts.shape
+  if num_classes > num_source:
+    raise ValueError(
+        f"A one-to-one label mapping needs num_classes <= number of source "
+        f"classes; got {num_classes} target classes for {num_source} source "
+        "classes.")
+  # -1 marks a used row/column, so the dtype must be signed.
+  if not (jnp.issubdtype(counts.dtype, jnp.signedinteger)
+          or jnp.issubdtype(counts.dtype, jnp.floating)):
+    counts = counts.astype(jnp.int32)
+
+  def assign_one(_, carry):
+    remaining, mapping_sequence = carry
+    flat_index = jnp.argmax(remaining.reshape(-1))
+    source, target = jnp.divmod(flat_index, num_classes)
+    mapping_sequence = mapping_sequence.at[target].set(source)
+    remaining = remaining.at[source, :].set(-1).at[:, target].set(-1)
+    return remaining, mapping_sequence
+
+  initial = (counts, jnp.zeros((num_classes,), jnp.int32))
+  _, mapping_sequence = jax.lax.fori_loop(0, num_classes, assign_one, initial)
+  return mapping_sequence
+
+
+def ilm(
+    source_logits: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+  """Frequency-based label mapping from one array of source logits.
+
+  `greedy_mapping(count_matrix(...))`. For a training set too large for one
+  array, accumulate `count_matrix` over batches instead. ILM and FLM both use
+  this; they differ only in when the training loop calls it.
+
+  Args:
+    source_logits: Shape `(N, S)`.
+    labels: Integer target labels, shape `(N,)`.
+    num_classes: Number of target classes `T <= S`.
+    mask: Optional validity mask, shape `(N,)`.
+
+  Returns:
+    The int32 mapping sequence of shape `(T,)`.
+  """
+  return greedy_mapping(count_matrix(source_logits, labels, num_classes, mask))
+
+
+def rlm(
+    key_or_seed: jax.Array | int,
+    num_classes: int,
+    num_source: int = NUM_IMAGENET_CLASSES,
+) -> jax.Array:
+  """Random label mapping: the first `T` entries of a random permutation.
+
+  The PyTorch version draws `torch.randperm(1000)` from its global seed; the
+  JAX permutation of the same seed is a different one, so the two agree in
+  distribution, not entry by entry.
+
+  Args:
+    key_or_seed: A JAX PRNG key or an integer seed.
+    num_classes: Number of target classes `T`.
+    num_source: Number of source classes `S`.
+
+  Returns:
+    int32 of shape `(T,)`, distinct entries in `[0, S)`.
+
+  Raises:
+    ValueError: If `num_classes > num_source`.
+  """
+  if num_classes > num_source:
+    raise ValueError(
+        f"A one-to-one label mapping needs num_classes <= number of source "
+        f"classes; got {num_classes} target classes for {num_source} source "
+        "classes.")
+  if isinstance(key_or_seed, (int, np.integer)):
+    key_or_seed = jax.random.key(int(key_or_seed))
+  permutation = jax.random.permutation(key_or_seed, num_source)
+  return permutation[:num_classes].astype(jnp.int32)
+
+
+def apply_mapping(source_logits: jax.Array,
+                  mapping_sequence: jax.Array) -> jax.Array:
+  """Target logits: the source logits of the mapped classes, in target order.
+
+  Args:
+    source_logits: Shape `(..., S)`.
+    mapping_sequence: Integer, shape `(T,)`.
+
+  Returns:
+    Shape `(..., T)`; `[..., t]` is `source_logits[..., mapping_sequence[t]]`.
+  """
+  return jnp.take(source_logits, mapping_sequence, axis=-1)
+
+
+class LabelMapping(NamedTuple):
+  """How a label mapping is chosen, for the training loop.
+
+  Attributes:
+    name: The registry key.
+    from_predictions: True if computed by `greedy_mapping` of the counts of
+      the prompted network's predictions on the training set; False if drawn
+      at random by `rlm`.
+    remap_every_interval: True if recomputed at the start of every epoch
+      with `epoch % mapping_interval == 0` (ILM); False if computed once,
+      before training (FLM, RLM).
+  """
+  name: str
+  from_predictions: bool
+  remap_every_interval: bool
+
+  def is_mapping_epoch(self, epoch: int, mapping_interval: int = 1) -> bool:
+    """Whether to (re)compute the mapping at the start of `epoch` (0-based).
+
+    Epoch 0 always needs one: "once, before training" is the start of epoch
+    0, and ILM's `0 % mapping_interval == 0` includes it too.
+    """
+    if self.remap_every_interval:
+      return epoch % mapping_interval == 0
+    return epoch == 0
+
+
+LABEL_MAPPINGS = {
+    "ilm": LabelMapping("ilm", from_predictions=True,
+                        remap_every_interval=True),
+    "flm": LabelMapping("flm", from_predictions=True,
+                        remap_every_interval=False),
+    "rlm": LabelMapping("rlm", from_predictions=False,
+                        remap_every_interval=False),
+}
+
+
+def get_label_mapping(name: str) -> LabelMapping:
+  """Returns the label mapping kind registered under `name`.
+
+  Args:
+    name: A key of `LABEL_MAPPINGS`.
+
+  Raises:
+    ValueError: If `name` is unknown; the message lists the valid names.
+  """
+  try:
+    return LABEL_MAPPINGS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown label mapping {name!r}; valid names: "
+        f"{sorted(LABEL_MAPPINGS)}.") from None

@@ -1,0 +1,68 @@
+"""Shared fixtures: random torchvision checkpoints written with torch.save."""
+
+import os
+
+import numpy as np
+import pytest
+
+import torch
+import torchvision
+
+from convert import torch_io
+
+
+def torch_reference(arch, state_dict, mask=None, num_classes=1000):
+  """torchvision `arch` holding `weight * mask`, built here independently of
+  the converter (the PyTorch version's recipe for a ticket)."""
+  model = getattr(torchvision.models, arch)(weights=None,
+                                            num_classes=num_classes)
+  tensors = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+  for key, m in (mask or {}).items():
+    tensors[key] = tensors[key] * torch.as_tensor(m, dtype=torch.float32)
+  model.load_state_dict(tensors)
+  return model.eval()
+
+
+def run_torch(model, images_nhwc, features=False):
+  with torch.no_grad():
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+    if features:
+      body = torch.nn.Sequential(*list(model.children())[:-1])
+      return body(x).flatten(1).numpy()
+    return model(x).numpy()
+
+
+def random_mask(state_dict, keep, seed):
+  """0/1 masks on every conv weight and the fc weight (the LT mask file's
+  keys), keeping about `keep` of each."""
+  rng = np.random.default_rng(seed)
+  return {k: (rng.random(v.shape) < keep).astype(np.float32)
+          for k, v in state_dict.items()
+          if k.endswith("weight") and (v.ndim == 4 or k == "fc.weight")}
+
+
+def save_pth(path, tensors_or_obj):
+  obj = tensors_or_obj
+  if isinstance(obj, dict):
+    obj = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+           for k, v in obj.items()}
+  torch.save(obj, path)
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def resnet18_state():
+  return torch_io.random_state_dict("resnet18", seed=1)
+
+
+@pytest.fixture(scope="session")
+def resnet18_pth(tmp_path_factory, resnet18_state):
+  return save_pth(tmp_path_factory.mktemp("r18") / "resnet18.pth",
+                  resnet18_state)
+
+
+def listing(directory):
+  """Everything under `directory`, to check that nothing was written."""
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, dirs, files in os.walk(directory)
+                for name in dirs + files)

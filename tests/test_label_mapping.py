@@ -1,0 +1,209 @@
+"""Tests for reprog_jax.label_mapping: ILM/FLM/RLM label mappings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reprog_jax import label_mapping
+
+
+def reference_mapping(dist_matrix):
+  """The PyTorch version's greedy matching (one source per target), in NumPy.
+
+  Transcribes `predictive_distribution_based_multi_label_mapping` with
+  `mlm_num = 1` and how `generate_label_mapping_by_frequency` reads the
+  mapping sequence off the 0/1 mapping matrix.
+  """
+  dist_matrix = np.array(dist_matrix, np.int64)
+  num_source, num_classes = dist_matrix.shape
+  assert num_classes <= num_source
+  mapping_matrix = np.zeros_like(dist_matrix)
+  for _ in range(num_classes):
+    loc = int(dist_matrix.argmax())  # Flattened, row-major, first on ties.
+    row, col = loc // num_classes, loc % num_classes
+    mapping_matrix[row, col] = 1
+    dist_matrix[row] = -1
+    if mapping_matrix[:, col].sum() == 1:
+      dist_matrix[:, col] = -1
+  pairs = np.argwhere(mapping_matrix)  # Like torch.nonzero: row-major.
+  return pairs[:, 0][np.argsort(pairs[:, 1], kind="stable")]
+
+
+def reference_dist_matrix(logits, labels, num_classes):
+  """The PyTorch version's get_dist_matrix, in NumPy."""
+  one_hot = np.eye(logits.shape[-1], dtype=np.int64)[logits.argmax(-1)]
+  return np.stack([one_hot[labels == i].sum(0) for i in range(num_classes)],
+                  axis=1)
+
+
+def test_hand_made_example():
+  counts = np.array([[5, 0, 1],
+                     [2, 7, 0],
+                     [0, 7, 3],
+                     [4, 1, 6]])
+  # 7 at (1, 1) comes before the tied 7 at (2, 1): target 1 -> source 1.
+  # Rows 0, 2, 3 and columns 0, 2 remain; 6 at (3, 2): target 2 -> source 3.
+  # Rows 0, 2 and column 0 remain; 5 at (0, 0): target 0 -> source 0.
+  np.testing.assert_array_equal(label_mapping.greedy_mapping(counts),
+                                [0, 1, 3])
+  assert reference_mapping(counts).tolist() == [0, 1, 3]
+
+
+def test_greedy_is_one_to_one_not_per_column_argmax():
+  # Both targets are mostly predicted as source 0; target 0 has the larger
+  # count, so target 1 falls back to its next source, 2.
+  counts = np.array([[9, 8],
+                     [0, 1],
+                     [0, 5]])
+  np.testing.assert_array_equal(label_mapping.greedy_mapping(counts), [0, 2])
+
+
+def test_all_zero_counts_map_in_order():
+  # Every entry ties at 0: the first free (row, column) wins each time.
+  np.testing.assert_array_equal(
+      label_mapping.greedy_mapping(np.zeros((5, 3), np.int32)), [0, 1, 2])
+
+
+@pytest.mark.parametrize("shape,high", [
+    ((6, 6), 2),      # T = S, many ties.
+    ((10, 3), 2),     # 0/1 counts: ties everywhere.
+    ((12, 5), 4),
+    ((30, 7), 1),     # All zero.
+    ((20, 20), 100),  # T = S, few ties.
+    ((50, 10), 1000),
+])
+def test_matches_reference_on_random_counts(shape, high):
+  rng = np.random.default_rng(shape[0] * 1000 + shape[1] + high)
+  batch = rng.integers(0, high, size=(40,) + shape).astype(np.int32)
+  # vmap: one compilation for 40 matrices, and the function must vmap.
+  ours = np.asarray(jax.jit(jax.vmap(label_mapping.greedy_mapping))(batch))
+  for counts, mapping_sequence in zip(batch, ours):
+    np.testing.assert_array_equal(mapping_sequence, reference_mapping(counts))
+    assert len(set(mapping_sequence.tolist())) == shape[1]
+
+
+def test_ilm_matches_reference_on_logits():
+  rng = np.random.default_rng(0)
+  num_source, num_classes, n = 1000, 10, 500
+  labels = rng.integers(0, num_classes, size=n)
+  # Logits biased so that each class prefers a few source classes.
+  logits = rng.normal(size=(n, num_source)).astype(np.float32)
+  logits[np.arange(n), labels * 3 + rng.integers(0, 3, size=n)] += 3.0
+  expected = reference_mapping(
+      reference_dist_matrix(logits, labels, num_classes))
+  ours = jax.jit(label_mapping.ilm, static_argnums=2)(logits, labels,
+                                                      num_classes)
+  assert ours.dtype == jnp.int32 and ours.shape == (num_classes,)
+  np.testing.assert_array_equal(ours, expected)
+
+
+def test_count_matrix_by_hand():
+  # Predictions (argmax; row 3 ties between 1 and 2, first wins): 2, 0, 2, 1.
+  logits = np.array([[0., 1., 5.],
+                     [4., 1., 0.],
+                     [0., 0., 2.],
+                     [0., 3., 3.]], np.float32)
+  labels = np.array([0, 0, 1, 1])
+  expected = np.array([[1, 0],   # Source 0: one example of target 0.
+                       [0, 1],   # Source 1: one of target 1.
+                       [1, 1]])  # Source 2: one of each.
+  counts = label_mapping.count_matrix(logits, labels, 2)
+  assert counts.dtype == jnp.int32
+  np.testing.assert_array_equal(counts, expected)
+  np.testing.assert_array_equal(
+      label_mapping.count_matrix(np.array([2, 0, 2, 1]), labels, 2,
+                                 num_source=3), expected)
+
+
+def test_count_matrix_mask_excludes_padding():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(12, 20)).astype(np.float32)
+  labels = rng.integers(0, 4, size=12)
+  mask = np.array([1] * 9 + [0] * 3, bool)
+  # Padded examples carry garbage labels, including out-of-range ones.
+  labels[9:] = [-1, 4, 1000]
+  counts = label_mapping.count_matrix(logits, labels, 4, mask)
+  np.testing.assert_array_equal(
+      counts, reference_dist_matrix(logits[:9], labels[:9], 4))
+  assert int(counts.sum()) == 9
+  np.testing.assert_array_equal(
+      label_mapping.ilm(logits, labels, 4, mask),
+      reference_mapping(reference_dist_matrix(logits[:9], labels[:9], 4)))
+
+
+def test_count_matrix_accumulates_over_batches():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(30, 15)).astype(np.float32)
+  labels = rng.integers(0, 5, size=30)
+  total = sum(label_mapping.count_matrix(logits[i:i + 8], labels[i:i + 8], 5)
+              for i in range(0, 30, 8))
+  np.testing.assert_array_equal(total,
+                                reference_dist_matrix(logits, labels, 5))
+
+
+def test_missing_class_gets_a_zero_column():
+  logits = np.eye(4, dtype=np.float32)
+  counts = label_mapping.count_matrix(logits, np.array([0, 0, 2, 2]), 3)
+  assert counts.shape == (4, 3)
+  np.testing.assert_array_equal(counts[:, 1], 0)
+
+
+def test_too_many_target_classes_is_an_error():
+  with pytest.raises(ValueError, match="num_classes <= number of source"):
+    label_mapping.greedy_mapping(np.zeros((3, 4), np.int32))
+  with pytest.raises(ValueError, match="num_classes <= number of source"):
+    label_mapping.ilm(np.zeros((2, 3), np.float32), np.array([0, 1]), 4)
+  with pytest.raises(ValueError, match="num_classes <= number of source"):
+    label_mapping.rlm(0, 11, num_source=10)
+
+
+def test_count_matrix_argument_errors():
+  with pytest.raises(ValueError, match="num_source"):
+    label_mapping.count_matrix(np.array([0, 1]), np.array([0, 1]), 2)
+  with pytest.raises(ValueError, match="labels"):
+    label_mapping.count_matrix(np.zeros((3, 5), np.float32),
+                               np.array([0, 1]), 2)
+
+
+def test_rlm_is_a_seeded_permutation_prefix():
+  first = np.asarray(label_mapping.rlm(4, 10))
+  assert first.dtype == np.int32 and first.shape == (10,)
+  assert len(set(first.tolist())) == 10
+  assert first.min() >= 0 and first.max() < 1000
+  np.testing.assert_array_equal(label_mapping.rlm(4, 10), first)
+  np.testing.assert_array_equal(label_mapping.rlm(jax.random.key(4), 10),
+                                first)
+  # A longer mapping from the same seed extends the shorter one.
+  np.testing.assert_array_equal(label_mapping.rlm(4, 100)[:10], first)
+  assert not np.array_equal(label_mapping.rlm(5, 10), first)
+  # With T = S it is a whole permutation.
+  np.testing.assert_array_equal(np.sort(label_mapping.rlm(3, 50, 50)),
+                                np.arange(50))
+
+
+def test_apply_mapping_selects_in_target_order():
+  source_logits = np.arange(2 * 3 * 6, dtype=np.float32).reshape(2, 3, 6)
+  target_logits = label_mapping.apply_mapping(source_logits,
+                                              jnp.array([5, 0, 2]))
+  assert target_logits.shape == (2, 3, 3)
+  # Row [1, 2] holds 30..35, i.e. source class c has logit 30 + c.
+  np.testing.assert_array_equal(target_logits[1, 2], [35., 30., 32.])
+
+
+def test_registry():
+  assert label_mapping.get_label_mapping("ilm").remap_every_interval
+  assert label_mapping.get_label_mapping("flm").from_predictions
+  assert not label_mapping.get_label_mapping("flm").remap_every_interval
+  assert not label_mapping.get_label_mapping("rlm").from_predictions
+  with pytest.raises(ValueError, match="'flm', 'ilm', 'rlm'"):
+    label_mapping.get_label_mapping("blm")
+
+
+def test_mapping_epochs():
+  ilm, flm, rlm = (label_mapping.get_label_mapping(n)
+                   for n in ("ilm", "flm", "rlm"))
+  assert [e for e in range(7) if ilm.is_mapping_epoch(e)] == list(range(7))
+  assert [e for e in range(7) if ilm.is_mapping_epoch(e, 3)] == [0, 3, 6]
+  assert [e for e in range(7) if flm.is_mapping_epoch(e, 3)] == [0]
+  assert [e for e in range(7) if rlm.is_mapping_epoch(e)] == [0]

@@ -1,0 +1,111 @@
+"""Parity: converted Flax ResNets compute what torchvision computes."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import random_mask, run_torch, save_pth, torch_reference
+from convert import cli, torch_io
+from reprog_jax import masks as masks_lib
+from reprog_jax import networks
+
+TOLERANCE = 1e-4  # max |logit difference| in float32
+
+
+def _convert(tmp_path, arch, state_dict, mask=None):
+  args = ["torch", "--arch", arch, "--weights",
+          save_pth(tmp_path / "w.pth", state_dict), "--out",
+          str(tmp_path / "net"), "--no-verify"]
+  if mask is not None:
+    args += ["--mask", save_pth(tmp_path / "m.pth", mask)]
+  assert cli.main(args) == 0
+  return networks.load(tmp_path / "net")
+
+
+@pytest.fixture(scope="module", params=["resnet18", "resnet50"])
+def case(request, tmp_path_factory):
+  arch = request.param
+  state = torch_io.random_state_dict(arch, seed=3)
+  mask = random_mask(state, keep=0.2, seed=4)  # 80 % sparse
+  dense = _convert(tmp_path_factory.mktemp("dense"), arch, state)
+  ticket = _convert(tmp_path_factory.mktemp("ticket"), arch, state, mask)
+  return arch, state, mask, dense, ticket
+
+
+@pytest.mark.parametrize("size", [224, 64])
+def test_dense_logits_match_torchvision(case, size):
+  arch, state, _, dense, _ = case
+  x = np.random.default_rng(size).standard_normal(
+      (2, size, size, 3)).astype(np.float32)
+  expected = run_torch(torch_reference(arch, state), x)
+  got = np.asarray(dense.logits(x))
+  assert got.shape == (2, 1000) and got.dtype == np.float32
+  np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("size", [224, 64])
+def test_ticket_logits_match_torchvision_weight_times_mask(case, size):
+  arch, state, mask, dense, ticket = case
+  x = np.random.default_rng(size + 1).standard_normal(
+      (2, size, size, 3)).astype(np.float32)
+  expected = run_torch(torch_reference(arch, state, mask), x)
+  got = np.asarray(ticket.logits(x))
+  np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+  # The mask matters: the dense network answers differently.
+  assert np.abs(np.asarray(dense.logits(x)) - expected).max() > 100 * TOLERANCE
+
+
+def test_features_match_torchvision_pooled_features(case):
+  arch, state, mask, _, ticket = case
+  x = np.random.default_rng(7).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  expected = run_torch(torch_reference(arch, state, mask), x, features=True)
+  got = np.asarray(ticket.features(x))
+  assert got.shape == (2, 2048 if arch == "resnet50" else 512)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_ticket_and_dense_share_one_code_path(case):
+  _, _, _, dense, ticket = case
+  # Same tree structure: a ticket is the dense network plus a mask pytree.
+  assert (jax.tree.structure(dense.masks, is_leaf=lambda m: m is None)
+          == jax.tree.structure(ticket.masks, is_leaf=lambda m: m is None))
+  flat = jax.tree_util.tree_flatten_with_path(
+      ticket.masks, is_leaf=lambda m: m is None)[0]
+  masked = {jax.tree_util.keystr(p) for p, m in flat if m is not None}
+  # Masks sit exactly on the conv kernels and the fc kernel.
+  assert all(k.endswith("['kernel']") for k in masked)
+  n_convs = {"resnet18": 20, "resnet50": 53}[case[0]]
+  assert len(masked) == n_convs + 1
+
+
+def test_bfloat16_compute_keeps_float32_params_and_is_close(resnet18_state):
+  from convert.torch_to_flax import convert_state_dict
+  from reprog_jax import resnet
+  tree = convert_state_dict(resnet18_state, "resnet18")
+  masks = masks_lib.dense(tree["params"])
+  x = np.random.default_rng(9).standard_normal((2, 64, 64, 3)).astype(np.float32)
+  got = networks.forward(resnet.ResNet18(dtype=jax.numpy.bfloat16),
+                         tree["params"], tree["batch_stats"], masks, x)
+  assert got.dtype == np.float32  # Logits come back float32 for the loss.
+  expected = run_torch(torch_reference("resnet18", resnet18_state), x)
+  # bfloat16 keeps ~3 significant digits: close to PyTorch, not equal.
+  err = np.abs(np.asarray(got) - expected).max()
+  assert TOLERANCE < err < 0.1 * np.abs(expected).max()
+
+
+def test_parameter_count_matches_torchvision():
+  import torchvision
+  for arch, count in [("resnet18", 11_689_512), ("resnet34", 21_797_672),
+                      ("resnet50", 25_557_032)]:
+    tree = networks.abstract_variables(arch)["params"]
+    ours = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(tree))
+    theirs = sum(p.numel() for p in getattr(torchvision.models, arch)().parameters())
+    assert ours == theirs == count
+
+
+def test_load_rejects_a_directory_that_is_not_a_convert_output(tmp_path):
+  (tmp_path / "meta.json").write_text("{\"format\": \"something else\"}")
+  with pytest.raises(networks.NetworkDirError, match="not a reprog-jax network"):
+    networks.load(tmp_path)
+  with pytest.raises(networks.NetworkDirError, match="no such network directory"):
+    networks.load(tmp_path / "missing")

@@ -1,0 +1,50 @@
+"""The README's commands are true."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def readme_command(marker):
+  text = (ROOT / "README.md").read_text()
+  m = re.search(rf"<!-- {marker} -->\s*```bash\n(.*?)\n```", text, re.S)
+  assert m, f"no command after <!-- {marker} --> in README.md"
+  return m.group(1).strip()
+
+
+def _steps(command):
+  """The command's steps after setting up and installing."""
+  steps = [s.strip() for s in command.split("&&")]
+  install = max(i for i, s in enumerate(steps) if s.startswith("pip install"))
+  return steps[:install + 1], steps[install + 1:]
+
+
+def test_ci_runs_the_readme_test_command():
+  cmd = readme_command("test-command")
+  setup, rest = _steps(cmd)
+  assert setup[0].startswith("python3 -m venv .venv")
+  assert rest == ["python -m pytest -q"]
+  # .ci/run extracts the very same text.
+  script = (ROOT / ".ci" / "run").read_text()
+  assert "<!-- test-command -->" in script
+
+
+def test_main_command_runs_offline_and_says_the_network_is_random(tmp_path):
+  setup, rest = _steps(readme_command("main-command"))
+  assert "'.[torch]'" in setup[-1]
+  env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}"
+             f"{os.pathsep}{os.environ['PATH']}")
+  proc = subprocess.run(["bash", "-euo", "pipefail", "-c", " && ".join(rest)],
+                        cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "RANDOMLY INITIALISED" in proc.stdout
+  assert "remaining weight (PyTorch definition" in proc.stdout
+  assert re.search(r"verified against torchvision .* = \d\.\d+e-0[5-9]",
+                   proc.stdout)
+  assert "top-5 prediction" in proc.stdout
+  assert (tmp_path / "runs" / "resnet50-random" / "meta.json").exists()
