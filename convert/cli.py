@@ -106,13 +106,22 @@ def run(args, parser) -> None:
   tree = convert_state_dict(state_dict, args.arch, num_classes,
                             source=weights_path or "random init")
 
-  mask_dict = None
+  mask_dict, outside = None, 0
   if mask_path is not None:
     print(f"reading {mask_path}")
     mask_dict = torch_io.read_state_dict(mask_path, "mask")
     masks, unmasked = convert_masks(mask_dict, tree["params"], source=mask_path)
     sources["mask"] = {"path": os.path.abspath(mask_path),
                        "sha256": torch_io.sha256(mask_path)}
+    outside = masks_lib.nonzero_outside(tree["params"], masks)
+    if outside:
+      # The PyTorch version's loader (get_pruned_model) re-copies every
+      # `model.`-prefixed checkpoint weight after masking, so with such a
+      # file it ran the raw weights, not mask * weight.
+      print(f"note: {weights_path} has {outside:,} nonzero weights where the "
+            f"mask is 0; we use mask * weight (the ticket), whereas the "
+            f"PyTorch version's loader, given `model.`-prefixed keys, keeps "
+            f"the raw weights")
     if unmasked:
       print(f"note: {mask_path} has no mask for {len(unmasked)} prunable "
             f"weight(s), kept dense: {', '.join(unmasked[:5])}"
@@ -135,6 +144,8 @@ def run(args, parser) -> None:
                     "sources": sources,
                     "ticket": ticket,
                     "dense": mask_path is None,
+                    "weights_nonzero_outside_mask": (
+                        outside if mask_path is not None else None),
                     "verification": verification,
                     "sparsity": report,
                 })

@@ -55,6 +55,19 @@ def from_storable(stored: dict, params: Params) -> Masks:
   })
 
 
+def nonzero_outside(params: Params, masks: Masks) -> int:
+  """How many weights are nonzero where their mask is 0.
+
+  Lottery-ticket files usually store pruned weights as zeros already; a
+  nonzero count means the raw checkpoint is denser than its ticket.
+  """
+  flat_params = flax.traverse_util.flatten_dict(params)
+  return sum(
+      int(np.count_nonzero(np.asarray(flat_params[path])[~np.asarray(m, bool)]))
+      for path, m in flax.traverse_util.flatten_dict(masks).items()
+      if m is not None)
+
+
 def torch_name(path: tuple[str, ...]) -> str:
   """`('layer1', '0', 'conv1', 'kernel')` -> `'layer1.0.conv1'`."""
   return ".".join(path[:-1])

@@ -110,6 +110,32 @@ class Network:
     """The sparsity report (see `masks.sparsity`)."""
     return masks_lib.sparsity(self.params, self.masks)
 
+  @property
+  def frozen(self) -> dict:
+    """The frozen trees, as training code passes them to `forward`."""
+    return {"params": self.params, "batch_stats": self.batch_stats,
+            "masks": self.masks}
+
+
+def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
+  """A randomly initialised dense network, for smoke runs without a file.
+
+  Flax's initialisation, identity BatchNorm statistics; its predictions mean
+  nothing. Its `meta` says so (`sources.weights.random_init`).
+  """
+  model = resnet.get_architecture(arch)(dtype=dtype)
+  variables = jax.jit(model.init)(jax.random.key(seed),
+                                  jnp.zeros((1, 32, 32, 3)))
+  params = variables["params"]
+  masks = masks_lib.dense(params)
+  meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
+          "num_classes": 1000, "dense": True, "ticket": None,
+          "sources": {"weights": {"random_init": True, "seed": seed,
+                                  "initialiser": "flax"}}}
+  return Network(model=model, params=params,
+                 batch_stats=variables["batch_stats"],
+                 masks=jax.device_put(masks), meta=meta)
+
 
 def save(directory, *, arch, params, batch_stats, masks, meta,
          overwrite=False) -> None:

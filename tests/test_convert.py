@@ -54,6 +54,12 @@ def test_lt_pair_converts_and_reports_the_sparsity_pytorch_counts(
   assert meta["sparsity"]["remaining_percent"] == pytest.approx(expected, abs=1e-9)
   assert f"{expected:.2f} %" in out
   assert meta["ticket"]["sparsity_state"] == k and not meta["dense"]
+  # These weights were not zeroed under the mask: reported, not hidden.
+  raw_outside = sum(int(np.count_nonzero(state[n][m == 0]))
+                    for n, m in mask.items())
+  assert raw_outside > 0
+  assert meta["weights_nonzero_outside_mask"] == raw_outside
+  assert f"has {raw_outside:,} nonzero weights where the mask is 0" in out
   for key, path in [("weights", weights), ("mask", mask_file)]:
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert meta["sources"][key] == {"path": os.path.abspath(path),

@@ -80,3 +80,16 @@ def test_apply_under_jit_with_bfloat16_params():
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.bfloat16), _tree())
   out = jax.jit(masks.apply)(params, masks.dense(_tree()))
   assert out["fc"]["kernel"].dtype == jnp.bfloat16
+
+
+def test_nonzero_outside_counts_weights_the_mask_removes():
+  params = _tree()
+  m = masks.dense(params)
+  # conv1 kernel is 1..8: mask away 3 of them (all nonzero) ...
+  m["conv1"]["kernel"] = np.array([1, 1, 0, 1, 0, 1, 0, 1], bool).reshape(2, 2, 1, 2)
+  # ... and 2 fc weights, one of which is already 0.
+  params["fc"]["kernel"][0, 0] = 0.0
+  m["fc"]["kernel"] = np.ones((4, 3), bool)
+  m["fc"]["kernel"][0, :2] = False
+  assert masks.nonzero_outside(params, m) == 3 + 1
+  assert masks.nonzero_outside(params, masks.dense(params)) == 0

@@ -109,3 +109,19 @@ def test_load_rejects_a_directory_that_is_not_a_convert_output(tmp_path):
     networks.load(tmp_path)
   with pytest.raises(networks.NetworkDirError, match="no such network directory"):
     networks.load(tmp_path / "missing")
+
+
+def test_summary_command_prints_sparsity_and_a_prediction(
+    tmp_path, resnet18_pth, capsys):
+  assert cli.main(["torch", "--arch", "resnet18", "--weights", resnet18_pth,
+                   "--out", str(tmp_path / "net"), "--no-verify"]) == 0
+  capsys.readouterr()
+  assert networks.main([str(tmp_path / "net")]) == 0
+  out = capsys.readouterr().out
+  assert "resnet18, 1000 classes, dense" in out
+  assert "remaining weight (PyTorch definition: convs except conv1): 100.00 %" in out
+  assert "top-5 prediction for a synthetic test pattern" in out
+  # The five lines name real ImageNet classes, most probable first.
+  probs = [float(l.split("%")[0]) for l in out.splitlines()[-5:]]
+  assert probs == sorted(probs, reverse=True)
+  assert networks.main([str(tmp_path / "missing")]) == 1

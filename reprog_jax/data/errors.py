@@ -1,0 +1,10 @@
+"""The one exception the data package raises for bad input or missing data."""
+
+
+class DataError(ValueError):
+  """A user-facing data problem, described in one line.
+
+  Raised for an unknown dataset name, an invalid few-shot budget, data that
+  is not where the config says, or a malformed folder dataset. Command-line
+  entry points print the message and exit with status 1.
+  """

@@ -1,0 +1,132 @@
+"""Few-shot subsets and stratified hold-out cuts, as index arrays.
+
+Everything here works on a split's label array and returns indices into it,
+so the same code serves tfds, folder and mock data, and the training code can
+draw the subsets of several seeds at once and vmap over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from reprog_jax.data.errors import DataError
+
+
+def _check_n_shot(n_shot: int) -> int:
+  if isinstance(n_shot, bool) or int(n_shot) != n_shot:
+    raise DataError(f'n_shot must be an integer, got {n_shot!r}.')
+  n_shot = int(n_shot)
+  if n_shot == 0 or n_shot < -1:
+    raise DataError(f'n_shot must be -1 (full split) or at least 1, got '
+                    f'{n_shot}.')
+  return n_shot
+
+
+def few_shot_indices(
+    labels: np.ndarray,
+    n_shot: int,
+    seed: int,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+  """Draws `n_shot` examples per class, the PyTorch version's way.
+
+  For each class in label order, the class's indices are shuffled with a
+  NumPy `RandomState(seed)` and the first `n_shot` kept; the concatenation is
+  then shuffled with the same generator. (The PyTorch version seeds NumPy's
+  global generator, which is a `RandomState`, so the draws are the same ones
+  for the same label array.)
+
+  Args:
+    labels: int array (N,), the label of every example of the split.
+    n_shot: examples per class, or -1 for the whole split.
+    seed: seed of the draw.
+    num_classes: if given, classes are 0..num_classes-1 and a class without
+      examples is an error; otherwise the classes present in `labels`.
+    class_names: optional names, only used in error messages.
+
+  Returns:
+    int64 indices into `labels`: `n_shot * num_classes` of them, in shuffled
+    order; or `arange(N)` when `n_shot == -1`.
+
+  Raises:
+    DataError: if `n_shot` is 0 or below -1, or exceeds the size of a class
+      (the message names the smallest class and its size).
+  """
+  n_shot = _check_n_shot(n_shot)
+  labels = np.asarray(labels)
+  if n_shot == -1:
+    return np.arange(len(labels), dtype=np.int64)
+  classes = (np.arange(num_classes) if num_classes is not None
+             else np.unique(labels))
+  counts = np.array([np.count_nonzero(labels == c) for c in classes])
+  if len(counts) and counts.min() < n_shot:
+    smallest = int(classes[np.argmin(counts)])
+    named = (f' ({class_names[smallest]!r})' if class_names is not None
+             else '')
+    raise DataError(
+        f'n_shot={n_shot} exceeds the size of class {smallest}{named}, which '
+        f'has {counts.min()} examples; use n_shot <= {counts.min()} or -1.')
+  rng = np.random.RandomState(seed)
+  chosen = []
+  for c in classes:
+    members = np.flatnonzero(labels == c)
+    rng.shuffle(members)
+    chosen.append(members[:n_shot])
+  chosen = np.concatenate(chosen).astype(np.int64)
+  rng.shuffle(chosen)
+  return chosen
+
+
+def few_shot_indices_multi(
+    labels: np.ndarray,
+    n_shot: int,
+    seeds: Sequence[int],
+    **kwargs,
+) -> np.ndarray:
+  """The few-shot subsets of several seeds, stacked.
+
+  Args:
+    labels: int array (N,), the label of every example of the split.
+    n_shot: examples per class, or -1 for the whole split.
+    seeds: one seed per subset.
+    **kwargs: passed to `few_shot_indices`.
+
+  Returns:
+    int64 array (len(seeds), K): row i is `few_shot_indices(labels, n_shot,
+    seeds[i])`. Every row has the same length K because every class gives
+    exactly `n_shot` examples, which is what lets the training code vmap.
+  """
+  return np.stack([few_shot_indices(labels, n_shot, s, **kwargs)
+                   for s in seeds])
+
+
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Cuts one split into a train and a stratified held-out test part.
+
+  Per class (in label order) the class's indices are permuted with
+  `RandomState(seed)` and the first `round(fraction * size)` go to the test
+  part. Both parts are returned sorted, i.e. in the split's own order.
+
+  Args:
+    labels: int array (N,).
+    fraction: share of every class held out, in (0, 1).
+    seed: seed of the cut.
+
+  Returns:
+    (train_indices, test_indices), disjoint, covering 0..N-1.
+  """
+  labels = np.asarray(labels)
+  rng = np.random.RandomState(seed)
+  held_out = []
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    held_out.append(members[:int(round(fraction * len(members)))])
+  test = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, int)
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return train.astype(np.int64), test.astype(np.int64)

@@ -1,0 +1,175 @@
+"""Prepares a dataset where the loader looks for it.
+
+    python -m reprog_jax.data.prepare NAME [--data_dir=DIR] [source flags]
+
+- tfds datasets: runs the tfds builder with `file_format=array_record` (the
+  format `tfds.data_source` reads). Builders that encode images from arrays
+  (CIFAR, SVHN) need TensorFlow for this one step: run it in any environment
+  with `pip install tensorflow tensorflow-datasets` and point `--data_dir` at
+  the same directory; reading afterwards needs no TensorFlow.
+- gtsrb: `--src` is torchvision's GTSRB folder (`<root>/gtsrb` after
+  `torchvision.datasets.GTSRB(root, split=..., download=True)` for both
+  splits); its 26,640 training and 12,630 test images are linked into
+  `<out>/{train,test}/<class id>/`.
+- ucf101, or the CoOp split of any dataset: `--split_json` is CoOp's
+  `split_zhou_<Name>.json` and `--image_dir` its image folder; the `train`
+  and `test` lists are linked into `<out>/{train,test}/<class>/`.
+
+Nothing is written unless every input checks out; errors are one line and
+exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+
+import tensorflow_datasets as tfds
+
+from reprog_jax.data import registry
+from reprog_jax.data.errors import DataError
+
+_MODULE = 'python -m reprog_jax.data.prepare'
+
+
+def prepare_command(name: str, data_dir: str, root: str | None = None) -> str:
+  """The command line that prepares `name` where the loader will look."""
+  info = registry.get_dataset_info(name)
+  out = root or os.path.join(data_dir, 'folders', name)
+  if name == 'gtsrb':
+    return f'{_MODULE} gtsrb --src=<torchvision>/gtsrb --out={out}'
+  if info.source == 'folder' or root is not None:
+    return (f'{_MODULE} {name} --split_json=<split_zhou_*.json> '
+            f'--image_dir=<CoOp images> --out={out}')
+  return f'{_MODULE} {name} --data_dir={data_dir}'
+
+
+def _gtsrb_plan(src: str) -> list[tuple[str, str, str]]:
+  """(split, class dir, image path) of torchvision's GTSRB files."""
+  train_dir = os.path.join(src, 'GTSRB', 'Training')
+  test_dir = os.path.join(src, 'GTSRB', 'Final_Test', 'Images')
+  test_csv = os.path.join(src, 'GT-final_test.csv')
+  for path in (train_dir, test_dir, test_csv):
+    if not os.path.exists(path):
+      raise DataError(f'gtsrb: {path} not found; --src must be the folder '
+                      'torchvision.datasets.GTSRB downloads into (.../gtsrb).')
+  plan = []
+  for class_dir in sorted(os.listdir(train_dir)):
+    class_path = os.path.join(train_dir, class_dir)
+    if os.path.isdir(class_path):
+      plan += [('train', class_dir, os.path.join(class_path, f))
+               for f in sorted(os.listdir(class_path)) if f.endswith('.ppm')]
+  with open(test_csv, newline='') as f:
+    for row in csv.DictReader(f, delimiter=';'):
+      plan.append(('test', f'{int(row["ClassId"]):05d}',
+                   os.path.join(test_dir, row['Filename'])))
+  return plan
+
+
+def _coop_plan(name: str, split_json: str,
+               image_dir: str) -> list[tuple[str, str, str]]:
+  """(split, class dir, image path) from a CoOp split file."""
+  info = registry.get_dataset_info(name)
+  try:
+    with open(split_json) as f:
+      splits = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f'{name}: cannot read {split_json}: {e}') from e
+  plan = []
+  for split in ('train', 'test'):
+    if split not in splits:
+      raise DataError(f'{name}: {split_json} has no {split!r} list.')
+    for image, label, class_name in splits[split]:
+      # UCF101's folders keep the registry's (official) names; elsewhere
+      # the CoOp class name is the directory.
+      class_dir = (info.folder_classes[int(label)] if info.folder_classes
+                   else class_name)
+      plan.append((split, class_dir, os.path.join(image_dir, image)))
+  return plan
+
+
+def _write_folder(plan: list[tuple[str, str, str]], out: str, copy: bool):
+  """Links (or copies) every planned image into `out/<split>/<class>/`."""
+  missing = [path for _, _, path in plan if not os.path.isfile(path)]
+  if missing:
+    raise DataError(f'{len(missing)} listed images do not exist, e.g. '
+                    f'{missing[0]}.')
+  if os.path.exists(out) and os.listdir(out):
+    raise DataError(f'{out} exists and is not empty; remove it or pick '
+                    'another --out.')
+  targets = {}
+  for split, class_dir, path in plan:
+    target_dir = os.path.join(out, split, class_dir)
+    # CoOp lists may repeat a file name across subfolders (cars_train/1.jpg,
+    # cars_test/1.jpg): prefix the parent folder's name when that happens.
+    target = os.path.join(target_dir, os.path.basename(path))
+    if target in targets:
+      target = os.path.join(target_dir, os.path.basename(
+          os.path.dirname(path)) + '_' + os.path.basename(path))
+    if target in targets:
+      raise DataError(f'{path} and {targets[target]} would both become '
+                      f'{target}.')
+    targets[target] = path
+  for target, path in targets.items():
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if copy:
+      shutil.copyfile(path, target)
+    else:
+      os.symlink(os.path.abspath(path), target)
+
+
+def _prepare_tfds(name: str, data_dir: str):
+  info = registry.get_dataset_info(name)
+  builder = tfds.builder(info.tfds_full_name, data_dir=data_dir,
+                         file_format='array_record')
+  try:
+    builder.download_and_prepare()
+  except ModuleNotFoundError as e:
+    # tfds re-raises with its own message, which may drop `e.name`.
+    missing = 'tensorflow' if 'tensorflow' in str(e) else (e.name or str(e))
+    raise DataError(
+        f'{name}: the tfds builder needs {missing} to write the files; run '
+        f'this command once where `pip install {missing}` is allowed, with '
+        f'the same --data_dir (reading them needs no TensorFlow).') from e
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('name', help=', '.join(registry.dataset_names()))
+  parser.add_argument('--data_dir', default=None,
+                      help="tfds data directory (default: tfds's own).")
+  parser.add_argument('--out', default=None, help='folder dataset root '
+                      '(default: <data_dir>/folders/<name>).')
+  parser.add_argument('--src', help="gtsrb: torchvision's gtsrb folder.")
+  parser.add_argument('--split_json', help="CoOp's split_zhou_*.json.")
+  parser.add_argument('--image_dir', help="CoOp's image folder.")
+  parser.add_argument('--copy', action='store_true',
+                      help='copy images instead of symlinking them.')
+  args = parser.parse_args(argv)
+  try:
+    info = registry.get_dataset_info(args.name)
+    data_dir = os.path.expanduser(args.data_dir or tfds.core.constants.DATA_DIR)
+    out = args.out or os.path.join(data_dir, 'folders', args.name)
+    if args.name == 'gtsrb':
+      if not args.src:
+        raise DataError('gtsrb needs --src (torchvision\'s gtsrb folder).')
+      _write_folder(_gtsrb_plan(args.src), out, args.copy)
+    elif args.split_json or info.source == 'folder':
+      if not (args.split_json and args.image_dir):
+        raise DataError(f'{args.name} needs --split_json and --image_dir.')
+      _write_folder(_coop_plan(args.name, args.split_json, args.image_dir),
+                    out, args.copy)
+    else:
+      _prepare_tfds(args.name, data_dir)
+  except DataError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

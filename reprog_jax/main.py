@@ -1,0 +1,78 @@
+"""Entry point: `python -m reprog_jax.main --config=configs/ilm_vp.py:cifar10
+--workdir=DIR [--config.n_shot=10 ...]`.
+
+Only parses flags and calls `train.train_and_evaluate`; every bad input ends
+with one line on stderr and exit status 1.
+"""
+
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from reprog_jax import data
+from reprog_jax import networks
+from reprog_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file and preset, e.g. configs/ilm_vp.py:cifar10.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics, plots and the summary go; "
+    "re-running on the same workdir resumes.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after_epoch", None, "Stop once this epoch is checkpointed "
+    "(to split a long run into jobs); re-running resumes.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Library chatter (missing TPU runtimes, tfds variants) is not for users.
+  logging.set_verbosity(logging.ERROR)
+  try:
+    config = _CONFIG.value
+    config.method  # A config file that failed to load raises on first use.
+  except OSError as e:
+    print(f"reprog_jax.main: error: {_one_line(e)}", file=sys.stderr)
+    return 1
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value,
+                             stop_after_epoch=_STOP_AFTER.value)
+  except (train.TrainingError, networks.NetworkDirError, data.DataError,
+          ValueError) as e:
+    print(f"reprog_jax.main: error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("interrupted; the last completed epoch is checkpointed: run the "
+          "same command to resume", file=sys.stderr)
+    return 130
+  return 0
+
+
+def _one_line(error) -> str:
+  """The informative line of a flag or config error (they can carry a whole
+  traceback or a multi-line did-you-mean)."""
+  text = str(error).replace("\\n", "\n").replace("\\'", "'")
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  if isinstance(error, (AttributeError, KeyError)):
+    return "unknown config field " + "; ".join(l.strip("'") for l in lines)
+  line = lines[-1] if lines else type(error).__name__
+  return re.sub(r"^[\w.]+(Error|Exception): ", "", line)
+
+
+def parse_flags(argv):
+  """absl's parsing, with every bad flag or override as one line, exit 1."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f"reprog_jax.main: error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

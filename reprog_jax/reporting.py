@@ -1,0 +1,613 @@
+"""What a training run writes besides checkpoints: metrics, curves, pictures.
+
+`MetricWriter` appends one JSON record per epoch to `workdir/metrics.jsonl`
+and mirrors every numeric metric as a TensorBoard scalar under
+`workdir/tensorboard`. The plotting functions write PNGs: the ILM-VP
+label-mapping heatmap, the learned prompt, prompted inputs, a reliability
+diagram and the training curves.
+
+matplotlib, PIL and tensorboardX are imported inside the functions that use
+them: importing tensorboardX alone takes about two seconds, and the data and
+model modules should not pay for it. Figures are built on
+`matplotlib.figure.Figure` directly, never through `pyplot`, so no global
+backend or figure registry is touched and nothing leaks between calls.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+# Strict JSON has no NaN or infinity. They are written as these strings (the
+# names JavaScript and Python's `json` give them) and `read_metrics` turns
+# them back into floats, so a diverged run still leaves a valid file.
+_NON_FINITE_NAMES = {"NaN": math.nan, "Infinity": math.inf,
+                     "-Infinity": -math.inf}
+
+# Pixel values of the checkerboard drawn over the image area of a prompt.
+# Two greys rather than one because an untrained program (zeros) is
+# sigmoid(0) = 0.5, mid-grey: a uniform grey image area would be
+# indistinguishable from it.
+CHECKER_DARK = 96
+CHECKER_LIGHT = 160
+CHECKER_SQUARE = 8
+
+
+# ---------------------------------------------------------------------------
+# Metrics: metrics.jsonl and TensorBoard scalars.
+# ---------------------------------------------------------------------------
+
+
+def _plain_value(name: str, value: Any) -> bool | int | float | str:
+  """Converts a metric to a JSON-able Python scalar (NumPy/JAX included)."""
+  if isinstance(value, (bool, int, float, str)):
+    return value
+  # NumPy scalars, 0-d NumPy and JAX arrays all have `.item()`; anything
+  # with more than one element is a mistake by the caller.
+  if hasattr(value, "item") and np.size(value) == 1:
+    return value.item()
+  raise TypeError(
+      f"Metric {name!r} must be a scalar (bool, int, float or str), got "
+      f"{type(value).__name__} {value!r}.")
+
+
+def _json_value(value: bool | int | float | str) -> bool | int | float | str:
+  if isinstance(value, float) and not math.isfinite(value):
+    return "NaN" if math.isnan(value) else (
+        "Infinity" if value > 0 else "-Infinity")
+  return value
+
+
+def _is_number(value: Any) -> bool:
+  # bool is an int subclass but not a quantity worth a curve.
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_line(line: str) -> dict[str, Any]:
+  record = json.loads(line)
+  return {key: _NON_FINITE_NAMES.get(value, value)
+          if isinstance(value, str) else value
+          for key, value in record.items()}
+
+
+def _complete_lines(path: str) -> list[str]:
+  """The newline-terminated lines of `path`; a torn last line is dropped."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  # A line is only complete once its newline is on disk: anything after the
+  # last newline was cut off by a crash mid-write.
+  return text.split("\n")[:-1]
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Reads the per-epoch records a `MetricWriter` wrote.
+
+  Args:
+    workdir: The run's directory, holding `metrics.jsonl`.
+
+  Returns:
+    One dict per complete line, in file order; `[]` if there is no file.
+    The strings `"NaN"`, `"Infinity"` and `"-Infinity"` are returned as the
+    floats they stand for. An incomplete last line (a crash while writing
+    it) is ignored.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  return [_parse_line(line) for line in _complete_lines(path) if line.strip()]
+
+
+class MetricWriter:
+  """Writes per-epoch metrics to `metrics.jsonl` and TensorBoard.
+
+  Each `write` appends one line `{"epoch": ..., <metrics>}` and flushes and
+  fsyncs it, so a crash loses at most the line being written. Non-finite
+  floats are stored as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`
+  (see `read_metrics`). Numeric metrics (not bools or strings) also become
+  TensorBoard scalars, tag = metric name, step = epoch.
+
+  To resume, call `truncate_after(restored_epoch)` before writing: the file
+  then holds exactly what an uninterrupted run would have written, and
+  TensorBoard is told to discard the old run's later steps.
+
+  Usable as a context manager; `close` flushes TensorBoard.
+
+  Args:
+    workdir: The run's directory; created if missing.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    os.makedirs(workdir, exist_ok=True)
+    self._drop_torn_line()
+    self._file = open(self.path, "a", encoding="utf-8")
+    self._summary_writer = None
+    self._purge_step = None
+
+  def _drop_torn_line(self):
+    """Cuts a partial last line left by a crash, so appends start clean."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      if data and not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
+
+  def _tensorboard(self):
+    # Created on first use, so that a `truncate_after` right after
+    # construction can still set `purge_step` on the only writer.
+    if self._summary_writer is None:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      # Event files are named by the second and opened with "wb": a second
+      # writer in the same second (a quick resume) would overwrite the
+      # first's file. A nanosecond suffix keeps names unique and in the
+      # order TensorBoard reads them.
+      self._summary_writer = tensorboardX.SummaryWriter(
+          self.tensorboard_dir, purge_step=self._purge_step,
+          filename_suffix=f".{time.time_ns():020d}")
+    return self._summary_writer
+
+  def write(self, epoch: int, metrics: Mapping[str, Any]):
+    """Appends the metrics of one epoch.
+
+    Args:
+      epoch: The epoch number, written under the key `"epoch"`.
+      metrics: Metric name -> scalar (Python, NumPy or 0-d JAX; bool, int,
+        float or str).
+
+    Raises:
+      ValueError: If `metrics` has a key `"epoch"`.
+      TypeError: If a value is not a scalar.
+    """
+    if "epoch" in metrics:
+      raise ValueError("'epoch' is reserved; pass it as the `epoch` argument.")
+    values = {name: _plain_value(name, value)
+              for name, value in metrics.items()}
+    record = {"epoch": int(epoch)}
+    record.update({name: _json_value(v) for name, v in values.items()})
+    self._file.write(json.dumps(record, allow_nan=False) + "\n")
+    self._file.flush()
+    os.fsync(self._file.fileno())
+    writer = self._tensorboard()
+    for name, value in values.items():
+      if _is_number(value):
+        writer.add_scalar(name, value, global_step=int(epoch))
+    # Once an epoch is cheap, and lets TensorBoard show the run live rather
+    # than every `flush_secs` (120 s).
+    writer.flush()
+
+  def truncate_after(self, epoch: int):
+    """Keeps only the records with `epoch <= epoch`, for a resumed run.
+
+    The file is rewritten to a temporary file and swapped in with
+    `os.replace`, so a crash leaves either the old or the new file. Later
+    TensorBoard events are purged from step `epoch + 1` on.
+
+    Args:
+      epoch: The last epoch whose record is kept (the restored checkpoint's).
+    """
+    self._file.close()
+    kept = [line for line in _complete_lines(self.path)
+            if line.strip() and _parse_line(line)["epoch"] <= epoch]
+    fd, temp_path = tempfile.mkstemp(dir=self.workdir, prefix=".metrics.")
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in kept)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(temp_path, self.path)
+    except BaseException:
+      os.unlink(temp_path)
+      raise
+    self._file = open(self.path, "a", encoding="utf-8")
+    self._purge_step = int(epoch) + 1
+    if self._summary_writer is not None:
+      # The purge marker is written only when a writer opens its file.
+      self._summary_writer.close()
+      self._summary_writer = None
+
+  def image(self, tag: str, path_png: str, epoch: int):
+    """Adds a PNG file (e.g. from the plot functions) as a TensorBoard image.
+
+    Args:
+      tag: TensorBoard tag, e.g. `"label_mapping"`.
+      path_png: The image file.
+      epoch: The step.
+    """
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(path_png) as picture:
+      pixels = np.asarray(picture.convert("RGB"))
+    self._tensorboard().add_image(tag, pixels, global_step=int(epoch),
+                                  dataformats="HWC")
+    self._tensorboard().flush()
+
+  def close(self):
+    """Closes the metrics file and flushes and closes TensorBoard."""
+    self._file.close()
+    if self._summary_writer is not None:
+      self._summary_writer.close()
+      self._summary_writer = None
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+# ---------------------------------------------------------------------------
+# The label-mapping heatmap.
+# ---------------------------------------------------------------------------
+
+
+class MappingTable(NamedTuple):
+  """What the label-mapping heatmap shows.
+
+  Attributes:
+    percent: Float64 `(rows, columns)`: `percent[i, j]` is the percentage of
+      the examples of target `target_indices[i]` that the network predicts
+      as source `source_indices[j]`.
+    target_indices: The target classes shown, one per row.
+    source_indices: The source classes shown, one per column: first the
+      mapped source of each shown target (so the diagonal is the mapping),
+      then the `top_k` most frequently predicted other sources.
+  """
+  percent: np.ndarray
+  target_indices: np.ndarray
+  source_indices: np.ndarray
+
+
+def mapping_percentages(counts: np.ndarray, mapping_sequence: Sequence[int],
+                        top_k: int = 5,
+                        max_targets: int | None = 20) -> MappingTable:
+  """The label-mapping heatmap's numbers.
+
+  Like the ILM-VP reference figure (`plot_mapping` in its tools), rows are
+  target classes and columns their mapped sources followed by frequently
+  predicted sources, and a cell is the percentage of a target's examples
+  predicted as that source. Differences, on purpose: percentages are not
+  truncated to integers; a source is never shown twice (the reference
+  repeats mapped sources among its "most frequent" ones); the extra columns
+  are controlled by `top_k` and the rows by `max_targets` (the reference
+  shows 10 rows, and extra columns only when `T <= 10`); a target with no
+  examples gets 0 %, not a division by zero.
+
+  Args:
+    counts: Int `(S, T)`: `counts[s, t]` = examples of target `t` predicted
+      as source `s` (the ILM count matrix).
+    mapping_sequence: Length `T`: the source class of each target.
+    top_k: How many extra columns: the sources with the most predictions
+      over all targets, excluding the mapped ones already shown.
+    max_targets: Show only the first `max_targets` targets; `None` for all.
+
+  Returns:
+    The table to draw.
+  """
+  counts = np.asarray(counts, np.float64)
+  mapping_sequence = np.asarray(mapping_sequence, np.int64)
+  _, num_targets = counts.shape
+  if mapping_sequence.shape != (num_targets,):
+    raise ValueError(f"mapping_sequence must have shape ({num_targets},), "
+                     f"got {mapping_sequence.shape}.")
+  rows = num_targets if max_targets is None else min(max_targets, num_targets)
+  target_indices = np.arange(rows)
+  mapped = mapping_sequence[:rows]
+  by_frequency = np.argsort(-counts.sum(axis=1), kind="stable")
+  extra = by_frequency[~np.isin(by_frequency, mapped)][:max(top_k, 0)]
+  source_indices = np.concatenate([mapped, extra]).astype(np.int64)
+  # Each target's share over all S sources, not just the shown columns, so
+  # a row sums to at most 100.
+  per_target = counts[:, target_indices].sum(axis=0)
+  percent = 100.0 * counts[np.ix_(source_indices, target_indices)].T
+  percent /= np.maximum(per_target, 1.0)[:, None]
+  return MappingTable(percent, target_indices, source_indices)
+
+
+def mean_mapped_percentage(counts: np.ndarray,
+                           mapping_sequence: Sequence[int]) -> float:
+  """How much of a target's examples its mapped source gets, on average.
+
+  Args:
+    counts: Int `(S, T)` count matrix, as for `mapping_percentages`.
+    mapping_sequence: Length `T`, the source class of each target.
+
+  Returns:
+    The mean over the targets that have examples of the percentage of
+    their examples predicted as their mapped source; NaN if none has any.
+  """
+  counts = np.asarray(counts, np.float64)
+  mapping_sequence = np.asarray(mapping_sequence, np.int64)
+  mapped = counts[mapping_sequence, np.arange(counts.shape[1])]
+  totals = counts.sum(axis=0)
+  has_examples = totals > 0
+  if not has_examples.any():
+    return math.nan
+  return float(100.0 * np.mean(mapped[has_examples] / totals[has_examples]))
+
+
+def _shorten(name: str, length: int = 22) -> str:
+  # ImageNet names can be a list of synonyms; one is enough for a label.
+  name = name.split(",")[0].strip()
+  return name if len(name) <= length else name[:length - 1] + "\u2026"
+
+
+def plot_label_mapping(counts: np.ndarray, mapping_sequence: Sequence[int],
+                       target_names: Sequence[str],
+                       source_names: Sequence[str] | None, path: str, *,
+                       top_k: int = 5, max_targets: int | None = 20,
+                       title: str | None = None):
+  """Draws the ILM-VP label-mapping heatmap as a PNG.
+
+  Rows are target classes, columns their mapped sources (the diagonal) and
+  then the `top_k` most predicted other sources; cells are percentages from
+  `mapping_percentages`. With many target classes (up to 1000) only the
+  first `max_targets` rows are drawn and the title says so; it also gives
+  the mean over *all* targets of the share predicted as the mapped source.
+  The figure grows with the table, so labels stay readable.
+
+  Args:
+    counts: Int `(S, T)` count matrix, `counts[s, t]` = examples of target
+      `t` predicted as source `s`.
+    mapping_sequence: Length `T`, the source class of each target.
+    target_names: `T` target class names.
+    source_names: `S` source class names; `None` for ImageNet's.
+    path: Output PNG.
+    top_k: Extra most-predicted source columns.
+    max_targets: Rows to draw at most; `None` for all (large for big `T`).
+    title: Optional first title line.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  counts = np.asarray(counts)
+  if source_names is None:
+    from reprog_jax import networks  # pylint: disable=g-import-not-at-top
+    source_names = networks.imagenet_classes()
+  num_sources, num_targets = counts.shape
+  if len(source_names) != num_sources or len(target_names) != num_targets:
+    raise ValueError(
+        f"Need {num_sources} source and {num_targets} target names, got "
+        f"{len(source_names)} and {len(target_names)}.")
+  table = mapping_percentages(counts, mapping_sequence, top_k, max_targets)
+  rows, columns = table.percent.shape
+
+  # Over all targets, not only the rows drawn.
+  mean_mapped = mean_mapped_percentage(counts, mapping_sequence)
+
+  lines = [title] if title else []
+  shown = (f"all {num_targets} target classes" if rows == num_targets else
+           f"first {rows} of {num_targets} target classes")
+  lines.append(f"{shown}; mapped source gets {mean_mapped:.1f}% of a "
+               "target's examples on average (all targets)")
+
+  cell = 0.42  # inches per cell: room for a two-digit annotation.
+  figure = Figure(figsize=(max(6.0, 2.5 + cell * columns),
+                           max(4.0, 2.8 + cell * rows)), dpi=100)
+  axes = figure.add_subplot()
+  image = axes.imshow(table.percent, cmap="YlGn", vmin=0.0, vmax=100.0,
+                      aspect="auto")
+  colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
+  colorbar.set_label("examples predicted as the source (%)")
+  axes.set_xticks(np.arange(columns),
+                  [_shorten(source_names[s]) for s in table.source_indices])
+  axes.set_yticks(np.arange(rows),
+                  [_shorten(target_names[t]) for t in table.target_indices])
+  axes.tick_params(top=True, bottom=False, labeltop=True, labelbottom=False,
+                   labelsize=8)
+  for label in axes.get_xticklabels():
+    label.set(rotation=60, ha="left", rotation_mode="anchor")
+  # Separates the mapped-source columns from the extra ones.
+  if columns > rows:
+    axes.axvline(rows - 0.5, color="black", linewidth=1.0)
+  for i in range(rows):
+    for j in range(columns):
+      value = table.percent[i, j]
+      if value >= 0.5:  # Blank rather than a wall of zeros.
+        axes.text(j, i, f"{value:.0f}", ha="center", va="center",
+                  fontsize=7, color="white" if value > 60 else "black")
+  axes.set_xlabel("source (ImageNet) class: mapped, then most predicted")
+  axes.set_ylabel("target class")
+  axes.set_title("\n".join(lines), fontsize=9, pad=10)
+  figure.savefig(path, format="png", bbox_inches="tight")
+
+
+# ---------------------------------------------------------------------------
+# Pictures of the prompt and of prompted inputs.
+# ---------------------------------------------------------------------------
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  """`[0, 1]` floats to bytes, rounding to nearest."""
+  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _save_png(pixels: np.ndarray, path: str, scale: int):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if scale > 1:
+    # Nearest neighbour: enlarges without inventing in-between colours.
+    pixels = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
+  Image.fromarray(pixels, mode="RGB").save(path, format="PNG")
+
+
+def prompt_picture(program: np.ndarray, image_size: int) -> np.ndarray:
+  """The learned prompt as uint8 pixels: `sigmoid(program)` on the frame.
+
+  The image area, which the program never affects, shows a grey
+  checkerboard (`CHECKER_DARK`/`CHECKER_LIGHT`, `CHECKER_SQUARE`-pixel
+  squares starting dark at the area's top-left corner).
+
+  Args:
+    program: Float `(H, H, 3)` pre-sigmoid program (HWC).
+    image_size: Side of the target image in the middle.
+
+  Returns:
+    Uint8 `(H, H, 3)` RGB.
+  """
+  from reprog_jax import prompts  # pylint: disable=g-import-not-at-top
+  program = np.asarray(program, np.float64)
+  output_size = program.shape[0]
+  if program.shape != (output_size, output_size, 3):
+    raise ValueError(f"program must be (H, H, 3), got {program.shape}.")
+  pixels = _to_uint8(1.0 / (1.0 + np.exp(-program)))
+  frame = prompts.frame_mask(image_size, output_size)[..., 0] > 0
+  before, _ = prompts.padding(image_size, output_size)
+  rows, cols = np.indices((output_size, output_size)) - before
+  light = ((rows // CHECKER_SQUARE + cols // CHECKER_SQUARE) % 2) == 1
+  checker = np.where(light, CHECKER_LIGHT, CHECKER_DARK).astype(np.uint8)
+  return np.where(frame[..., None], pixels, checker[..., None])
+
+
+def save_prompt_image(program: np.ndarray, image_size: int, path: str,
+                      scale: int = 1):
+  """Writes `prompt_picture(program, image_size)` as a PNG.
+
+  Args:
+    program: Float `(H, H, 3)` pre-sigmoid program (HWC, e.g. 224 x 224).
+    image_size: Side of the target image in the middle.
+    path: Output PNG.
+    scale: Integer enlargement (nearest neighbour).
+  """
+  _save_png(prompt_picture(program, image_size), path, scale)
+
+
+def save_prompted_examples(prompted_images_normalised: np.ndarray, path: str,
+                           columns: int = 8, scale: int = 1):
+  """Writes a grid of network inputs, ImageNet normalisation undone.
+
+  Args:
+    prompted_images_normalised: Float `(N, H, W, 3)`, what the network saw.
+    path: Output PNG.
+    columns: Images per grid row at most.
+    scale: Integer enlargement (nearest neighbour).
+  """
+  from reprog_jax import prompts  # pylint: disable=g-import-not-at-top
+  images = np.asarray(prompted_images_normalised, np.float64)
+  if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+    raise ValueError(f"Need (N, H, W, 3) with N > 0, got {images.shape}.")
+  images = (images * np.asarray(prompts.IMAGENET_STD)
+            + np.asarray(prompts.IMAGENET_MEAN))
+  count, height, width, _ = images.shape
+  columns = min(columns, count)
+  grid_rows = -(-count // columns)
+  gap = 2
+  grid = np.full((grid_rows * (height + gap) - gap,
+                  columns * (width + gap) - gap, 3), 255, np.uint8)
+  for k, image in enumerate(_to_uint8(images)):
+    top = (k // columns) * (height + gap)
+    left = (k % columns) * (width + gap)
+    grid[top:top + height, left:left + width] = image
+  _save_png(grid, path, scale)
+
+
+# ---------------------------------------------------------------------------
+# Calibration and training curves.
+# ---------------------------------------------------------------------------
+
+
+def plot_reliability(bins, path: str, title: str | None = None):
+  """Draws a reliability diagram with a confidence histogram below it.
+
+  Bars are each bin's accuracy, red the gap to its mean confidence (Guo et
+  al., 2017); empty bins are left blank. The title gives the ECE.
+
+  Args:
+    bins: `calibration.CalibrationBins` of the evaluated split (e.g. from
+      `calibration.calibration_bins(probs, labels)`, summed over batches).
+    path: Output PNG.
+    title: Optional first title line, e.g. the run's name.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from reprog_jax import calibration  # pylint: disable=g-import-not-at-top
+  stats = calibration.bin_statistics(bins)
+  ece = float(calibration.ece_from_bins(bins))
+  count = np.asarray(stats.count, np.float64)
+  accuracy = np.asarray(stats.accuracy, np.float64)
+  confidence = np.asarray(stats.confidence, np.float64)
+  nonempty = count > 0
+  width = stats.upper - stats.lower
+  centre = (stats.lower + stats.upper) / 2
+
+  figure = Figure(figsize=(5.0, 6.0), dpi=100)
+  top, bottom = figure.subplots(
+      2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+  top.bar(centre[nonempty], accuracy[nonempty], width=width[nonempty],
+          color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
+  gap_low = np.minimum(accuracy, confidence)[nonempty]
+  top.bar(centre[nonempty],
+          np.abs(accuracy - confidence)[nonempty], bottom=gap_low,
+          width=width[nonempty], color="tab:red", alpha=0.35,
+          edgecolor="tab:red", hatch="//", label="gap to confidence")
+  top.plot([0, 1], [0, 1], "k--", linewidth=1.0, label="perfect calibration")
+  top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+  top.legend(loc="upper left", fontsize=8)
+  total = count.sum()
+  bottom.bar(centre, count / max(total, 1.0), width=width, color="grey",
+             edgecolor="black", linewidth=0.5)
+  bottom.set(xlabel="confidence", ylabel="fraction of examples")
+  lines = [title] if title else []
+  lines.append(f"ECE = {100 * ece:.2f}% ({int(total)} examples, "
+               f"{len(count)} bins)")
+  top.set_title("\n".join(lines), fontsize=10)
+  figure.tight_layout()
+  figure.savefig(path, format="png")
+
+
+# Panel title -> metric-name suffixes it collects (`train_acc`, `test_ece`).
+_CURVE_PANELS = (("accuracy", ("acc", "accuracy")),
+                 ("loss", ("loss",)),
+                 ("ECE", ("ece",)))
+
+
+def _curve_value(value: Any) -> float:
+  # NaN is a gap in a matplotlib line; an infinity would wreck the y-range.
+  if _is_number(value) and math.isfinite(value):
+    return float(value)
+  return math.nan
+
+
+def plot_training_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
+                         title: str | None = None):
+  """Draws accuracy, loss and ECE against the epoch, one panel each.
+
+  Every metric whose name ends in `_acc`/`_accuracy`, `_loss` or `_ece`
+  (e.g. `train_acc`, `test_acc`, `train_loss`, `test_loss`, `test_ece`)
+  becomes a curve in its panel; a record without it, or with a non-numeric
+  or non-finite value, leaves a gap. A panel with no such metric says so.
+
+  Args:
+    metrics_list: Records as from `read_metrics`, each with `"epoch"`.
+    path: Output PNG.
+    title: Optional figure title.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  records = sorted(metrics_list, key=lambda record: record["epoch"])
+  epochs = [record["epoch"] for record in records]
+  names = sorted({name for record in records for name in record})
+
+  figure = Figure(figsize=(13.0, 4.0), dpi=100)
+  for axes, (panel, suffixes) in zip(figure.subplots(1, len(_CURVE_PANELS)),
+                                     _CURVE_PANELS):
+    curves = [name for name in names
+              if name.rsplit("_", 1)[-1] in suffixes and name != "epoch"]
+    for name in curves:
+      values = [_curve_value(record.get(name)) for record in records]
+      axes.plot(epochs, values, marker="o", markersize=3, label=name)
+    if curves:
+      axes.legend(fontsize=8)
+    else:
+      axes.text(0.5, 0.5, "not recorded", ha="center", va="center",
+                transform=axes.transAxes, color="grey")
+    axes.set(title=panel, xlabel="epoch")
+    axes.grid(alpha=0.3)
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, format="png")

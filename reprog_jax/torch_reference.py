@@ -1,0 +1,144 @@
+"""A PyTorch reference of one training step of ILM-VP and of linear probing.
+
+Written from the PyTorch version's description
+(`shared/reference/pytorch-version.md`, sections 3-5), not from our JAX code:
+the parity tests feed it and our jitted steps the same batches, and the
+benchmark times it against ours. torch is imported lazily, so the package
+never needs it (`pip install 'reprog-jax[torch]'`).
+
+Inputs are NHWC NumPy arrays, as our loaders produce; they are transposed to
+NCHW here. Both references run float32 (no autocast) so that parity can be
+checked to float32 precision.
+"""
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _torch():
+  import torch  # Lazy: only parity tests and the benchmark need it.
+  return torch
+
+
+def _nchw(images_nhwc):
+  torch = _torch()
+  return torch.from_numpy(
+      np.ascontiguousarray(np.transpose(images_nhwc, (0, 3, 1, 2)), np.float32))
+
+
+def _normalize(x):
+  torch = _torch()
+  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+  return (x - mean) / std
+
+
+def _adam_and_schedule(params, lr, milestones, gamma):
+  torch = _torch()
+  # Adam with PyTorch's defaults (betas 0.9/0.999, eps 1e-8, no decay) and
+  # MultiStepLR stepped once per epoch, as the PyTorch version.
+  optimizer = torch.optim.Adam(params, lr=lr)
+  scheduler = torch.optim.lr_scheduler.MultiStepLR(
+      optimizer, milestones=list(milestones), gamma=gamma)
+  return optimizer, scheduler
+
+
+class _Reference:
+  """Shared step logic: loss = mean cross-entropy on the (mapped) logits."""
+
+  def __init__(self, network):
+    torch = _torch()
+    self.network = network.eval()
+    for p in self.network.parameters():
+      p.requires_grad_(False)
+    self._torch = torch
+
+  def logits(self, x):
+    raise NotImplementedError
+
+  def step(self, images_nhwc, labels) -> float:
+    """One optimiser step on a batch; returns the loss."""
+    torch = self._torch
+    self.optimizer.zero_grad()
+    loss = torch.nn.functional.cross_entropy(
+        self.logits(_nchw(images_nhwc)), torch.as_tensor(labels).long())
+    loss.backward()
+    self.optimizer.step()
+    return float(loss.detach())
+
+  def end_epoch(self):
+    self.scheduler.step()
+
+  @property
+  def lr(self) -> float:
+    return self.optimizer.param_groups[0]["lr"]
+
+
+class VisualPromptReference(_Reference):
+  """ILM-VP: a zero-initialised program on a frame around the image.
+
+  `pad(x, 0) + sigmoid(program) * mask`, then ImageNet normalisation, into
+  the frozen network; target logits are `source_logits[:, mapping]`.
+  """
+
+  def __init__(self, network, image_size, mapping_sequence, output_size=224,
+               lr=0.01, milestones=(), gamma=0.1):
+    super().__init__(network)
+    torch = self._torch
+    self.pad_before = int((output_size - image_size + 1) / 2)
+    self.pad_after = int((output_size - image_size) / 2)
+    self.program = torch.nn.Parameter(torch.zeros(3, output_size, output_size))
+    mask = torch.zeros(3, image_size, image_size)
+    self.mask = torch.nn.functional.pad(mask, self._padding(), value=1)
+    self.mapping_sequence = torch.as_tensor(np.asarray(mapping_sequence)).long()
+    self.optimizer, self.scheduler = _adam_and_schedule(
+        [self.program], lr, milestones, gamma)
+
+  def _padding(self):
+    return (self.pad_before, self.pad_after, self.pad_before, self.pad_after)
+
+  def prompt(self, x):
+    x = self._torch.nn.functional.pad(x, self._padding(), value=0)
+    return _normalize(x + self._torch.sigmoid(self.program) * self.mask)
+
+  def source_logits(self, x):
+    return self.network(self.prompt(x))
+
+  def logits(self, x):
+    return self.source_logits(x)[:, self.mapping_sequence]
+
+  def program_nhwc(self) -> np.ndarray:
+    return self.program.detach().numpy().transpose(1, 2, 0).copy()
+
+
+class LinearProbeReference(_Reference):
+  """Linear probing: `fc` replaced by a new Linear head, the only thing
+  trained; the backbone stays in eval mode.
+
+  `head_kernel` (in, out) and `head_bias` (out,) give the head's initial
+  values (our layout), so both sides start from the same draw.
+  """
+
+  def __init__(self, network, head_kernel, head_bias, lr=0.01, milestones=(),
+               gamma=0.1):
+    super().__init__(network)
+    torch = self._torch
+    head_kernel = np.asarray(head_kernel, np.float32)
+    self.network.fc = torch.nn.Linear(*head_kernel.shape)
+    with torch.no_grad():
+      self.network.fc.weight.copy_(torch.from_numpy(head_kernel.T.copy()))
+      self.network.fc.bias.copy_(torch.from_numpy(
+          np.asarray(head_bias, np.float32)))
+    self.optimizer, self.scheduler = _adam_and_schedule(
+        self.network.fc.parameters(), lr, milestones, gamma)
+
+  def logits(self, x):
+    return self.network(_normalize(x))
+
+  def head(self) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel (in, out), bias) in our layout."""
+    fc = self.network.fc
+    return (fc.weight.detach().numpy().T.copy(),
+            fc.bias.detach().numpy().copy())

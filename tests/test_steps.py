@@ -1,0 +1,117 @@
+"""Our jitted train steps against the PyTorch reference, step for step."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import random_mask, torch_reference
+from convert.torch_to_flax import convert_masks, convert_state_dict
+from reprog_jax import methods, resnet, steps, torch_reference as ref_lib
+
+TOLERANCE = 1e-4
+EPOCHS, STEPS_PER_EPOCH, BATCH = 5, 2, 6
+# int(0.5 * 5) = 2 and int(0.72 * 5) = 3: the lr drops twice within the run.
+
+
+@pytest.fixture(scope="module")
+def ticket(resnet18_state):
+  """A converted ResNet-18 ticket (50 % mask) and its PyTorch twin."""
+  mask = random_mask(resnet18_state, keep=0.5, seed=11)
+  tree = convert_state_dict(resnet18_state, "resnet18")
+  masks, _ = convert_masks(mask, tree["params"])
+  frozen = {"params": tree["params"], "batch_stats": tree["batch_stats"],
+            "masks": masks}
+  return jax.device_put(frozen), (resnet18_state, mask)
+
+
+def _batches(image_size, num_classes, seed):
+  """EPOCHS x STEPS_PER_EPOCH batches; each epoch's second batch is partial
+  (4 valid examples, the rest padding with junk images and labels)."""
+  rng = np.random.default_rng(seed)
+  for _ in range(EPOCHS):
+    for step in range(STEPS_PER_EPOCH):
+      valid = BATCH if step == 0 else 4
+      images = rng.random((BATCH, image_size, image_size, 3), np.float32)
+      labels = rng.integers(0, num_classes, BATCH).astype(np.int32)
+      yield {"image": images, "label": labels,
+             "mask": np.arange(BATCH) < valid}, valid
+
+
+def _run(method, reference, frozen, image_size, num_classes, params_of):
+  optimizer, schedule = steps.make_optimizer(0.01, EPOCHS, STEPS_PER_EPOCH)
+  state = steps.init_state(method, optimizer, jax.random.key(0))
+  if method.name == "linear_probe":  # Same start on both sides.
+    state = state.replace(params=jax.tree.map(
+        np.asarray, {"kernel": reference.head()[0], "bias": reference.head()[1]}))
+    state = state.replace(opt_state=optimizer.init(state.params))
+  train_step = steps.make_train_step(method, optimizer)
+  mapping = getattr(reference, "mapping_sequence", None)
+  mapping = None if mapping is None else np.asarray(mapping)
+  for i, (batch, valid) in enumerate(_batches(image_size, num_classes, 5)):
+    assert float(schedule(int(state.step))) == pytest.approx(reference.lr)
+    ref_loss = reference.step(batch["image"][:valid], batch["label"][:valid])
+    state, metrics = train_step(state, frozen, mapping, batch)
+    assert float(metrics["loss"]) == pytest.approx(ref_loss, abs=TOLERANCE)
+    assert int(metrics["count"]) == valid
+    if (i + 1) % STEPS_PER_EPOCH == 0:
+      reference.end_epoch()
+  assert int(state.step) == EPOCHS * STEPS_PER_EPOCH
+  assert reference.lr == pytest.approx(0.01 * 0.1 * 0.1)
+  ours, theirs = params_of(state.params), params_of(reference)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=TOLERANCE)
+  return ours
+
+
+def test_ilm_vp_step_matches_pytorch_after_10_adam_steps(ticket):
+  frozen, (state_dict, mask) = ticket
+  image_size, output_size, num_classes = 24, 48, 10
+  mapping = np.random.default_rng(3).permutation(1000)[:num_classes]
+  reference = ref_lib.VisualPromptReference(
+      torch_reference("resnet18", state_dict, mask), image_size, mapping,
+      output_size=output_size, lr=0.01, milestones=[2, 3], gamma=0.1)
+  method = methods.visual_prompt(resnet.ResNet18(), image_size, output_size)
+  program, = _run(
+      method, reference, frozen, image_size, num_classes,
+      lambda p: (p["program"],) if isinstance(p, dict) else (p.program_nhwc(),))
+  # The frame moved; the image area's entries never get a gradient.
+  frame = np.abs(program[:5]).max()
+  assert frame > 0.01
+  assert np.abs(program[12:36, 12:36]).max() == 0.0
+
+
+def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket):
+  frozen, (state_dict, mask) = ticket
+  image_size, num_classes = 32, 7
+  rng = np.random.default_rng(4)
+  bound = 1 / np.sqrt(512)
+  reference = ref_lib.LinearProbeReference(
+      torch_reference("resnet18", state_dict, mask),
+      rng.uniform(-bound, bound, (512, num_classes)).astype(np.float32),
+      rng.uniform(-bound, bound, num_classes).astype(np.float32),
+      lr=0.01, milestones=[2, 3], gamma=0.1)
+  start = reference.head()
+  method = methods.linear_probe(resnet.ResNet18(), num_classes, image_size)
+  kernel, _ = _run(
+      method, reference, frozen, image_size, num_classes,
+      lambda p: (p["kernel"], p["bias"]) if isinstance(p, dict) else p.head())
+  assert np.abs(kernel - start[0]).max() > 0.01  # It trained.
+
+
+def test_linear_probe_init_is_pytorch_default_distribution():
+  method = methods.linear_probe(resnet.ResNet50(), 10)
+  head = method.init(jax.random.key(0))
+  bound = 1 / np.sqrt(2048)
+  assert head["kernel"].shape == (2048, 10) and head["bias"].shape == (10,)
+  for leaf in (head["kernel"], head["bias"]):
+    assert np.abs(leaf).max() <= bound
+  # Uniform on [-b, b]: std b / sqrt(3).
+  assert np.std(head["kernel"]) == pytest.approx(bound / np.sqrt(3), rel=0.02)
+
+
+def test_optimizer_schedule_is_multistep_per_epoch():
+  _, schedule = steps.make_optimizer(0.01, epochs=100, steps_per_epoch=3)
+  # Milestones int(0.5 * 100) = 50 and int(0.72 * 100) = 72.
+  lrs = [float(schedule(epoch * 3 + 2)) for epoch in (49, 50, 71, 72)]
+  assert lrs == pytest.approx([0.01, 0.001, 0.001, 0.0001])
+  assert float(schedule(50 * 3 - 1)) == pytest.approx(0.01)

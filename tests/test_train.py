@@ -1,0 +1,201 @@
+"""End to end through `python -m reprog_jax.main`: files, resume, bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprog_jax import checkpoints, methods, reporting, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMING = ("train_images_per_second", "epoch_seconds")
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_acc",
+               "test_ece", "test_nll", "test_brier", "test_mce"}
+
+
+def run_main(workdir, *overrides, config="configs/ilm_vp.py:smoke"):
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(
+      pathlib.Path(workdir).parent / "jax-cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return subprocess.run(
+      [sys.executable, "-m", "reprog_jax.main", f"--config={config}",
+       f"--workdir={workdir}", "--config.progress=False", *overrides],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def without_timing(records):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.fixture(scope="module")
+def vp_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("runs") / "vp"
+  proc = run_main(workdir, "--config.epochs=3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_vp_smoke_run_writes_every_file(vp_run):
+  workdir, proc = vp_run
+  assert "RANDOMLY INITIALISED" in proc.stdout
+  records = reporting.read_metrics(workdir)
+  assert [r["epoch"] for r in records] == [0, 1, 2]
+  assert all(METRIC_KEYS <= set(r) for r in records)
+  # MultiStepLR: int(0.5 * 3) = 1 and int(0.72 * 3) = 2.
+  assert [r["lr"] for r in records] == pytest.approx([1e-2, 1e-3, 1e-4])
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["best"]["test_acc"] == max(r["test_acc"] for r in records)
+  assert summary["last"] == without_timing(records)[-1]
+  assert summary["sparsity"]["remaining_percent"] == 100.0
+  assert len(summary["mapping_sequence"]) == 10
+  assert len(set(summary["mapping_sequence"])) == 10
+  assert summary["wall_time_seconds"] > 0 and summary["train_images_per_second"] > 0
+  assert summary["config"]["method"] == "ilm_vp"
+  assert os.listdir(workdir / "tensorboard")
+  for name in ("label_mapping", "prompt", "reliability", "curves"):
+    with Image.open(workdir / "plots" / f"{name}.png") as img:
+      assert min(img.size) >= 64
+  assert checkpoints.latest_epoch(workdir) == 2
+  assert checkpoints.latest_epoch(workdir, checkpoints.BEST) == \
+      summary["best"]["epoch"]
+
+
+def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path):
+  reference, _ = vp_run
+  workdir = tmp_path / "vp"
+  first = run_main(workdir, "--config.epochs=3", "--stop_after_epoch=1")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "stopped after epoch 1" in first.stdout
+  assert len(reporting.read_metrics(workdir)) == 2
+  assert not (workdir / "summary.json").exists()
+  second = run_main(workdir, "--config.epochs=3")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming" in second.stdout
+  assert without_timing(reporting.read_metrics(workdir)) == \
+      without_timing(reporting.read_metrics(reference))
+  ours, theirs = (json.loads((w / "summary.json").read_text())
+                  for w in (workdir, reference))
+  for key in ("best", "last", "mapping_sequence"):
+    assert ours[key] == theirs[key]
+  programs = [_checkpointed_program(w) for w in (workdir, reference)]
+  np.testing.assert_array_equal(*programs)
+  assert np.abs(programs[0]).max() > 0  # It trained.
+
+
+def _checkpointed_program(workdir):
+  method = methods.visual_prompt(__import__("reprog_jax.resnet").resnet.ResNet18(),
+                                 32, 64)
+  from reprog_jax import steps
+  optimizer, _ = steps.make_optimizer(0.01, 3, 3)
+  state = steps.init_state(method, optimizer, jax.random.key(0))
+  like = checkpoints.pack(state, epoch=0, best_acc=0.0, best_epoch=0,
+                          mapping_sequence=np.zeros(10, np.int32),
+                          rng=jax.random.key(0))
+  return np.asarray(checkpoints.restore(workdir, like)["state"].params["program"])
+
+
+def _lp_smoke(**overrides):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "lp_config", ROOT / "configs" / "linear_probe.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  config.progress = False
+  config.epochs = 1
+  config.image_size = 32
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_linear_probe_smoke_run_in_process(tmp_path):
+  summary = train.train_and_evaluate(_lp_smoke(), str(tmp_path))
+  assert summary["method"] == "linear_probe" and summary["mapping_sequence"] is None
+  records = reporting.read_metrics(tmp_path)
+  assert len(records) == 1 and METRIC_KEYS <= set(records[0])
+  assert not (tmp_path / "plots" / "label_mapping.png").exists()
+  assert (tmp_path / "plots" / "reliability.png").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  config = _lp_smoke(epochs=2)
+  train.train_and_evaluate(config, str(tmp_path), stop_after_epoch=0)
+  real = methods.linear_probe
+
+  def poisoned(*args, **kwargs):
+    method = real(*args, **kwargs)
+    return method.__class__(**{**method.__dict__, "logits": lambda *a: (
+        method.logits(*a) * np.nan)})
+
+  monkeypatch.setattr(methods, "linear_probe", poisoned)
+  with pytest.raises(train.TrainingError,
+                     match=r"non-finite loss at epoch 1 step 0 .*checkpoint "
+                     r"\(epoch 0\) is kept"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpoints.latest_epoch(tmp_path) == 0
+  assert [r["epoch"] for r in reporting.read_metrics(tmp_path)] == [0]
+
+
+def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
+  train.prepare_workdir(_lp_smoke(), str(tmp_path))
+  (tmp_path / "metrics.jsonl").write_text("{\"epoch\": 0}\n")
+  with pytest.raises(train.TrainingError,
+                     match=r"holds a run with another config \(differs in lr\)"):
+    train.prepare_workdir(_lp_smoke(lr=0.1), str(tmp_path))
+  assert (tmp_path / "metrics.jsonl").exists()  # Nothing lost.
+  train.prepare_workdir(_lp_smoke(lr=0.1, overwrite=True), str(tmp_path))
+  assert not (tmp_path / "metrics.jsonl").exists()
+  # The same config again (progress and overwrite aside) is a resume.
+  train.prepare_workdir(_lp_smoke(lr=0.1, progress=True), str(tmp_path))
+
+
+def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
+  from reprog_jax import data
+
+  class Many:
+    num_classes = 1001
+
+    def __len__(self):
+      return 1
+
+  monkeypatch.setattr(data, "make_loader_from_config", lambda *a, **k: Many())
+  config = _lp_smoke()
+  config.unlock()
+  config.method = "ilm_vp"
+  config.prompt_output_size = 64
+  config.label_mapping = "ilm"
+  config.mapping_interval = 1
+  with pytest.raises(train.TrainingError, match="1001 classes; .* at most 1000"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.random_network=", "--config.network_dir=/nonexistent/net"],
+     "/nonexistent/net: no such network directory"),
+    (["--config.n_shott=3"], "unknown config field n_shott"),
+    (["--config.n_shot=many"], "flag --config.n_shot=many: invalid literal"),
+    (["--config.label_mapping=best"], "Unknown label mapping 'best'"),
+])
+def test_bad_input_is_one_line_and_exit_1(overrides, message, tmp_path):
+  proc = run_main(tmp_path / "w", *overrides)
+  assert proc.returncode == 1
+  assert proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith("reprog_jax.main: error: ")
+  assert message in proc.stderr
+
+
+def test_network_dir_that_is_not_a_convert_output(tmp_path):
+  (tmp_path / "net").mkdir()
+  (tmp_path / "net" / "weights.pth").write_text("x")
+  config = _lp_smoke(random_network=None, network_dir=str(tmp_path / "net"))
+  from reprog_jax import networks
+  with pytest.raises(networks.NetworkDirError, match="not a `convert` output"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
