@@ -30,6 +30,20 @@ def milestones(epochs: int, fractions: Sequence[float]) -> list[int]:
   return [int(f * epochs) for f in fractions]
 
 
+def epoch_lr(lr: float, epochs: int, epoch: int,
+             milestone_fractions: Sequence[float] = (0.5, 0.72),
+             gamma: float = 0.1) -> float:
+  """The learning rate of `epoch` (0-based), as PyTorch's MultiStepLR.
+
+  Multiplied by `gamma` once per milestone passed, in turn, as PyTorch
+  does, so the float is the one its `get_last_lr()` reports.
+  """
+  for m in milestones(epochs, milestone_fractions):
+    if m <= epoch:
+      lr *= gamma
+  return lr
+
+
 def make_optimizer(lr: float, epochs: int, steps_per_epoch: int,
                    milestone_fractions: Sequence[float] = (0.5, 0.72),
                    gamma: float = 0.1, b1: float = 0.9, b2: float = 0.999,

@@ -24,7 +24,8 @@ from reprog_jax import data
 from reprog_jax import label_mapping
 from reprog_jax import methods
 from reprog_jax import networks
-from reprog_jax import reporting
+from reprog_jax import metric_writer
+from reprog_jax import plots
 from reprog_jax import run_config
 from reprog_jax import steps
 
@@ -248,7 +249,7 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   start_epoch, best_acc, best_epoch = 0, -1.0, -1
   # LP maps nothing; its identity "mapping" only keeps checkpoints uniform.
   mapping = np.arange(num_classes, dtype=np.int32)
-  writer = reporting.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir)
   if checkpoints.latest_epoch(workdir) is not None:
     restored = checkpoints.restore(workdir, checkpoints.pack(
         state, epoch=0, best_acc=0.0, best_epoch=0, mapping_sequence=mapping,
@@ -270,13 +271,16 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
                                   epoch, num_classes, config)
       else:
         mapping = np.asarray(label_mapping.rlm(config.seed, num_classes))
-    lr = float(schedule(epoch * len(train_loader)))
+    lr = steps.epoch_lr(config.lr, config.epochs, epoch,
+                        config.milestone_fractions, config.gamma)
+    mapping_on_device = jax.device_put(mapping)  # Once, not every step.
     train_started = time.time()
-    state, train_metrics = train_epoch(train_step, state, frozen, mapping,
-                                       train_loader, epoch, schedule, config)
+    state, train_metrics = train_epoch(train_step, state, frozen,
+                                       mapping_on_device, train_loader, epoch,
+                                       schedule, config)
     train_seconds = time.time() - train_started
     test_metrics, bins, test_counts = evaluate(
-        eval_step, state.params, frozen, mapping, test_loader, epoch,
+        eval_step, state.params, frozen, mapping_on_device, test_loader, epoch,
         num_classes, config)
     improved = test_metrics["test_accuracy"] > best_acc
     if improved:
@@ -309,17 +313,17 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
 
 def _plots(writer, workdir, epoch, params, bins, counts, mapping, class_names,
            config):
-  plots = os.path.join(workdir, "plots")
-  reporting.plot_reliability(bins, os.path.join(plots, "reliability.png"))
-  reporting.plot_training_curves(reporting.read_metrics(workdir),
-                                 os.path.join(plots, "curves.png"))
+  plot_dir = os.path.join(workdir, "plots")
+  plots.plot_reliability(bins, os.path.join(plot_dir, "reliability.png"))
+  plots.plot_training_curves(metric_writer.read_metrics(workdir),
+                             os.path.join(plot_dir, "curves.png"))
   if config.method == "ilm_vp":
-    path = os.path.join(plots, "label_mapping.png")
-    reporting.plot_label_mapping(counts, mapping, class_names,
+    path = os.path.join(plot_dir, "label_mapping.png")
+    plots.plot_label_mapping(counts, mapping, class_names,
                                  networks.imagenet_classes(), path)
     writer.image("label_mapping", path, epoch)
-    prompt = os.path.join(plots, "prompt.png")
-    reporting.save_prompt_image(
+    prompt = os.path.join(plot_dir, "prompt.png")
+    plots.save_prompt_image(
         np.asarray(params["program"]), config.image_size, prompt,
         scale=max(1, 224 // config.prompt_output_size))
     writer.image("prompt", prompt, epoch)
@@ -327,7 +331,7 @@ def _plots(writer, workdir, epoch, params, bins, counts, mapping, class_names,
 
 def _write_summary(config, workdir, net, train_loader, test_loader, mapping,
                    started):
-  records = reporting.read_metrics(workdir)
+  records = metric_writer.read_metrics(workdir)
   best = max(records, key=lambda r: (r["test_acc"], -r["epoch"]))
   timing = ("train_images_per_second", "epoch_seconds")
   sparsity = {k: v for k, v in net.sparsity().items() if k != "layers"}

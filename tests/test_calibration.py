@@ -1,7 +1,6 @@
 """Tests for reprog_jax.calibration: ECE, MCE, NLL, Brier, accuracy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

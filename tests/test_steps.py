@@ -115,3 +115,6 @@ def test_optimizer_schedule_is_multistep_per_epoch():
   lrs = [float(schedule(epoch * 3 + 2)) for epoch in (49, 50, 71, 72)]
   assert lrs == pytest.approx([0.01, 0.001, 0.001, 0.0001])
   assert float(schedule(50 * 3 - 1)) == pytest.approx(0.01)
+  # The per-epoch figure the metrics report, exact as PyTorch's get_last_lr.
+  assert [steps.epoch_lr(0.01, 100, e) for e in (0, 49, 50, 71, 72, 99)] == [
+      0.01, 0.01, 0.01 * 0.1, 0.01 * 0.1, 0.01 * 0.1 * 0.1, 0.01 * 0.1 * 0.1]

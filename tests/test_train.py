@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprog_jax import checkpoints, methods, reporting, train
+from reprog_jax import checkpoints, methods, metric_writer, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING = ("train_images_per_second", "epoch_seconds")
@@ -44,7 +44,7 @@ def vp_run(tmp_path_factory):
 def test_vp_smoke_run_writes_every_file(vp_run):
   workdir, proc = vp_run
   assert "RANDOMLY INITIALISED" in proc.stdout
-  records = reporting.read_metrics(workdir)
+  records = metric_writer.read_metrics(workdir)
   assert [r["epoch"] for r in records] == [0, 1, 2]
   assert all(METRIC_KEYS <= set(r) for r in records)
   # MultiStepLR: int(0.5 * 3) = 1 and int(0.72 * 3) = 2.
@@ -72,13 +72,13 @@ def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path):
   first = run_main(workdir, "--config.epochs=3", "--stop_after_epoch=1")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "stopped after epoch 1" in first.stdout
-  assert len(reporting.read_metrics(workdir)) == 2
+  assert len(metric_writer.read_metrics(workdir)) == 2
   assert not (workdir / "summary.json").exists()
   second = run_main(workdir, "--config.epochs=3")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming" in second.stdout
-  assert without_timing(reporting.read_metrics(workdir)) == \
-      without_timing(reporting.read_metrics(reference))
+  assert without_timing(metric_writer.read_metrics(workdir)) == \
+      without_timing(metric_writer.read_metrics(reference))
   ours, theirs = (json.loads((w / "summary.json").read_text())
                   for w in (workdir, reference))
   for key in ("best", "last", "mapping_sequence"):
@@ -118,7 +118,7 @@ def _lp_smoke(**overrides):
 def test_linear_probe_smoke_run_in_process(tmp_path):
   summary = train.train_and_evaluate(_lp_smoke(), str(tmp_path))
   assert summary["method"] == "linear_probe" and summary["mapping_sequence"] is None
-  records = reporting.read_metrics(tmp_path)
+  records = metric_writer.read_metrics(tmp_path)
   assert len(records) == 1 and METRIC_KEYS <= set(records[0])
   assert not (tmp_path / "plots" / "label_mapping.png").exists()
   assert (tmp_path / "plots" / "reliability.png").exists()
@@ -141,7 +141,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
                      r"\(epoch 0\) is kept"):
     train.train_and_evaluate(config, str(tmp_path))
   assert checkpoints.latest_epoch(tmp_path) == 0
-  assert [r["epoch"] for r in reporting.read_metrics(tmp_path)] == [0]
+  assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0]
 
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):

@@ -1,0 +1,234 @@
+"""What a training run logs each epoch: `metrics.jsonl` and TensorBoard.
+
+`MetricWriter` appends one JSON record per epoch to `workdir/metrics.jsonl`
+and mirrors every numeric metric as a TensorBoard scalar under
+`workdir/tensorboard`; `read_metrics` reads the records back.
+
+tensorboardX is imported inside the writer: importing it alone takes about
+two seconds, and modules that only read metrics should not pay for it.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+# Strict JSON has no NaN or infinity. They are written as these strings (the
+# names JavaScript and Python's `json` give them) and `read_metrics` turns
+# them back into floats, so a diverged run still leaves a valid file.
+_NON_FINITE_NAMES = {"NaN": math.nan, "Infinity": math.inf,
+                     "-Infinity": -math.inf}
+
+
+
+# ---------------------------------------------------------------------------
+# Metrics: metrics.jsonl and TensorBoard scalars.
+# ---------------------------------------------------------------------------
+
+
+def _plain_value(name: str, value: Any) -> bool | int | float | str:
+  """Converts a metric to a JSON-able Python scalar (NumPy/JAX included)."""
+  if isinstance(value, (bool, int, float, str)):
+    return value
+  # NumPy scalars, 0-d NumPy and JAX arrays all have `.item()`; anything
+  # with more than one element is a mistake by the caller.
+  if hasattr(value, "item") and np.size(value) == 1:
+    return value.item()
+  raise TypeError(
+      f"Metric {name!r} must be a scalar (bool, int, float or str), got "
+      f"{type(value).__name__} {value!r}.")
+
+
+def _json_value(value: bool | int | float | str) -> bool | int | float | str:
+  if isinstance(value, float) and not math.isfinite(value):
+    return "NaN" if math.isnan(value) else (
+        "Infinity" if value > 0 else "-Infinity")
+  return value
+
+
+def is_number(value: Any) -> bool:
+  """True for an int or float metric (not a bool)."""
+  # bool is an int subclass but not a quantity worth a curve.
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_line(line: str) -> dict[str, Any]:
+  record = json.loads(line)
+  return {key: _NON_FINITE_NAMES.get(value, value)
+          if isinstance(value, str) else value
+          for key, value in record.items()}
+
+
+def _complete_lines(path: str) -> list[str]:
+  """The newline-terminated lines of `path`; a torn last line is dropped."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  # A line is only complete once its newline is on disk: anything after the
+  # last newline was cut off by a crash mid-write.
+  return text.split("\n")[:-1]
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Reads the per-epoch records a `MetricWriter` wrote.
+
+  Args:
+    workdir: The run's directory, holding `metrics.jsonl`.
+
+  Returns:
+    One dict per complete line, in file order; `[]` if there is no file.
+    The strings `"NaN"`, `"Infinity"` and `"-Infinity"` are returned as the
+    floats they stand for. An incomplete last line (a crash while writing
+    it) is ignored.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  return [_parse_line(line) for line in _complete_lines(path) if line.strip()]
+
+
+class MetricWriter:
+  """Writes per-epoch metrics to `metrics.jsonl` and TensorBoard.
+
+  Each `write` appends one line `{"epoch": ..., <metrics>}` and flushes and
+  fsyncs it, so a crash loses at most the line being written. Non-finite
+  floats are stored as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`
+  (see `read_metrics`). Numeric metrics (not bools or strings) also become
+  TensorBoard scalars, tag = metric name, step = epoch.
+
+  To resume, call `truncate_after(restored_epoch)` before writing: the file
+  then holds exactly what an uninterrupted run would have written, and
+  TensorBoard is told to discard the old run's later steps.
+
+  Usable as a context manager; `close` flushes TensorBoard.
+
+  Args:
+    workdir: The run's directory; created if missing.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    os.makedirs(workdir, exist_ok=True)
+    self._drop_torn_line()
+    self._file = open(self.path, "a", encoding="utf-8")
+    self._summary_writer = None
+    self._purge_step = None
+
+  def _drop_torn_line(self):
+    """Cuts a partial last line left by a crash, so appends start clean."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      if data and not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
+
+  def _tensorboard(self):
+    # Created on first use, so that a `truncate_after` right after
+    # construction can still set `purge_step` on the only writer.
+    if self._summary_writer is None:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      # Event files are named by the second and opened with "wb": a second
+      # writer in the same second (a quick resume) would overwrite the
+      # first's file. A nanosecond suffix keeps names unique and in the
+      # order TensorBoard reads them.
+      self._summary_writer = tensorboardX.SummaryWriter(
+          self.tensorboard_dir, purge_step=self._purge_step,
+          filename_suffix=f".{time.time_ns():020d}")
+    return self._summary_writer
+
+  def write(self, epoch: int, metrics: Mapping[str, Any]):
+    """Appends the metrics of one epoch.
+
+    Args:
+      epoch: The epoch number, written under the key `"epoch"`.
+      metrics: Metric name -> scalar (Python, NumPy or 0-d JAX; bool, int,
+        float or str).
+
+    Raises:
+      ValueError: If `metrics` has a key `"epoch"`.
+      TypeError: If a value is not a scalar.
+    """
+    if "epoch" in metrics:
+      raise ValueError("'epoch' is reserved; pass it as the `epoch` argument.")
+    values = {name: _plain_value(name, value)
+              for name, value in metrics.items()}
+    record = {"epoch": int(epoch)}
+    record.update({name: _json_value(v) for name, v in values.items()})
+    self._file.write(json.dumps(record, allow_nan=False) + "\n")
+    self._file.flush()
+    os.fsync(self._file.fileno())
+    writer = self._tensorboard()
+    for name, value in values.items():
+      if is_number(value):
+        writer.add_scalar(name, value, global_step=int(epoch))
+    # Once an epoch is cheap, and lets TensorBoard show the run live rather
+    # than every `flush_secs` (120 s).
+    writer.flush()
+
+  def truncate_after(self, epoch: int):
+    """Keeps only the records with `epoch <= epoch`, for a resumed run.
+
+    The file is rewritten to a temporary file and swapped in with
+    `os.replace`, so a crash leaves either the old or the new file. Later
+    TensorBoard events are purged from step `epoch + 1` on.
+
+    Args:
+      epoch: The last epoch whose record is kept (the restored checkpoint's).
+    """
+    self._file.close()
+    kept = [line for line in _complete_lines(self.path)
+            if line.strip() and _parse_line(line)["epoch"] <= epoch]
+    fd, temp_path = tempfile.mkstemp(dir=self.workdir, prefix=".metrics.")
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in kept)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(temp_path, self.path)
+    except BaseException:
+      os.unlink(temp_path)
+      raise
+    self._file = open(self.path, "a", encoding="utf-8")
+    self._purge_step = int(epoch) + 1
+    if self._summary_writer is not None:
+      # The purge marker is written only when a writer opens its file.
+      self._summary_writer.close()
+      self._summary_writer = None
+
+  def image(self, tag: str, path_png: str, epoch: int):
+    """Adds a PNG file (e.g. from the plot functions) as a TensorBoard image.
+
+    Args:
+      tag: TensorBoard tag, e.g. `"label_mapping"`.
+      path_png: The image file.
+      epoch: The step.
+    """
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(path_png) as picture:
+      pixels = np.asarray(picture.convert("RGB"))
+    self._tensorboard().add_image(tag, pixels, global_step=int(epoch),
+                                  dataformats="HWC")
+    self._tensorboard().flush()
+
+  def close(self):
+    """Closes the metrics file and flushes and closes TensorBoard."""
+    self._file.close()
+    if self._summary_writer is not None:
+      self._summary_writer.close()
+      self._summary_writer = None
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()

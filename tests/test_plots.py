@@ -1,0 +1,197 @@
+"""The PNGs (`reprog_jax.plots`): heatmap, prompt, reliability, curves."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprog_jax import calibration
+from reprog_jax import plots
+
+
+# ---------------------------------------------------------------------------
+# Label-mapping heatmap.
+# ---------------------------------------------------------------------------
+
+# counts[s, t]: examples of target t predicted as source s. Target totals
+# 10, 10, 1; source totals 6, 5, 8, 2.
+COUNTS = np.array([[5, 0, 1],
+                   [3, 2, 0],
+                   [0, 8, 0],
+                   [2, 0, 0]])
+MAPPING = [0, 2, 1]
+
+
+def test_mapping_percentages_hand_computed():
+  table = plots.mapping_percentages(COUNTS, MAPPING, top_k=1,
+                                        max_targets=None)
+  # Mapped sources 0, 2, 1, then the most predicted other source: 3.
+  np.testing.assert_array_equal(table.source_indices, [0, 2, 1, 3])
+  np.testing.assert_array_equal(table.target_indices, [0, 1, 2])
+  np.testing.assert_allclose(table.percent, [[50, 0, 30, 20],
+                                             [0, 80, 20, 0],
+                                             [100, 0, 0, 0]])
+
+
+def test_mapping_percentages_limits_rows_and_skips_shown_sources():
+  table = plots.mapping_percentages(COUNTS, MAPPING, top_k=5,
+                                        max_targets=2)
+  # Mapped 0, 2; the others by frequency: 1 (5 predictions), 3 (2).
+  np.testing.assert_array_equal(table.source_indices, [0, 2, 1, 3])
+  np.testing.assert_array_equal(table.target_indices, [0, 1])
+  np.testing.assert_allclose(table.percent, [[50, 0, 30, 20],
+                                             [0, 80, 20, 0]])
+  only_mapped = plots.mapping_percentages(COUNTS, MAPPING, top_k=0)
+  np.testing.assert_array_equal(only_mapped.source_indices, MAPPING)
+
+
+def test_mapping_percentages_target_without_examples_is_zero():
+  counts = np.array([[4, 0], [0, 0]])
+  table = plots.mapping_percentages(counts, [0, 1], top_k=0)
+  np.testing.assert_allclose(table.percent, [[100, 0], [0, 0]])
+
+
+def test_mean_mapped_percentage():
+  # Targets 0, 1, 2 give their mapped sources 5/10, 8/10 and 0/1.
+  assert plots.mean_mapped_percentage(COUNTS, MAPPING) == pytest.approx(
+      (50 + 80 + 0) / 3)
+  # A target without examples does not count.
+  assert plots.mean_mapped_percentage(
+      np.array([[4, 0], [0, 0]]), [0, 1]) == pytest.approx(100)
+  assert math.isnan(plots.mean_mapped_percentage(np.zeros((2, 1)), [0]))
+
+
+def test_mapping_percentages_rejects_wrong_mapping_length():
+  with pytest.raises(ValueError, match="mapping_sequence"):
+    plots.mapping_percentages(COUNTS, [0, 1])
+
+
+def assert_png(path, width_range, height_range):
+  with Image.open(path) as image:
+    assert image.format == "PNG"
+    image.verify()
+  with Image.open(path) as image:
+    width, height = image.size
+  assert width_range[0] <= width <= width_range[1], width
+  assert height_range[0] <= height <= height_range[1], height
+
+
+def test_plot_label_mapping_many_targets(tmp_path):
+  rng = np.random.default_rng(0)
+  num_targets = 400
+  counts = rng.integers(0, 5, size=(1000, num_targets))
+  mapping = rng.permutation(1000)[:num_targets]
+  path = str(tmp_path / "mapping.png")
+  plots.plot_label_mapping(
+      counts, mapping, [f"target class {t}" for t in range(num_targets)],
+      None, path, title="ILM-VP, epoch 3")
+  # 20 rows and 25 columns: legible, not a 400-row wall.
+  assert_png(path, (800, 2000), (800, 2000))
+
+
+def test_plot_label_mapping_checks_names(tmp_path):
+  with pytest.raises(ValueError, match="names"):
+    plots.plot_label_mapping(COUNTS, MAPPING, ["a", "b"],
+                                 ["s0", "s1", "s2", "s3"],
+                                 str(tmp_path / "x.png"))
+
+
+# ---------------------------------------------------------------------------
+# Prompt pictures.
+# ---------------------------------------------------------------------------
+
+
+def test_save_prompt_image_frame_and_checkerboard(tmp_path):
+  # s = 31: the frame is 97 pixels before the image and 96 after it.
+  program = np.zeros((224, 224, 3), np.float32)
+  program[0, 0] = [2.0, -1.0, 0.0]
+  program[223, 223] = [-3.0, 4.0, 1.0]
+  program[97:128, 97:128] = 10.0  # Never used: the image covers it.
+  path = str(tmp_path / "prompt.png")
+  plots.save_prompt_image(program, 31, path)
+  with Image.open(path) as image:
+    assert image.size == (224, 224) and image.mode == "RGB"
+    pixels = np.asarray(image)
+
+  def sigmoid_byte(x):
+    return round(255 / (1 + math.exp(-x)))
+
+  assert [sigmoid_byte(x) for x in (2.0, -1.0, 0.0)] == [225, 69, 128]
+  np.testing.assert_array_equal(pixels[0, 0], [225, 69, 128])
+  np.testing.assert_array_equal(
+      pixels[223, 223], [sigmoid_byte(x) for x in (-3.0, 4.0, 1.0)])
+  np.testing.assert_array_equal(pixels[96, 96], [128] * 3)  # Last frame row.
+  np.testing.assert_array_equal(pixels[128, 128], [128] * 3)
+  # Checkerboard of 8-pixel squares from the image's corner (97, 97).
+  dark, light = plots.CHECKER_DARK, plots.CHECKER_LIGHT
+  for (row, col), grey in {(97, 97): dark, (97, 104): dark, (97, 105): light,
+                           (105, 97): light, (105, 105): dark,
+                           (127, 127): dark, (127, 120): light}.items():
+    np.testing.assert_array_equal(pixels[row, col], [grey] * 3,
+                                  err_msg=f"({row}, {col})")
+  assert {dark, light}.isdisjoint({128})
+
+
+def test_save_prompt_image_scale(tmp_path):
+  program = np.full((224, 224, 3), 3.0, np.float32)
+  path = str(tmp_path / "prompt.png")
+  plots.save_prompt_image(program, 128, path, scale=2)
+  with Image.open(path) as image:
+    pixels = np.asarray(image)
+  assert pixels.shape == (448, 448, 3)
+  np.testing.assert_array_equal(pixels[0, 0], [round(255 / (1 + math.exp(-3)))]
+                                * 3)
+  # Image area from 48 on; 2x scale: pixel (2*48, 2*48) is its dark corner.
+  np.testing.assert_array_equal(pixels[96, 96], [plots.CHECKER_DARK] * 3)
+  np.testing.assert_array_equal(pixels[95, 95], pixels[0, 0])
+
+
+def test_save_prompted_examples_denormalises(tmp_path):
+  mean = np.array([0.485, 0.456, 0.406])
+  std = np.array([0.229, 0.224, 0.225])
+  raw = np.zeros((3, 10, 12, 3))
+  raw[0] = 1.0
+  raw[1, :, :] = [0.2, 0.4, 0.6]
+  normalised = (raw - mean) / std
+  path = str(tmp_path / "examples.png")
+  plots.save_prompted_examples(normalised, path, columns=2)
+  with Image.open(path) as image:
+    pixels = np.asarray(image)
+  # Two columns, two rows, 2-pixel white gaps.
+  assert pixels.shape == (2 * 10 + 2, 2 * 12 + 2, 3)
+  np.testing.assert_array_equal(pixels[0, 0], [255] * 3)
+  np.testing.assert_array_equal(pixels[5, 14], [51, 102, 153])
+  np.testing.assert_array_equal(pixels[12, 0], [0] * 3)
+  np.testing.assert_array_equal(pixels[10, 0], [255] * 3)  # Gap.
+  np.testing.assert_array_equal(pixels[12, 14], [255] * 3)  # Empty cell.
+
+
+# ---------------------------------------------------------------------------
+# Reliability diagram and training curves.
+# ---------------------------------------------------------------------------
+
+
+def test_plot_reliability(tmp_path):
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(200, 10)) * 3
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  labels = rng.integers(0, 10, size=200)
+  bins = calibration.calibration_bins(probs, labels)
+  path = str(tmp_path / "reliability.png")
+  plots.plot_reliability(bins, path, title="dense, LP")
+  assert_png(path, (500, 500), (600, 600))
+
+
+def test_plot_training_curves(tmp_path):
+  records = [{"epoch": epoch, "train_loss": 2.5 - 0.5 * epoch,
+              "train_acc": 0.25 * (epoch + 1), "test_acc": 0.5 + 0.1 * epoch,
+              "method": "vp", "test_loss": 1.0 / (epoch + 1),
+              "test_ece": float("nan") if epoch == 1 else 0.1}
+             for epoch in range(4)]
+  path = str(tmp_path / "curves.png")
+  plots.plot_training_curves(records, path)
+  assert_png(path, (1300, 1300), (400, 400))
+  # Without any known metric the panels say so rather than failing.
+  plots.plot_training_curves([{"epoch": 0, "lr": 0.1}], path)
+  assert_png(path, (1300, 1300), (400, 400))
