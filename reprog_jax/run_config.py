@@ -32,6 +32,7 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   # Optimisation: Adam with PyTorch's defaults, MultiStepLR per epoch.
   config.seed = 4
   config.epochs = 100
+  config.optimizer = "adam"  # The PyTorch version's only choice.
   config.lr = 0.01
   config.b1 = 0.9
   config.b2 = 0.999
@@ -73,6 +74,9 @@ def check(config) -> None:
 
   if config.method not in METHODS:
     bad(f"method {config.method!r} is not one of {', '.join(METHODS)}")
+  if config.optimizer != "adam":
+    bad(f"optimizer {config.optimizer!r} is not supported; the PyTorch "
+        f"version uses 'adam'")
   if config.dtype != "auto" and config.dtype not in DTYPES:
     bad(f"dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
   if bool(config.network_dir) == bool(config.random_network):
