@@ -15,11 +15,13 @@ Smoke run (mock data, a random ResNet-18, seconds on a CPU):
   python -m reprog_jax.main --config=configs/linear_probe.py:smoke --workdir=/tmp/lp_smoke
 """
 
+from reprog_jax import data
 from reprog_jax import run_config
 
 
 def get_config(arg=None):
   dataset = "cifar10" if arg in (None, "", "smoke") else arg
+  data.get_dataset_info(dataset)  # An unknown name fails here, listing all.
   config = run_config.base_config("linear_probe", dataset)
   config.image_size = 224
   if arg == "smoke":

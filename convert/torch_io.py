@@ -7,6 +7,7 @@ does (`pip install 'reprog-jax[torch]'`).
 
 import hashlib
 import os
+import re
 
 import numpy as np
 
@@ -48,7 +49,8 @@ def read_state_dict(path, what="weights") -> dict:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for a bad file.
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # No ANSI colours.
+    first = (text.splitlines() or [type(e).__name__])[0][:160]
     raise ConversionError(
         f"{path}: not a readable PyTorch checkpoint ({first})") from None
   if isinstance(obj, dict):

@@ -54,9 +54,13 @@ def unpack(tree) -> dict:
 
 
 def save(workdir, tree, *, best: bool) -> None:
-  """Saves `tree` (from `pack`) as the last checkpoint, and as the best."""
+  """Saves `tree` (from `pack`) as the best checkpoint, then as the last.
+
+  Best first: the last checkpoint records the best epoch, so it must never
+  name a best checkpoint that a crash kept from being written.
+  """
   epoch = int(tree["epoch"])
-  for which in (LAST, BEST) if best else (LAST,):
+  for which in (BEST, LAST) if best else (LAST,):
     with _manager(workdir, which) as manager:
       manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
       manager.wait_until_finished()

@@ -30,8 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # parse_flags refused any positional argument.
   # Library chatter (missing TPU runtimes, tfds variants) is not for users.
   logging.set_verbosity(logging.ERROR)
   try:
@@ -68,10 +67,16 @@ def _one_line(error) -> str:
 def parse_flags(argv):
   """absl's parsing, with every bad flag or override as one line, exit 1."""
   try:
-    return flags.FLAGS(argv)
+    args = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     print(f"reprog_jax.main: error: {_one_line(e)}", file=sys.stderr)
     sys.exit(1)
+  if len(args) > 1:
+    print(f"reprog_jax.main: error: unexpected arguments {' '.join(args[1:])}"
+          f" (every setting is a flag, e.g. --config.n_shot=10)",
+          file=sys.stderr)
+    sys.exit(1)
+  return args
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ class Method:
 
   Attributes:
     name: 'ilm_vp' or 'linear_probe'.
-    input_size: side of the images the loader must produce.
-    uses_label_mapping: whether `logits` needs a mapping sequence.
+    uses_label_mapping: whether `logits` needs a mapping sequence (then
+      `logits` is `apply_mapping(source_logits(...), mapping_sequence)`).
     init: `rng -> trainable` initial values.
+    network_input: `(trainable, images) -> what the frozen network sees`
+      (the prompted canvas for VP, the normalised images for LP).
     logits: `(trainable, frozen, images, mapping_sequence) -> (N, T)` target
       logits; `images` are [0, 1] NHWC; `mapping_sequence` is ignored by
       methods without a label mapping.
@@ -45,9 +47,9 @@ class Method:
   """
 
   name: str
-  input_size: int
   uses_label_mapping: bool
   init: Callable[[jax.Array], Trainable]
+  network_input: Callable[..., jax.Array]
   logits: Callable[..., jax.Array]
   source_logits: Callable[..., jax.Array] | None = None
 
@@ -72,18 +74,20 @@ def visual_prompt(model, image_size: int, output_size: int = 224) -> Method:
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     return prompt.init(rng, dummy)["params"]
 
+  def network_input(trainable, images):
+    return prompt.apply({"params": trainable}, images)
+
   def source_logits(trainable, frozen, images):
-    return _run_network(model, frozen, prompt.apply({"params": trainable},
-                                                    images))
+    return _run_network(model, frozen, network_input(trainable, images))
 
   def logits(trainable, frozen, images, mapping_sequence):
     return label_mapping.apply_mapping(
         source_logits(trainable, frozen, images), mapping_sequence)
 
-  return Method("ilm_vp", image_size, True, init, logits, source_logits)
+  return Method("ilm_vp", True, init, network_input, logits, source_logits)
 
 
-def linear_probe(model, num_classes: int, image_size: int = 224) -> Method:
+def linear_probe(model, num_classes: int) -> Method:
   """Linear probing: a new `num_classes`-way head on `model`'s features.
 
   The head starts as PyTorch's `nn.Linear` default: kernel and bias uniform
@@ -99,10 +103,14 @@ def linear_probe(model, num_classes: int, image_size: int = 224) -> Method:
             "bias": jax.random.uniform(k_bias, (num_classes,), jnp.float32,
                                        -bound, bound)}
 
+  def network_input(trainable, images):
+    del trainable  # Nothing trained comes before the network.
+    return prompts.imagenet_normalize(images)
+
   def logits(trainable, frozen, images, mapping_sequence=None):
     del mapping_sequence  # LP maps nothing.
-    features = _run_network(model, frozen, prompts.imagenet_normalize(images),
+    features = _run_network(model, frozen, network_input(trainable, images),
                             features_only=True)
     return features @ trainable["kernel"] + trainable["bias"]
 
-  return Method("linear_probe", image_size, False, init, logits)
+  return Method("linear_probe", False, init, network_input, logits)

@@ -60,6 +60,14 @@ def shrink_for_smoke(config) -> None:
   config.eval_batch_size = 16
 
 
+def image_size(config) -> int:
+  """The loader's image side: `config.image_size`, or for ILM-VP when it is
+  unset, the dataset's VP size (32 or 128)."""
+  if config.image_size:
+    return config.image_size
+  return data.get_dataset_info(config.data.name).vp_size
+
+
 def compute_dtype(config):
   """The jnp dtype `config.dtype` names on this backend."""
   if config.dtype == "auto":
@@ -93,6 +101,7 @@ def check(config) -> None:
     label_mapping.get_label_mapping(config.label_mapping)
     if config.mapping_interval < 1:
       bad(f"mapping_interval must be >= 1, got {config.mapping_interval}")
-    if not 0 < config.image_size <= config.prompt_output_size:
-      bad(f"image_size {config.image_size} must be in "
+    size = image_size(config)
+    if not 0 < size <= config.prompt_output_size:
+      bad(f"image_size {size} must be in "
           f"[1, prompt_output_size={config.prompt_output_size}]")

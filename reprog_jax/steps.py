@@ -117,10 +117,16 @@ def make_train_step(method, optimizer):
 
 
 def make_eval_step(method):
-  """`(params, frozen, mapping_sequence, batch) -> target logits`, jitted."""
+  """`(params, frozen, mapping_sequence, batch) -> (target logits, source
+  argmax or None)`, jitted; the source predictions (VP) feed the
+  label-mapping plot."""
 
   def eval_step(params, frozen, mapping_sequence, batch):
-    return method.logits(params, frozen, batch["image"], mapping_sequence)
+    if not method.uses_label_mapping:
+      return method.logits(params, frozen, batch["image"], None), None
+    source = method.source_logits(params, frozen, batch["image"])
+    return (label_mapping.apply_mapping(source, mapping_sequence),
+            jnp.argmax(source, axis=-1))
 
   return jax.jit(eval_step)
 

@@ -30,8 +30,11 @@ from reprog_jax import run_config
 from reprog_jax import steps
 
 CONFIG_FILE = "config.json"
-# Fields that may differ between a run and its resumption.
-NOT_COMPARED = ("overwrite", "progress")
+# Fields that may differ between a run and its resumption: they change how
+# fast or where from, not what is computed.
+NOT_COMPARED = ("overwrite", "progress", "data.worker_count",
+                "data.read_threads", "data.prefetch_batches", "data.data_dir",
+                "data.folder_root")
 
 
 class TrainingError(RuntimeError):
@@ -43,11 +46,6 @@ class TrainingError(RuntimeError):
 # --------------------------------------------------------------------------
 
 
-def _comparable(config) -> dict:
-  d = json.loads(config.to_json_best_effort())
-  return {k: v for k, v in d.items() if k not in NOT_COMPARED}
-
-
 def _flat(d, prefix=""):
   for k, v in d.items():
     if isinstance(v, dict):
@@ -56,23 +54,39 @@ def _flat(d, prefix=""):
       yield f"{prefix}{k}", v
 
 
-def prepare_workdir(config, workdir) -> None:
-  """Creates `workdir`, or checks that it holds a run of the same config."""
+def _comparable(config, dtype) -> dict:
+  flat = dict(_flat(json.loads(config.to_json_best_effort())))
+  # 'auto' resolves per backend; a bfloat16 run resumed in float32 would not
+  # end as it would have.
+  flat["resolved_dtype"] = jnp.dtype(dtype).name
+  return {k: v for k, v in flat.items() if k not in NOT_COMPARED}
+
+
+def prepare_workdir(config, workdir, dtype) -> None:
+  """Creates `workdir`, or checks that its checkpointed run has this config.
+
+  Call it only once every input has been checked: it is the first thing
+  that writes. A workdir without a checkpoint has nothing to lose and is
+  simply reused; one holding a run of another config is refused, or with
+  `config.overwrite` emptied.
+  """
   path = os.path.join(workdir, CONFIG_FILE)
-  current = _comparable(config)
-  if os.path.exists(path):
+  current = _comparable(config, dtype)
+  if os.path.exists(path) and checkpoints.latest_epoch(workdir) is not None:
     with open(path) as f:
       previous = json.load(f)
+    previous = {k: v for k, v in previous.items() if k not in NOT_COMPARED}
     if previous != current:
+      diff = sorted(k for k in previous.keys() | current.keys()
+                    if previous.get(k) != current.get(k))
       if not config.overwrite:
-        old, new = dict(_flat(previous)), dict(_flat(current))
-        diff = sorted(k for k in old.keys() | new.keys()
-                      if old.get(k) != new.get(k))
         raise TrainingError(
             f"{workdir} holds a run with another config (differs in "
             f"{', '.join(diff[:5])}); use another --workdir, or pass "
             f"--config.overwrite=True to delete that run and start over")
-      for name in os.listdir(workdir):  # Explicitly asked to start over.
+      print(f"overwrite: deleting the run in {workdir} (its config differs "
+            f"in {', '.join(diff[:5])})")
+      for name in os.listdir(workdir):
         target = os.path.join(workdir, name)
         (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
   os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
@@ -105,6 +119,10 @@ def _bar(iterable, total, desc, config):
                    dynamic_ncols=True, disable=not config.progress)
 
 
+# Jitted once per shape, not re-traced every epoch.
+_greedy_mapping = jax.jit(label_mapping.greedy_mapping)
+
+
 def compute_mapping(count_step, state, frozen, loader, epoch, num_classes,
                     config):
   """ILM/FLM: count (source prediction, label) pairs over the training set
@@ -114,7 +132,7 @@ def compute_mapping(count_step, state, frozen, loader, epoch, num_classes,
   batches = data.prefetch_to_device(loader.epoch(epoch))
   for batch in _bar(batches, len(loader), f"epoch {epoch} mapping", config):
     counts = count_step(counts, state.params, frozen, batch)
-  return np.asarray(label_mapping.greedy_mapping(counts))
+  return np.asarray(_greedy_mapping(counts))
 
 
 def train_epoch(train_step, state, frozen, mapping, loader, epoch, schedule,
@@ -134,10 +152,12 @@ def train_epoch(train_step, state, frozen, mapping, loader, epoch, schedule,
   losses = np.asarray(jnp.stack(losses))
   bad = np.flatnonzero(~np.isfinite(losses))
   if bad.size:
+    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept"
+            if epoch > 0 else "no checkpoint was written")
     raise TrainingError(
         f"non-finite loss at epoch {epoch} step {bad[0]} (lr "
-        f"{float(schedule(epoch * len(loader) + bad[0])):g}); the last good "
-        f"checkpoint (epoch {epoch - 1}) is kept; lower --config.lr")
+        f"{float(schedule(epoch * len(loader) + bad[0])):g}); {kept}; "
+        f"lower --config.lr")
   sums = jax.device_get(sums)
   return state, {"train_loss": float(sums["loss_sum"] / sums["count"]),
                  "train_acc": float(sums["correct"] / sums["count"])}
@@ -146,13 +166,17 @@ def train_epoch(train_step, state, frozen, mapping, loader, epoch, schedule,
 def evaluate(eval_step, params, frozen, mapping, loader, epoch, num_classes,
              config):
   """Accuracy and calibration over the whole test split, plus the test
-  (source prediction, label) counts for the label-mapping plot (VP)."""
+  (source prediction, label) counts for the label-mapping plot (VP) and the
+  first few test images (for the picture of prompted inputs)."""
   logits, labels, valid, predictions = [], [], [], []
+  examples = None
   # Unshuffled: every epoch is the same pass; asking for consecutive epochs
   # keeps the loader's workers running.
   batches = data.prefetch_to_device(loader.epoch(epoch))
   for batch in _bar(batches, len(loader), "test", config):
     out, source_pred = eval_step(params, frozen, mapping, batch)
+    if examples is None:
+      examples = batch["image"][:8]
     logits.append(out)
     labels.append(batch["label"])
     valid.append(batch["mask"])
@@ -167,21 +191,7 @@ def evaluate(eval_step, params, frozen, mapping, loader, epoch, num_classes,
     counts = np.asarray(label_mapping.count_matrix(
         jnp.concatenate(predictions), labels, num_classes, valid,
         num_source=label_mapping.NUM_IMAGENET_CLASSES))
-  return metrics, bins, counts
-
-
-def make_eval_step(method):
-  """`(params, frozen, mapping, batch) -> (target logits, source argmax or
-  None)`, jitted."""
-
-  def eval_step(params, frozen, mapping, batch):
-    if method.source_logits is None:
-      return method.logits(params, frozen, batch["image"], mapping), None
-    source = method.source_logits(params, frozen, batch["image"])
-    return (label_mapping.apply_mapping(source, mapping),
-            jnp.argmax(source, axis=-1))
-
-  return jax.jit(eval_step)
+  return metrics, bins, counts, examples
 
 
 # --------------------------------------------------------------------------
@@ -200,26 +210,25 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   """
   started = time.time()
   run_config.check(config)
-  prepare_workdir(config, workdir)
   dtype = run_config.compute_dtype(config)
   is_vp = config.method == "ilm_vp"
+  image_size = run_config.image_size(config)
 
   # Network: frozen trees, passed to every step as an argument.
   net = load_network(config, dtype)
   frozen = net.frozen
 
   # Data.
-  input_size = config.image_size
   train_loader = data.make_loader_from_config(
-      config.data, "train", image_size=input_size,
+      config.data, "train", image_size=image_size,
       batch_size=config.batch_size, seed=config.seed)
   test_loader = data.make_loader_from_config(
-      config.data, "test", image_size=input_size,
+      config.data, "test", image_size=image_size,
       batch_size=config.eval_batch_size, seed=config.seed, shuffle=False)
   # The mapping pass reads the same (few-shot) training set, in its own
   # loader so the training loader's epochs stay consecutive.
   mapping_loader = data.make_loader_from_config(
-      config.data, "train", image_size=input_size,
+      config.data, "train", image_size=image_size,
       batch_size=config.eval_batch_size, seed=config.seed,
       shuffle=False) if is_vp else None
   num_classes = train_loader.num_classes
@@ -230,20 +239,23 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
 
   # Method and optimiser.
   if is_vp:
-    method = methods.visual_prompt(net.model, config.image_size,
+    method = methods.visual_prompt(net.model, image_size,
                                    config.prompt_output_size)
     mapping_kind = label_mapping.get_label_mapping(config.label_mapping)
   else:
-    method = methods.linear_probe(net.model, num_classes, config.image_size)
+    method = methods.linear_probe(net.model, num_classes)
   optimizer, schedule = steps.make_optimizer(
       config.lr, config.epochs, len(train_loader), config.milestone_fractions,
       config.gamma, config.b1, config.b2, config.eps, config.weight_decay)
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
   state = steps.init_state(method, optimizer, init_rng)
   train_step = steps.make_train_step(method, optimizer)
-  eval_step = make_eval_step(method)
+  eval_step = steps.make_eval_step(method)
   count_step = (steps.make_count_step(method, num_classes)
                 if is_vp else None)
+
+  # Workdir: every input is checked by now, so this is the first write.
+  prepare_workdir(config, workdir, dtype)
 
   # Restore.
   start_epoch, best_acc, best_epoch = 0, -1.0, -1
@@ -279,7 +291,7 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
                                        mapping_on_device, train_loader, epoch,
                                        schedule, config)
     train_seconds = time.time() - train_started
-    test_metrics, bins, test_counts = evaluate(
+    test_metrics, bins, test_counts, examples = evaluate(
         eval_step, state.params, frozen, mapping_on_device, test_loader, epoch,
         num_classes, config)
     improved = test_metrics["test_accuracy"] > best_acc
@@ -291,8 +303,8 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
               "train_images_per_second": train_loader.num_examples / train_seconds,
               "epoch_seconds": time.time() - epoch_started}
     writer.write(epoch, record)
-    _plots(writer, workdir, epoch, state.params, bins, test_counts, mapping,
-           train_loader.class_names, config)
+    _plots(writer, workdir, epoch, method, state.params, bins, test_counts,
+           mapping, examples, train_loader.class_names, image_size, config)
     checkpoints.save(workdir, checkpoints.pack(
         state, epoch=epoch, best_acc=best_acc, best_epoch=best_epoch,
         mapping_sequence=mapping, rng=rng), best=improved)
@@ -311,8 +323,8 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
                         mapping, started)
 
 
-def _plots(writer, workdir, epoch, params, bins, counts, mapping, class_names,
-           config):
+def _plots(writer, workdir, epoch, method, params, bins, counts, mapping,
+           examples, class_names, image_size, config):
   plot_dir = os.path.join(workdir, "plots")
   plots.plot_reliability(bins, os.path.join(plot_dir, "reliability.png"))
   plots.plot_training_curves(metric_writer.read_metrics(workdir),
@@ -320,13 +332,18 @@ def _plots(writer, workdir, epoch, params, bins, counts, mapping, class_names,
   if config.method == "ilm_vp":
     path = os.path.join(plot_dir, "label_mapping.png")
     plots.plot_label_mapping(counts, mapping, class_names,
-                                 networks.imagenet_classes(), path)
+                             networks.imagenet_classes(), path)
     writer.image("label_mapping", path, epoch)
     prompt = os.path.join(plot_dir, "prompt.png")
     plots.save_prompt_image(
-        np.asarray(params["program"]), config.image_size, prompt,
+        np.asarray(params["program"]), image_size, prompt,
         scale=max(1, 224 // config.prompt_output_size))
     writer.image("prompt", prompt, epoch)
+    # What the frozen network sees: test images inside the learned frame.
+    plots.save_prompted_examples(
+        np.asarray(method.network_input(params, examples)),
+        os.path.join(plot_dir, "prompted_examples.png"), columns=4,
+        scale=max(1, 224 // config.prompt_output_size))
 
 
 def _write_summary(config, workdir, net, train_loader, test_loader, mapping,

@@ -110,8 +110,7 @@ def test_force_replaces_an_existing_output(tmp_path, resnet18_pth, capsys):
   before = json.loads((out / "meta.json").read_text())["created"]
   assert _run(capsys, *args, "--force")[0] == 0
   assert networks.read_meta(out)["created"] >= before
-  assert listing(tmp_path) == listing(tmp_path)  # no stray temporaries:
-  assert sorted(os.listdir(tmp_path)) == ["net"]
+  assert sorted(os.listdir(tmp_path)) == ["net"]  # No stray temporaries.
 
 
 # --------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket):
       rng.uniform(-bound, bound, num_classes).astype(np.float32),
       lr=0.01, milestones=[2, 3], gamma=0.1)
   start = reference.head()
-  method = methods.linear_probe(resnet.ResNet18(), num_classes, image_size)
+  method = methods.linear_probe(resnet.ResNet18(), num_classes)
   kernel, _ = _run(
       method, reference, frozen, image_size, num_classes,
       lambda p: (p["kernel"], p["bias"]) if isinstance(p, dict) else p.head())

@@ -58,7 +58,8 @@ def test_vp_smoke_run_writes_every_file(vp_run):
   assert summary["wall_time_seconds"] > 0 and summary["train_images_per_second"] > 0
   assert summary["config"]["method"] == "ilm_vp"
   assert os.listdir(workdir / "tensorboard")
-  for name in ("label_mapping", "prompt", "reliability", "curves"):
+  for name in ("label_mapping", "prompt", "prompted_examples", "reliability",
+               "curves"):
     with Image.open(workdir / "plots" / f"{name}.png") as img:
       assert min(img.size) >= 64
   assert checkpoints.latest_epoch(workdir) == 2
@@ -144,17 +145,54 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0]
 
 
+def _fake_checkpoint(workdir):
+  checkpoints.save(str(workdir), {"epoch": np.asarray(0, np.int32)},
+                   best=False)
+
+
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
-  train.prepare_workdir(_lp_smoke(), str(tmp_path))
+  f32 = np.float32
+  train.prepare_workdir(_lp_smoke(), str(tmp_path), f32)
+  # No checkpoint yet: nothing to lose, another config just takes over.
+  train.prepare_workdir(_lp_smoke(lr=0.5), str(tmp_path), f32)
+  _fake_checkpoint(tmp_path)
   (tmp_path / "metrics.jsonl").write_text("{\"epoch\": 0}\n")
   with pytest.raises(train.TrainingError,
                      match=r"holds a run with another config \(differs in lr\)"):
-    train.prepare_workdir(_lp_smoke(lr=0.1), str(tmp_path))
+    train.prepare_workdir(_lp_smoke(lr=0.1), str(tmp_path), f32)
+  # A run resumed in bfloat16 would not end as it would have in float32.
+  with pytest.raises(train.TrainingError, match="differs in resolved_dtype"):
+    train.prepare_workdir(_lp_smoke(lr=0.5), str(tmp_path), jax.numpy.bfloat16)
   assert (tmp_path / "metrics.jsonl").exists()  # Nothing lost.
-  train.prepare_workdir(_lp_smoke(lr=0.1, overwrite=True), str(tmp_path))
+  # Loader knobs, progress bars and overwrite change nothing computed.
+  train.prepare_workdir(_lp_smoke(lr=0.5, progress=True, overwrite=True),
+                        str(tmp_path), f32)
+  config = _lp_smoke(lr=0.5)
+  config.data.worker_count = 7
+  train.prepare_workdir(config, str(tmp_path), f32)
+  assert checkpoints.latest_epoch(tmp_path) == 0
+  train.prepare_workdir(_lp_smoke(lr=0.1, overwrite=True), str(tmp_path), f32)
   assert not (tmp_path / "metrics.jsonl").exists()
-  # The same config again (progress and overwrite aside) is a resume.
-  train.prepare_workdir(_lp_smoke(lr=0.1, progress=True), str(tmp_path))
+  assert checkpoints.latest_epoch(tmp_path) is None
+
+
+def test_bad_input_writes_nothing_and_overwrite_loses_nothing(tmp_path):
+  from reprog_jax import data
+  with pytest.raises(data.DataError):
+    train.train_and_evaluate(_lp_smoke(n_shot=0), str(tmp_path / "new"))
+  assert not (tmp_path / "new").exists()
+  old = tmp_path / "old"
+  old.mkdir()
+  train.prepare_workdir(_lp_smoke(), str(old), np.float32)
+  _fake_checkpoint(old)
+  before = sorted(os.listdir(old))
+  config = _lp_smoke(overwrite=True, lr=0.5, random_network="",
+                     network_dir=str(tmp_path / "typo"))
+  from reprog_jax import networks
+  with pytest.raises(networks.NetworkDirError):
+    train.train_and_evaluate(config, str(old))
+  assert sorted(os.listdir(old)) == before
+  assert checkpoints.latest_epoch(old) == 0
 
 
 def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):

@@ -119,7 +119,8 @@ def _check(args) -> tuple[list[tuple[int, str]], list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      prog='python -m reprog_jax.data.benchmark', description=__doc__.split('\n')[0])
   parser.add_argument('--cases', default='32:png32,128:jpeg500,224:jpeg500,'
                       '224:png32', help='comma-separated SIZE:SOURCE.')
   parser.add_argument('--dataset', default=None,

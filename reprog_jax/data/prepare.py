@@ -138,7 +138,8 @@ def _prepare_tfds(name: str, data_dir: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      prog='python -m reprog_jax.data.prepare', description=__doc__.split('\n')[0])
   parser.add_argument('name', help=', '.join(registry.dataset_names()))
   parser.add_argument('--data_dir', default=None,
                       help="tfds data directory (default: tfds's own).")

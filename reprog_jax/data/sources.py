@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from reprog_jax.data import folder as folder_lib
-from reprog_jax.data import prepare
 from reprog_jax.data.errors import DataError
 from reprog_jax.data.fewshot import stratified_holdout
 from reprog_jax.data.registry import DatasetInfo
@@ -120,9 +119,16 @@ class Split:
   class_names: tuple[str, ...]
 
 
+def _prepare_command(*args) -> str:
+  # Imported here: `python -m reprog_jax.data.prepare` must not find its
+  # module already imported by the package (runpy warns about that).
+  from reprog_jax.data import prepare
+  return prepare.prepare_command(*args)
+
+
 def _open_tfds(info: DatasetInfo, split_name: str, data_dir: str | None):
   data_dir = data_dir or default_data_dir()
-  command = prepare.prepare_command(info.name, data_dir)
+  command = _prepare_command(info.name, data_dir)
   builder = tfds.builder(info.tfds_full_name, data_dir=data_dir)
   if not builder.is_prepared():
     raise DataError(f'{info.name}: tfds data {info.tfds_full_name!r} not found '
@@ -207,7 +213,7 @@ def open_split(
     paths, labels, class_dirs = folder_lib.list_folder_split(
         location, split_name, dataset=info.name,
         num_classes=info.num_classes, folder_classes=info.folder_classes,
-        prepare_hint='Prepare it with: ' + prepare.prepare_command(
+        prepare_hint='Prepare it with: ' + _prepare_command(
             info.name, data_dir or default_data_dir(), location))
     if info.folder_classes is None:
       class_names = class_dirs
