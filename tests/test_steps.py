@@ -118,3 +118,24 @@ def test_optimizer_schedule_is_multistep_per_epoch():
   # The per-epoch figure the metrics report, exact as PyTorch's get_last_lr.
   assert [steps.epoch_lr(0.01, 100, e) for e in (0, 49, 50, 71, 72, 99)] == [
       0.01, 0.01, 0.01 * 0.1, 0.01 * 0.1, 0.01 * 0.1 * 0.1, 0.01 * 0.1 * 0.1]
+
+
+def test_bfloat16_compute_keeps_float32_master_values(ticket):
+  frozen, _ = ticket
+  method16 = methods.visual_prompt(resnet.ResNet18(dtype=jax.numpy.bfloat16),
+                                   24, 48)
+  method32 = methods.visual_prompt(resnet.ResNet18(), 24, 48)
+  optimizer, _ = steps.make_optimizer(0.01, EPOCHS, STEPS_PER_EPOCH)
+  batch, _ = next(_batches(24, 10, 8))
+  mapping = np.arange(10)
+  losses = []
+  for method in (method16, method32):
+    state = steps.init_state(method, optimizer, jax.random.key(0))
+    state, metrics = steps.make_train_step(method, optimizer)(
+        state, frozen, mapping, batch)
+    losses.append(float(metrics["loss"]))
+    leaves = jax.tree.leaves((state.params, state.opt_state))
+    assert all(l.dtype in (np.float32, np.int32) for l in leaves)
+  # bfloat16 keeps ~3 significant digits of the float32 loss.
+  assert losses[0] == pytest.approx(losses[1], rel=2e-2)
+  assert losses[0] != losses[1]  # It did compute in bfloat16.
