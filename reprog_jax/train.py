@@ -371,6 +371,11 @@ def _write_summary(config, workdir, net, train_loader, test_loader, mapping,
       "this_invocation_seconds": time.time() - started,
       "train_images_per_second": float(np.mean(
           [r["train_images_per_second"] for r in records])),
+      # Where the numbers come from: timings depend on all of it.
+      "platform": {"backend": jax.default_backend(),
+                   "devices": [d.device_kind for d in jax.devices()],
+                   "compute_dtype": jnp.dtype(net.model.dtype).name,
+                   "jax": jax.__version__},
       "config": json.loads(config.to_json_best_effort()),
   }
   path = os.path.join(workdir, "summary.json")

@@ -57,6 +57,8 @@ def test_vp_smoke_run_writes_every_file(vp_run):
   assert len(set(summary["mapping_sequence"])) == 10
   assert summary["wall_time_seconds"] > 0 and summary["train_images_per_second"] > 0
   assert summary["config"]["method"] == "ilm_vp"
+  assert summary["platform"]["backend"] == "cpu"
+  assert summary["platform"]["compute_dtype"] == "float32"  # 'auto' on CPU.
   assert os.listdir(workdir / "tensorboard")
   for name in ("label_mapping", "prompt", "prompted_examples", "reliability",
                "curves"):
