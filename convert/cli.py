@@ -156,7 +156,6 @@ def run(args, parser) -> None:
 
 def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
   """Runs torchvision and the converted network on one random batch."""
-  import jax
 
   images = np.random.default_rng(0).standard_normal(
       (2, size, size, 3)).astype(np.float32)
@@ -164,9 +163,9 @@ def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
       torch_io.torchvision_model(arch, state_dict, mask_dict, num_classes),
       images)
   model = resnet.get_architecture(arch)(num_classes=num_classes)
-  got = np.asarray(networks.forward(
-      model, jax.device_put(tree["params"]), jax.device_put(tree["batch_stats"]),
-      jax.device_put(masks), images))
+  network = networks.make_network(model, tree["params"], tree["batch_stats"],
+                                  masks, {"arch": arch})
+  got = np.asarray(network.logits(images))
   diff = float(np.max(np.abs(got - expected)))
   print(f"verified against torchvision on a random {size}px batch: "
         f"max |logit difference| = {diff:.2e}")

@@ -1,16 +1,18 @@
-"""Training checkpoints (Orbax): the last epoch's and the best epoch's.
+"""Training checkpoints (Orbax): one per epoch, holding the best values too.
 
 What is saved after every epoch is exactly what a resumed run needs to end
-with the result of an uninterrupted one: the trained values, the optimiser
-state and step, the epoch, the best test accuracy so far, the mapping
-sequence and the RNG key. Data order needs no state: the loaders derive each
-epoch's order from (seed, epoch).
+with the result of an uninterrupted one, for every seed of the run: the
+trained values, the optimiser state and step, the mapping sequences, the
+epoch, and each seed's best epoch so far with its test accuracy, trained
+values and mapping. Data order needs no state: it derives from (seed,
+epoch).
 
   workdir/checkpoints/<epoch>/   the last completed epoch (one kept)
-  workdir/best/<epoch>/          the epoch with the best test accuracy
 
-Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so an interrupted save leaves the previous checkpoint intact.
+The best values live inside the same checkpoint rather than in a second
+one, so there is no moment at which the two could disagree: a save is one
+Orbax write to a temporary directory renamed when complete, and a crash
+leaves the previous epoch's checkpoint intact.
 """
 
 import os
@@ -20,67 +22,82 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-LAST, BEST = "checkpoints", "best"
+LAST = "checkpoints"
 
 
-def _manager(workdir, which) -> ocp.CheckpointManager:
+def _manager(workdir) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, which)),
+      os.path.abspath(os.path.join(workdir, LAST)),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
 
-def pack(state, *, epoch, best_acc, best_epoch, mapping_sequence, rng) -> dict:
-  """The checkpointed tree (arrays only, so Orbax stores it as is)."""
+def pack(state, *, epoch, mappings, best) -> dict:
+  """The checkpointed tree.
+
+  Args:
+    state: the `steps.TrainState` (leading seed axis).
+    epoch: the epoch just completed.
+    mappings: (S, T) mapping sequences used in that epoch.
+    best: {'params', 'mapping_sequence', 'test_acc', 'epoch'}, each seed's
+      best epoch so far (leading seed axis).
+  """
   return {
       "state": state,
       "epoch": np.asarray(epoch, np.int32),
-      "best_acc": np.asarray(best_acc, np.float64),
-      "best_epoch": np.asarray(best_epoch, np.int32),
-      "mapping_sequence": np.asarray(mapping_sequence, np.int32),
-      "rng": jax.random.key_data(rng),
+      "mapping_sequence": np.asarray(mappings, np.int32),
+      "best": {"params": best["params"],
+               "mapping_sequence": np.asarray(best["mapping_sequence"],
+                                              np.int32),
+               "test_acc": np.asarray(best["test_acc"], np.float64),
+               "epoch": np.asarray(best["epoch"], np.int32)},
   }
 
 
-def unpack(tree) -> dict:
-  """Inverse of `pack`: Python scalars and a typed RNG key."""
-  return {
-      "state": tree["state"],
-      "epoch": int(tree["epoch"]),
-      "best_acc": float(tree["best_acc"]),
-      "best_epoch": int(tree["best_epoch"]),
-      "mapping_sequence": np.asarray(tree["mapping_sequence"]),
-      "rng": jax.random.wrap_key_data(tree["rng"]),
-  }
+def save(workdir, tree) -> None:
+  """Saves `tree` (from `pack`) as the checkpoint of its epoch."""
+  with _manager(workdir) as manager:
+    manager.save(int(tree["epoch"]), args=ocp.args.StandardSave(tree),
+                 force=True)
+    manager.wait_until_finished()
 
 
-def save(workdir, tree, *, best: bool) -> None:
-  """Saves `tree` (from `pack`) as the best checkpoint, then as the last.
-
-  Best first: the last checkpoint records the best epoch, so it must never
-  name a best checkpoint that a crash kept from being written.
-  """
-  epoch = int(tree["epoch"])
-  for which in (BEST, LAST) if best else (LAST,):
-    with _manager(workdir, which) as manager:
-      manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
-      manager.wait_until_finished()
-
-
-def latest_epoch(workdir, which=LAST) -> int | None:
+def latest_epoch(workdir) -> int | None:
   """The epoch of the last complete checkpoint, or None."""
-  if not os.path.isdir(os.path.join(workdir, which)):
+  if not os.path.isdir(os.path.join(workdir, LAST)):
     return None
-  with _manager(workdir, which) as manager:
+  with _manager(workdir) as manager:
     return manager.latest_step()
 
 
-def restore(workdir, like: Any, which=LAST) -> dict:
-  """Restores the latest checkpoint with the structure of `like` (a `pack`
-  tree of the same run: restoring needs the optimiser state's structure)."""
+def restore(workdir, like: Any) -> dict:
+  """Restores the latest checkpoint with the structure, dtypes and
+  shardings of `like` (a `pack` tree of the same run: restoring needs the
+  optimiser state's structure)."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  with _manager(workdir, which) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{workdir}/{which}: no checkpoint")
-    return unpack(manager.restore(step,
-                                  args=ocp.args.StandardRestore(abstract)))
+  with _manager(workdir) as manager:
+    epoch = manager.latest_step()
+    if epoch is None:
+      raise FileNotFoundError(f"{workdir}/{LAST}: no checkpoint")
+    tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+  tree["best"] = jax.tree.map(np.asarray, tree["best"])
+  tree["mapping_sequence"] = np.asarray(tree["mapping_sequence"])
+  tree["epoch"] = int(tree["epoch"])
+  return tree
+
+
+def read(workdir) -> dict:
+  """The latest checkpoint as saved, without knowing the run's structure
+  (nested dicts of NumPy arrays; `state` as a dict), for inspection and
+  export, whatever devices it was saved from."""
+  with ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, LAST)),
+      item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    epoch = manager.latest_step()
+    if epoch is None:
+      raise FileNotFoundError(f"{workdir}/{LAST}: no checkpoint")
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+        manager.item_metadata(epoch).tree)
+    tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+  return jax.tree.map(np.asarray, tree)

@@ -146,23 +146,31 @@ class MetricWriter:
           filename_suffix=f".{time.time_ns():020d}")
     return self._summary_writer
 
-  def write(self, epoch: int, metrics: Mapping[str, Any]):
-    """Appends the metrics of one epoch.
+  def write(self, epoch: int, metrics: Mapping[str, Any],
+            seed: int | None = None, tag_prefix: str = ""):
+    """Appends the metrics of one epoch (of one seed).
 
     Args:
       epoch: The epoch number, written under the key `"epoch"`.
       metrics: Metric name -> scalar (Python, NumPy or 0-d JAX; bool, int,
         float or str).
+      seed: If given, written under the key `"seed"` after the epoch (a
+        run with several seeds writes one record per seed and epoch).
+      tag_prefix: Prefix of the TensorBoard tags, e.g. `"seed_3/"`.
 
     Raises:
-      ValueError: If `metrics` has a key `"epoch"`.
+      ValueError: If `metrics` has a key `"epoch"` or `"seed"`.
       TypeError: If a value is not a scalar.
     """
-    if "epoch" in metrics:
-      raise ValueError("'epoch' is reserved; pass it as the `epoch` argument.")
+    for reserved in ("epoch", "seed"):
+      if reserved in metrics:
+        raise ValueError(f"{reserved!r} is reserved; pass it as the "
+                         f"`{reserved}` argument.")
     values = {name: _plain_value(name, value)
               for name, value in metrics.items()}
     record = {"epoch": int(epoch)}
+    if seed is not None:
+      record["seed"] = int(seed)
     record.update({name: _json_value(v) for name, v in values.items()})
     self._file.write(json.dumps(record, allow_nan=False) + "\n")
     self._file.flush()
@@ -170,7 +178,7 @@ class MetricWriter:
     writer = self._tensorboard()
     for name, value in values.items():
       if is_number(value):
-        writer.add_scalar(name, value, global_step=int(epoch))
+        writer.add_scalar(tag_prefix + name, value, global_step=int(epoch))
     # Once an epoch is cheap, and lets TensorBoard show the run live rather
     # than every `flush_secs` (120 s).
     writer.flush()

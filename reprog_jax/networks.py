@@ -13,13 +13,13 @@ A network directory holds
     feats = net.features(x)       # (N, 2048) pooled features for LP
     print(net.sparsity()["remaining_percent"])
 
-The frozen trees (`params`, `batch_stats`, `masks`) stay separate from
-anything trained: training code passes them to `forward` as arguments.
+A `Network` is one pytree (the module static, the frozen `params`,
+`batch_stats` and `masks` as leaves), kept apart from anything trained:
+training code passes it whole to its jitted steps.
 Run `python -m reprog_jax.networks DIR [--image PATH]` for a summary and a
 prediction.
 """
 
-import dataclasses
 import datetime
 import functools
 import json
@@ -29,6 +29,7 @@ import tempfile
 from importlib import resources
 from typing import Any
 
+import flax.struct
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -61,60 +62,78 @@ def abstract_variables(arch: str, num_classes: int = 1000):
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "features_only"))
-def forward(model, params, batch_stats, masks, x, features_only=False):
-  """The frozen forward pass, masks applied, as one jitted function.
-
-  Args:
-    model: the flax `ResNet` (static).
-    params, batch_stats, masks: the frozen network trees.
-    x: float (N, H, W, 3), ImageNet-normalised.
-    features_only: return pooled features instead of logits.
-  """
-  variables = {"params": masks_lib.apply(params, masks),
-               "batch_stats": batch_stats}
-  return model.apply(variables, x, features_only=features_only)
-
-
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class Network:
-  """A loaded frozen network (dense or lottery ticket).
+  """A frozen network (dense or lottery ticket) as one pytree.
+
+  The module is static (part of the jit cache key); the three trees are
+  device-resident leaves, passed whole to every jitted step, so one
+  compiled step serves any ticket of the same architecture and nothing is
+  baked into a program as a constant.
 
   Attributes:
-    model: the flax module.
-    params, batch_stats, masks: device-resident frozen trees.
-    meta: the directory's `meta.json`.
+    model: the flax `ResNet` (static); its `dtype` is the compute dtype.
+    params, batch_stats: the network's trees.
+    masks: the mask tree (see `masks.py`): 0/1 on the prunable kernels,
+      `None` elsewhere; all ones for a dense network.
+    meta_json: the directory's `meta.json`, as text (static and hashable);
+      read it through `meta`.
   """
 
-  model: Any
+  model: Any = flax.struct.field(pytree_node=False)
   params: Any
   batch_stats: Any
   masks: Any
-  meta: dict
+  meta_json: str = flax.struct.field(pytree_node=False, default="{}")
+
+  @property
+  def meta(self) -> dict:
+    """The network's description (`meta.json`)."""
+    return json.loads(self.meta_json)
 
   @property
   def arch(self) -> str:
     return self.meta["arch"]
 
+  def with_dtype(self, dtype) -> "Network":
+    """The same network computing in `dtype` (parameters stay float32)."""
+    if jnp.dtype(self.model.dtype) == jnp.dtype(dtype):
+      return self
+    return self.replace(model=self.model.clone(dtype=dtype))
+
   def logits(self, x) -> jax.Array:
     """(N, num_classes) float32 logits of ImageNet-normalised NHWC `x`."""
-    return forward(self.model, self.params, self.batch_stats, self.masks,
-                   jnp.asarray(x, jnp.float32))
+    return forward(self, jnp.asarray(x, jnp.float32))
 
   def features(self, x) -> jax.Array:
     """(N, num_features) pooled features, the input of a linear probe."""
-    return forward(self.model, self.params, self.batch_stats, self.masks,
-                   jnp.asarray(x, jnp.float32), features_only=True)
+    return forward(self, jnp.asarray(x, jnp.float32), features_only=True)
 
   def sparsity(self) -> dict:
     """The sparsity report (see `masks.sparsity`)."""
     return masks_lib.sparsity(self.params, self.masks)
 
-  @property
-  def frozen(self) -> dict:
-    """The frozen trees, as training code passes them to `forward`."""
-    return {"params": self.params, "batch_stats": self.batch_stats,
-            "masks": self.masks}
+
+@functools.partial(jax.jit, static_argnames=("features_only",))
+def forward(network: Network, x, features_only=False):
+  """The frozen forward pass, masks applied, as one jitted function.
+
+  Args:
+    network: the `Network` (module static, trees as arguments).
+    x: float (N, H, W, 3), ImageNet-normalised.
+    features_only: return pooled features instead of logits.
+  """
+  variables = {"params": masks_lib.apply(network.params, network.masks),
+               "batch_stats": network.batch_stats}
+  return network.model.apply(variables, x, features_only=features_only)
+
+
+def make_network(model, params, batch_stats, masks, meta: dict) -> Network:
+  """Puts the trees on the default device and wraps them as a `Network`."""
+  return Network(model=model, params=jax.device_put(params),
+                 batch_stats=jax.device_put(batch_stats),
+                 masks=jax.device_put(masks),
+                 meta_json=json.dumps(meta, sort_keys=True))
 
 
 def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
@@ -127,14 +146,12 @@ def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
   variables = jax.jit(model.init)(jax.random.key(seed),
                                   jnp.zeros((1, 32, 32, 3)))
   params = variables["params"]
-  masks = masks_lib.dense(params)
   meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
           "num_classes": 1000, "dense": True, "ticket": None,
           "sources": {"weights": {"random_init": True, "seed": seed,
                                   "initialiser": "flax"}}}
-  return Network(model=model, params=params,
-                 batch_stats=variables["batch_stats"],
-                 masks=jax.device_put(masks), meta=meta)
+  return make_network(model, params, variables["batch_stats"],
+                      masks_lib.dense(params), meta)
 
 
 def save(directory, *, arch, params, batch_stats, masks, meta,
@@ -232,9 +249,7 @@ def load(directory, dtype=jnp.float32) -> Network:
   params, batch_stats = tree["params"], tree["batch_stats"]
   masks = masks_lib.from_storable(tree.get("masks", {}), params)
   model = resnet.get_architecture(arch)(num_classes=num_classes, dtype=dtype)
-  return Network(model=model, params=jax.device_put(params),
-                 batch_stats=jax.device_put(batch_stats),
-                 masks=jax.device_put(masks), meta=meta)
+  return make_network(model, params, batch_stats, masks, meta)
 
 
 def _check_tree(directory, collection, got, expected):

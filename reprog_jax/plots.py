@@ -10,6 +10,7 @@ backend or figure registry is touched and nothing leaks between calls.
 """
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -388,6 +389,43 @@ def plot_training_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
                 transform=axes.transAxes, color="grey")
     axes.set(title=panel, xlabel="epoch")
     axes.grid(alpha=0.3)
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, format="png")
+
+
+def plot_seed_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
+                     title: str | None = None):
+  """Draws each seed's test accuracy and ECE against the epoch, and the mean.
+
+  Args:
+    metrics_list: Records as from `read_metrics`, each with `"epoch"` and
+      `"seed"`.
+    path: Output PNG.
+    title: Optional figure title.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  seeds = sorted({record["seed"] for record in metrics_list})
+  epochs = sorted({record["epoch"] for record in metrics_list})
+  figure = Figure(figsize=(10.0, 4.0), dpi=100)
+  for axes, (name, label) in zip(figure.subplots(1, 2),
+                                 (("test_acc", "test accuracy"),
+                                  ("test_ece", "test ECE"))):
+    table = np.full((len(seeds), len(epochs)), math.nan)
+    for record in metrics_list:
+      table[seeds.index(record["seed"]), epochs.index(record["epoch"])] = (
+          _curve_value(record.get(name)))
+    for seed, values in zip(seeds, table):
+      axes.plot(epochs, values, linewidth=1.0, alpha=0.6, label=f"seed {seed}")
+    with warnings.catch_warnings():  # An epoch with no finite value: a gap.
+      warnings.simplefilter("ignore", RuntimeWarning)
+      mean = np.nanmean(table, axis=0)
+    axes.plot(epochs, mean, "k-", linewidth=2.0, label="mean")
+    axes.ticklabel_format(useOffset=False, axis="y")
+    axes.set(title=label, xlabel="epoch")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
   if title:
     figure.suptitle(title)
   figure.tight_layout()

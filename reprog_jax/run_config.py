@@ -11,8 +11,8 @@ from ml_collections import config_dict
 
 from reprog_jax import data
 from reprog_jax import label_mapping
+from reprog_jax import methods
 
-METHODS = ("ilm_vp", "linear_probe")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -31,6 +31,10 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.random_network = config_dict.placeholder(str)  # '' also unsets.
   # Optimisation: Adam with PyTorch's defaults, MultiStepLR per epoch.
   config.seed = 4
+  # Several seeds trained at once in one jitted step, each with its own
+  # few-shot subset, order, initial values and label mapping, e.g.
+  # --config.seeds='(0, 1, 2, 3, 4)'; None: just `seed`.
+  config.seeds = config_dict.placeholder(tuple)
   config.epochs = 100
   config.optimizer = "adam"  # The PyTorch version's only choice.
   config.lr = 0.01
@@ -44,7 +48,15 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.eval_batch_size = 128
   # 'auto': bfloat16 on GPU/TPU (float32 master values), float32 on CPU.
   config.dtype = "auto"
+  # The label-mapping pass and evaluation, which the PyTorch version runs in
+  # float32 outside autocast; 'auto' uses `dtype` (faster, and near-tied
+  # argmaxes may then pick other classes).
+  config.eval_dtype = "float32"
+  # Methods with a frozen encoder (linear probing): compute its features
+  # once per run and train on them; False recomputes them every step.
+  config.cache_features = True
   config.progress = True  # tqdm bars.
+  config.plot_interval = 1  # Epochs between pictures (the last always).
   config.overwrite = False  # Start over in a workdir holding another config.
   return config
 
@@ -75,24 +87,53 @@ def compute_dtype(config):
   return DTYPES[config.dtype]
 
 
+def seeds(config) -> tuple[int, ...]:
+  """The seeds a run trains: `config.seeds`, or just `config.seed`."""
+  if config.seeds is None:
+    return (config.seed,)
+  return tuple(config.seeds)
+
+
+def eval_dtype(config):
+  """The jnp dtype of the label-mapping pass and of evaluation."""
+  if config.eval_dtype == "auto":
+    return compute_dtype(config)
+  return DTYPES[config.eval_dtype]
+
+
 def check(config) -> None:
   """Raises ValueError (one line) on a bad combination of fields."""
   def bad(message):
     raise ValueError(f"config: {message}")
 
-  if config.method not in METHODS:
-    bad(f"method {config.method!r} is not one of {', '.join(METHODS)}")
+  if config.method not in methods.METHODS:
+    bad(f"method {config.method!r} is not one of "
+        f"{', '.join(methods.METHODS)}")
   if config.optimizer != "adam":
     bad(f"optimizer {config.optimizer!r} is not supported; the PyTorch "
         f"version uses 'adam'")
-  if config.dtype != "auto" and config.dtype not in DTYPES:
-    bad(f"dtype {config.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+  for field in ("dtype", "eval_dtype"):
+    if config[field] != "auto" and config[field] not in DTYPES:
+      bad(f"{field} {config[field]!r} is not one of auto, "
+          f"{', '.join(DTYPES)}")
+  if config.seeds is not None:
+    chosen = tuple(config.seeds)
+    if not chosen:
+      bad("seeds is empty; give at least one, e.g. --config.seeds='(0, 1)', "
+          "or leave it unset to use --config.seed")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+               for s in chosen):
+      bad(f"seeds must be non-negative integers, got {chosen}")
+    if len(set(chosen)) != len(chosen):
+      duplicated = sorted({s for s in chosen if chosen.count(s) > 1})
+      bad(f"seeds {chosen} repeat {duplicated}; each seed would train the "
+          f"same run twice")
   if bool(config.network_dir) == bool(config.random_network):
     bad("set exactly one of network_dir (a `python -m convert` output) and "
         "random_network (smoke runs), e.g. --config.network_dir=nets/resnet50")
   if config.network not in ("dense", "ticket"):
     bad(f"network {config.network!r} is not 'dense' or 'ticket'")
-  for field in ("epochs", "batch_size", "eval_batch_size"):
+  for field in ("epochs", "batch_size", "eval_batch_size", "plot_interval"):
     if config[field] < 1:
       bad(f"{field} must be >= 1, got {config[field]}")
   if config.lr <= 0:

@@ -1,9 +1,11 @@
-"""Jitted steps shared by linear probing and ILM-VP.
+"""Jitted steps shared by linear probing and ILM-VP, every seed at once.
 
-`make_train_step` builds the one train step of a `methods.Method`: mean
-cross-entropy over the valid examples of a (possibly padded) batch, one Adam
-update of the trained values only. The frozen network comes in as an
-argument; the train state is donated.
+`make_train_step` builds the one train step of a `methods.Method`: per
+seed, mean cross-entropy over the valid examples of a (possibly padded)
+batch and one Adam update of the trained values only, `jax.vmap`ped over the
+seeds of a run. The frozen network comes in as an argument; the train state
+is donated. The evaluation, label-count and feature steps follow the same
+pattern, and all keep their outputs where a `sharding.Layout` says.
 """
 
 from typing import Any, Sequence
@@ -11,6 +13,7 @@ from typing import Any, Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from reprog_jax import label_mapping
@@ -69,10 +72,39 @@ def make_optimizer(lr: float, epochs: int, steps_per_epoch: int,
   return adam, schedule
 
 
-def init_state(method, optimizer, rng) -> TrainState:
-  params = method.init(rng)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params))
+def init_state(method, optimizer, seeds: Sequence[int]) -> TrainState:
+  """The initial state of every seed, stacked on a leading seed axis.
+
+  Seed s initialises from the second half of `split(key(s))`, so seed s of
+  a run with several seeds starts exactly as a run with that seed alone.
+  """
+  rngs = jnp.stack([jax.random.split(jax.random.key(s))[1] for s in seeds])
+  params = jax.vmap(method.init)(rngs)
+  return TrainState(step=jnp.zeros((len(seeds),), jnp.int32), params=params,
+                    opt_state=jax.vmap(optimizer.init)(params))
+
+
+# ToTensor's `x / 255` for every uint8 value. XLA turns a division by a
+# constant into a multiplication by its reciprocal, which is 1 ulp off for
+# half the values; a table lookup is exact.
+_UNIT_INTERVAL = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def network_inputs(method, network, images, encoded: bool):
+  """What a method's `scores` takes, from a batch's 'image' leaf.
+
+  Args:
+    method: the `methods.Method`.
+    network: the frozen `Network`.
+    images: uint8 pixels (scaled to [0, 1] here, exactly as the loaders'
+      float path), float [0, 1] images, or already encoded inputs.
+    encoded: the batch holds `method.encode`'s outputs (cached features).
+  """
+  if images.dtype == jnp.uint8:
+    images = jnp.take(jnp.asarray(_UNIT_INTERVAL), images.astype(jnp.int32))
+  if encoded or method.encode is None:
+    return images
+  return method.encode(network, images)
 
 
 def masked_cross_entropy(logits, labels, mask):
@@ -88,16 +120,21 @@ def masked_cross_entropy(logits, labels, mask):
   return jnp.sum(per_example * weights) / jnp.maximum(count, 1.0), count
 
 
-def make_train_step(method, optimizer):
-  """`(state, frozen, mapping_sequence, batch) -> (state, metrics)`, jitted.
+def make_train_step(method, optimizer, layout, encoded: bool = False):
+  """`(state, network, mappings, batch) -> (state, metrics)`, jitted.
 
-  `metrics` holds sums (`loss_sum`, `correct`, `count`) so that epochs
-  aggregate exactly whatever the batch padding.
+  Every seed's step at once: `state` and `mappings` (S, T) carry a leading
+  seed axis, and so does `batch` ((S, B, ...): each seed its own examples).
+  `metrics` holds per-seed (S,) `loss` and the sums `loss_sum`, `correct`,
+  `count`, so that epochs aggregate exactly whatever the batch padding.
   """
 
-  def train_step(state, frozen, mapping_sequence, batch):
+  def one_seed(state, network, mapping_sequence, batch):
+    inputs = network_inputs(method, network, batch["image"], encoded)
+
     def loss_fn(params):
-      logits = method.logits(params, frozen, batch["image"], mapping_sequence)
+      logits = label_mapping.apply_mapping(
+          method.scores(params, network, inputs), mapping_sequence)
       loss, count = masked_cross_entropy(logits, batch["label"],
                                          batch["mask"])
       return loss, (logits, count)
@@ -111,33 +148,64 @@ def make_train_step(method, optimizer):
                "count": count}
     return TrainState(state.step + 1, params, opt_state), metrics
 
-  # Donating the state lets XLA update the program/head and Adam's moments
+  def train_step(state, network, mappings, batch):
+    state, metrics = jax.vmap(one_seed, in_axes=(0, None, 0, 0))(
+        state, network, mappings, batch)
+    return layout.constrain(state, layout.per_seed), metrics
+
+  # Donating the state lets XLA update the programs/heads and Adam's moments
   # in place; the caller never reuses the old state.
   return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(method):
-  """`(params, frozen, mapping_sequence, batch) -> (target logits, source
-  argmax or None)`, jitted; the source predictions (VP) feed the
-  label-mapping plot."""
+def make_eval_step(method, layout, encoded: bool = False):
+  """`(counts, params, network, mappings, batch) -> (counts, logits)`, jitted.
 
-  def eval_step(params, frozen, mapping_sequence, batch):
-    if not method.uses_label_mapping:
-      return method.logits(params, frozen, batch["image"], None), None
-    source = method.source_logits(params, frozen, batch["image"])
-    return (label_mapping.apply_mapping(source, mapping_sequence),
-            jnp.argmax(source, axis=-1))
+  One batch shared by every seed ((B, ...)): `logits` (S, B, T) are each
+  seed's target logits, and `counts` (S, K, T) accumulates each seed's
+  (argmax score, label) pairs (ILM-VP's label-mapping picture).
+  """
 
-  return jax.jit(eval_step)
+  def one_seed(counts, params, network, mapping_sequence, batch):
+    scores = method.scores(params, network, network_inputs(
+        method, network, batch["image"], encoded))
+    counts = counts + label_mapping.count_matrix(
+        scores, batch["label"], counts.shape[-1], batch["mask"])
+    return counts, label_mapping.apply_mapping(scores, mapping_sequence)
+
+  def eval_step(counts, params, network, mappings, batch):
+    counts, logits = jax.vmap(one_seed, in_axes=(0, 0, None, 0, None))(
+        counts, params, network, mappings, batch)
+    return layout.constrain(counts, layout.per_seed), logits
+
+  return jax.jit(eval_step, donate_argnums=0)
 
 
-def make_count_step(method, num_classes):
-  """`(counts, params, frozen, batch) -> counts`, jitted: adds one batch's
-  (source prediction, target label) counts, the input of label mapping."""
+def make_count_step(method, layout, encoded: bool = False):
+  """`(counts, params, network, batch) -> counts`, jitted: adds each seed's
+  (argmax score, label) counts over its own batch ((S, B, ...)), the input
+  of label mapping."""
 
-  def count_step(counts, params, frozen, batch):
-    source = method.source_logits(params, frozen, batch["image"])
+  def one_seed(counts, params, network, batch):
+    scores = method.scores(params, network, network_inputs(
+        method, network, batch["image"], encoded))
     return counts + label_mapping.count_matrix(
-        source, batch["label"], num_classes, batch["mask"])
+        scores, batch["label"], counts.shape[-1], batch["mask"])
+
+  def count_step(counts, params, network, batch):
+    counts = jax.vmap(one_seed, in_axes=(0, 0, None, 0))(
+        counts, params, network, batch)
+    return layout.constrain(counts, layout.per_seed)
 
   return jax.jit(count_step, donate_argnums=0)
+
+
+def make_encode_step(method, layout):
+  """`(network, images) -> inputs`, jitted: `method.encode` of a (B, ...)
+  batch split over the devices (features to cache)."""
+
+  def encode_step(network, images):
+    return layout.constrain(
+        network_inputs(method, network, images, encoded=False), layout.batch)
+
+  return jax.jit(encode_step)

@@ -1,11 +1,13 @@
 """Linear probing and ILM-VP on a frozen (dense or ticket) network: one loop.
 
-`train_and_evaluate(config, workdir)` runs a whole config (see `configs/`):
-setup, network, data, method and optimiser, restore, then per epoch the
-label mapping (VP), training, evaluation on the full test split, metrics,
-plots and checkpoints; finally `summary.json`. Re-running it on the same
-workdir resumes after the last checkpointed epoch and ends with exactly the
-result of an uninterrupted run.
+`train_and_evaluate(config, workdir)` runs a whole config (see `configs/`)
+for every seed of `config.seeds` at once: setup, network, data, method and
+optimiser, restore, then per epoch each seed's label mapping, training,
+evaluation on the full test split, metrics, plots and one checkpoint;
+finally `summary.json`. The loop never asks which method runs: what varies
+lives in `methods.Method`. Re-running it on the same workdir resumes after
+the last checkpointed epoch and ends with exactly the result of an
+uninterrupted run.
 """
 
 import json
@@ -20,19 +22,19 @@ import tqdm
 
 from reprog_jax import calibration
 from reprog_jax import checkpoints
-from reprog_jax import data
-from reprog_jax import label_mapping
+from reprog_jax import inputs as inputs_lib
 from reprog_jax import methods
-from reprog_jax import networks
 from reprog_jax import metric_writer
+from reprog_jax import networks
 from reprog_jax import plots
 from reprog_jax import run_config
+from reprog_jax import sharding
 from reprog_jax import steps
 
 CONFIG_FILE = "config.json"
 # Fields that may differ between a run and its resumption: they change how
 # fast or where from, not what is computed.
-NOT_COMPARED = ("overwrite", "progress", "data.worker_count",
+NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
                 "data.read_threads", "data.prefetch_batches", "data.data_dir",
                 "data.folder_root")
 
@@ -42,7 +44,7 @@ class TrainingError(RuntimeError):
 
 
 # --------------------------------------------------------------------------
-# Workdir
+# Workdir and network
 # --------------------------------------------------------------------------
 
 
@@ -99,7 +101,9 @@ def load_network(config, dtype) -> networks.Network:
   if config.random_network:
     print(f"NOTE: random_network={config.random_network}: a RANDOMLY "
           f"INITIALISED network (smoke run); its results mean nothing.")
-    return networks.random_network(config.random_network, config.seed, dtype)
+    # One fixed network whatever the training seeds, so that runs with
+    # different seeds (or several at once) adapt the same network.
+    return networks.random_network(config.random_network, 0, dtype)
   net = networks.load(config.network_dir, dtype=dtype)
   kind = "dense" if net.meta["dense"] else "ticket"
   if kind != config.network:
@@ -110,7 +114,7 @@ def load_network(config, dtype) -> networks.Network:
 
 
 # --------------------------------------------------------------------------
-# One epoch of each kind
+# One pass of each kind, every seed at once
 # --------------------------------------------------------------------------
 
 
@@ -119,79 +123,83 @@ def _bar(iterable, total, desc, config):
                    dynamic_ncols=True, disable=not config.progress)
 
 
-# Jitted once per shape, not re-traced every epoch.
-_greedy_mapping = jax.jit(label_mapping.greedy_mapping)
+def count_pass(count_step, params, network, inputs, layout, num_scores,
+               num_classes, epoch, config) -> np.ndarray:
+  """Each seed's (argmax score, label) counts over its training set with
+  its current trained values: (S, num_scores, T), the input of ILM/FLM."""
+  sampler = inputs.mapping_batches
+  counts = layout.put(np.zeros((len(sampler.seeds), num_scores, num_classes),
+                               np.int32), layout.per_seed)
+  for index in _bar(sampler.epoch(epoch), len(sampler),
+                    f"epoch {epoch} mapping", config):
+    batch = layout.put_rows(inputs.train, index, layout.seed_batch)
+    counts = count_step(counts, params, network, batch)
+  return np.asarray(layout.to_host(counts))
 
 
-def compute_mapping(count_step, state, frozen, loader, epoch, num_classes,
-                    config):
-  """ILM/FLM: count (source prediction, label) pairs over the training set
-  with the current prompt, then match greedily."""
-  counts = jnp.zeros((label_mapping.NUM_IMAGENET_CLASSES, num_classes),
-                     jnp.int32)
-  batches = data.prefetch_to_device(loader.epoch(epoch))
-  for batch in _bar(batches, len(loader), f"epoch {epoch} mapping", config):
-    counts = count_step(counts, state.params, frozen, batch)
-  return np.asarray(_greedy_mapping(counts))
-
-
-def train_epoch(train_step, state, frozen, mapping, loader, epoch, schedule,
-                config):
-  losses, sums = [], {"loss_sum": 0.0, "correct": 0, "count": 0}
-  bar = _bar(data.prefetch_to_device(loader.epoch(epoch)), len(loader),
-             f"epoch {epoch} train", config)
-  for i, batch in enumerate(bar):
-    state, metrics = train_step(state, frozen, mapping, batch)
+def train_epoch(train_step, state, network, mappings, inputs, layout, epoch,
+                schedule, config):
+  """One epoch of every seed; returns the state and (S,) loss and accuracy."""
+  sampler = inputs.train_batches
+  losses, sums = [], None
+  bar = _bar(sampler.epoch(epoch), len(sampler), f"epoch {epoch} train",
+             config)
+  for i, index in enumerate(bar):
+    batch = layout.put_rows(inputs.train, index, layout.seed_batch)
+    state, metrics = train_step(state, network, mappings, batch)
     losses.append(metrics["loss"])
-    sums = jax.tree.map(jnp.add, sums, {k: metrics[k] for k in sums})
-    if config.progress and (i % 10 == 0 or i == len(loader) - 1):
+    step_sums = {k: metrics[k] for k in ("loss_sum", "correct", "count")}
+    sums = step_sums if sums is None else jax.tree.map(jnp.add, sums,
+                                                       step_sums)
+    if config.progress and (i % 10 == 0 or i == len(sampler) - 1):
       # A host sync; only as often as a person can read the bar.
-      bar.set_postfix(loss=f"{float(metrics['loss']):.4f}",
-                      acc=f"{float(sums['correct'] / sums['count']):.2%}",
-                      lr=f"{float(schedule(int(state.step) - 1)):.1e}")
-  losses = np.asarray(jnp.stack(losses))
-  bad = np.flatnonzero(~np.isfinite(losses))
+      bar.set_postfix(loss=f"{float(jnp.mean(metrics['loss'])):.4f}",
+                      acc=f"{float(jnp.mean(sums['correct'] / sums['count'])):.2%}",
+                      lr=f"{float(schedule(int(state.step[0]) - 1)):.1e}")
+  losses = np.asarray(layout.to_host(jnp.stack(losses)))  # (steps, S)
+  bad = np.argwhere(~np.isfinite(losses))
   if bad.size:
+    step, seed = bad[0]
     kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept"
             if epoch > 0 else "no checkpoint was written")
     raise TrainingError(
-        f"non-finite loss at epoch {epoch} step {bad[0]} (lr "
-        f"{float(schedule(epoch * len(loader) + bad[0])):g}); {kept}; "
+        f"non-finite loss at epoch {epoch} step {step} (seed "
+        f"{sampler.seeds[seed]}, lr "
+        f"{float(schedule(epoch * len(sampler) + step)):g}); {kept}; "
         f"lower --config.lr")
-  sums = jax.device_get(sums)
-  return state, {"train_loss": float(sums["loss_sum"] / sums["count"]),
-                 "train_acc": float(sums["correct"] / sums["count"])}
+  sums = layout.to_host(sums)
+  return state, {"train_loss": sums["loss_sum"] / sums["count"],
+                 "train_acc": sums["correct"] / sums["count"]}
 
 
-def evaluate(eval_step, params, frozen, mapping, loader, epoch, num_classes,
-             config):
-  """Accuracy and calibration over the whole test split, plus the test
-  (source prediction, label) counts for the label-mapping plot (VP) and the
-  first few test images (for the picture of prompted inputs)."""
-  logits, labels, valid, predictions = [], [], [], []
-  examples = None
-  # Unshuffled: every epoch is the same pass; asking for consecutive epochs
-  # keeps the loader's workers running.
-  batches = data.prefetch_to_device(loader.epoch(epoch))
-  for batch in _bar(batches, len(loader), "test", config):
-    out, source_pred = eval_step(params, frozen, mapping, batch)
-    if examples is None:
-      examples = batch["image"][:8]
+def evaluate(eval_step, params, network, mappings, inputs, layout,
+             num_scores, num_classes, config):
+  """Each seed's accuracy and calibration over the whole test split.
+
+  Returns:
+    (per-seed metric dicts, per-seed `CalibrationBins`, (S, K, T) counts of
+    (argmax score, label) on the test split).
+  """
+  sampler = inputs.test_batches
+  counts = layout.put(np.zeros((mappings.shape[0], num_scores, num_classes),
+                               np.int32), layout.per_seed)
+  logits, order = [], []
+  for index in _bar(sampler.epoch(0), len(sampler), "test", config):
+    batch = layout.put_rows(inputs.test, index[0], layout.shared_batch)
+    counts, out = eval_step(counts, params, network, mappings, batch)
     logits.append(out)
-    labels.append(batch["label"])
-    valid.append(batch["mask"])
-    predictions.append(source_pred)
-  logits, labels, valid = (jnp.concatenate(x) for x in (logits, labels, valid))
-  metrics = calibration.metrics_from_logits(logits, labels, valid)
-  metrics = {f"test_{k}": float(v) for k, v in metrics.items()}
-  probs = jax.nn.softmax(logits.astype(jnp.float32))
-  bins = calibration.calibration_bins(probs, labels, mask=valid)
-  counts = None
-  if predictions[0] is not None:
-    counts = np.asarray(label_mapping.count_matrix(
-        jnp.concatenate(predictions), labels, num_classes, valid,
-        num_source=label_mapping.NUM_IMAGENET_CLASSES))
-  return metrics, bins, counts, examples
+    order.append(index[0])
+  logits = np.asarray(layout.to_host(jnp.concatenate(logits, axis=1)))
+  order = np.concatenate(order)
+  valid, labels = order >= 0, inputs.test.labels_at(order)
+  metrics, bins = [], []
+  for seed_logits in logits:
+    seed_metrics = calibration.metrics_from_logits(seed_logits, labels, valid)
+    metrics.append({f"test_{k}": float(v) for k, v in seed_metrics.items()})
+    bins.append(calibration.calibration_bins(
+        jax.nn.softmax(jnp.asarray(seed_logits, jnp.float32)), labels,
+        mask=valid))
+  return metrics, bins, np.asarray(layout.to_host(counts))
 
 
 # --------------------------------------------------------------------------
@@ -210,179 +218,227 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   """
   started = time.time()
   run_config.check(config)
-  dtype = run_config.compute_dtype(config)
-  is_vp = config.method == "ilm_vp"
+  dtype, eval_dtype = run_config.compute_dtype(config), run_config.eval_dtype(
+      config)
+  seeds = run_config.seeds(config)
   image_size = run_config.image_size(config)
+  layout = sharding.Layout.create(len(seeds))
+  is_lead = jax.process_index() == 0  # The process that writes files.
 
-  # Network: frozen trees, passed to every step as an argument.
+  # Network: one frozen pytree, replicated on every device; evaluation and
+  # label mapping run at `eval_dtype` (float32: the PyTorch version runs
+  # them outside autocast).
   net = load_network(config, dtype)
-  frozen = net.frozen
+  network = layout.put(net, layout.replicated)
+  eval_network = network.with_dtype(eval_dtype)
 
-  # Data.
-  train_loader = data.make_loader_from_config(
-      config.data, "train", image_size=image_size,
-      batch_size=config.batch_size, seed=config.seed)
-  test_loader = data.make_loader_from_config(
-      config.data, "test", image_size=image_size,
-      batch_size=config.eval_batch_size, seed=config.seed, shuffle=False)
-  # The mapping pass reads the same (few-shot) training set, in its own
-  # loader so the training loader's epochs stay consecutive.
-  mapping_loader = data.make_loader_from_config(
-      config.data, "train", image_size=image_size,
-      batch_size=config.eval_batch_size, seed=config.seed,
-      shuffle=False) if is_vp else None
-  num_classes = train_loader.num_classes
-  if is_vp and num_classes > label_mapping.NUM_IMAGENET_CLASSES:
-    raise TrainingError(
-        f"{config.data.name} has {num_classes} classes; ILM-VP maps each to "
-        f"a distinct ImageNet class, so at most 1000")
-
-  # Method and optimiser.
-  if is_vp:
-    method = methods.visual_prompt(net.model, image_size,
-                                   config.prompt_output_size)
-    mapping_kind = label_mapping.get_label_mapping(config.label_mapping)
-  else:
-    method = methods.linear_probe(net.model, num_classes)
+  # Data: every seed's few-shot subset; method; optimiser.
+  run_data = inputs_lib.open_run_data(config, seeds)
+  num_classes = run_data.num_classes
+  method = methods.build(config, net, num_classes, image_size)
+  steps_per_epoch = -(-run_data.pools.shape[1] // config.batch_size)
   optimizer, schedule = steps.make_optimizer(
-      config.lr, config.epochs, len(train_loader), config.milestone_fractions,
+      config.lr, config.epochs, steps_per_epoch, config.milestone_fractions,
       config.gamma, config.b1, config.b2, config.eps, config.weight_decay)
-  rng, init_rng = jax.random.split(jax.random.key(config.seed))
-  state = steps.init_state(method, optimizer, init_rng)
-  train_step = steps.make_train_step(method, optimizer)
-  eval_step = steps.make_eval_step(method)
-  count_step = (steps.make_count_step(method, num_classes)
-                if is_vp else None)
 
   # Workdir: every input is checked by now, so this is the first write.
-  prepare_workdir(config, workdir, dtype)
+  if is_lead:
+    prepare_workdir(config, workdir, dtype)
+  inputs = inputs_lib.load(run_data, config, seeds=seeds,
+                           image_size=image_size, method=method,
+                           network=network, eval_network=eval_network,
+                           layout=layout, workdir=workdir)
+  train_step = steps.make_train_step(method, optimizer, layout,
+                                     inputs.encoded)
+  eval_step = steps.make_eval_step(method, layout, inputs.encoded)
+  count_step = steps.make_count_step(method, layout, inputs.encoded)
 
-  # Restore.
-  start_epoch, best_acc, best_epoch = 0, -1.0, -1
-  # LP maps nothing; its identity "mapping" only keeps checkpoints uniform.
-  mapping = np.arange(num_classes, dtype=np.int32)
-  writer = metric_writer.MetricWriter(workdir)
+  # State, or its checkpoint.
+  state = layout.put(steps.init_state(method, optimizer, seeds),
+                     layout.per_seed)
+  mappings = np.tile(method.initial_mapping, (len(seeds), 1))
+  best = {"params": layout.to_host(state.params), "mapping_sequence": mappings,
+          "test_acc": np.full(len(seeds), -1.0),
+          "epoch": np.full(len(seeds), -1, np.int32)}
+  start_epoch = 0
   if checkpoints.latest_epoch(workdir) is not None:
     restored = checkpoints.restore(workdir, checkpoints.pack(
-        state, epoch=0, best_acc=0.0, best_epoch=0, mapping_sequence=mapping,
-        rng=rng))
-    state, rng, mapping = (restored["state"], restored["rng"],
-                           restored["mapping_sequence"])
-    best_acc, best_epoch = restored["best_acc"], restored["best_epoch"]
+        state, epoch=0, mappings=mappings, best=best))
+    state, mappings, best = (restored["state"], restored["mapping_sequence"],
+                             restored["best"])
     start_epoch = restored["epoch"] + 1
     print(f"resuming {workdir} after epoch {restored['epoch']}")
-  # Lines past the last checkpoint (a crash in between) are redone.
-  writer.truncate_after(start_epoch - 1)
+  writer = metric_writer.MetricWriter(workdir) if is_lead else None
+  if writer:  # Lines past the last checkpoint (a crash in between) go.
+    writer.truncate_after(start_epoch - 1)
 
   # Loop.
   for epoch in range(start_epoch, config.epochs):
     epoch_started = time.time()
-    if is_vp and mapping_kind.is_mapping_epoch(epoch, config.mapping_interval):
-      if mapping_kind.from_predictions:
-        mapping = compute_mapping(count_step, state, frozen, mapping_loader,
-                                  epoch, num_classes, config)
-      else:
-        mapping = np.asarray(label_mapping.rlm(config.seed, num_classes))
+    mappings = method.epoch_mapping(
+        epoch, mappings, seeds, lambda: count_pass(
+            count_step, state.params, eval_network, inputs, layout,
+            method.num_scores, num_classes, epoch, config))
+    mappings_on_device = layout.put(mappings, layout.per_seed)  # Once.
+    train_started = time.time()
+    state, train_metrics = train_epoch(train_step, state, network,
+                                       mappings_on_device, inputs, layout,
+                                       epoch, schedule, config)
+    train_seconds = time.time() - train_started
+    test_metrics, bins, test_counts = evaluate(
+        eval_step, state.params, eval_network, mappings_on_device, inputs,
+        layout, method.num_scores, num_classes, config)
+    accuracies = np.array([m["test_accuracy"] for m in test_metrics])
+    improved = accuracies > best["test_acc"]
+    params = layout.to_host(state.params)
+    best = {"params": jax.tree.map(
+        lambda new, old: np.where(
+            improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        params, best["params"]),
+            "mapping_sequence": np.where(improved[:, None], mappings,
+                                         best["mapping_sequence"]),
+            "test_acc": np.where(improved, accuracies, best["test_acc"]),
+            "epoch": np.where(improved, epoch, best["epoch"])}
     lr = steps.epoch_lr(config.lr, config.epochs, epoch,
                         config.milestone_fractions, config.gamma)
-    mapping_on_device = jax.device_put(mapping)  # Once, not every step.
-    train_started = time.time()
-    state, train_metrics = train_epoch(train_step, state, frozen,
-                                       mapping_on_device, train_loader, epoch,
-                                       schedule, config)
-    train_seconds = time.time() - train_started
-    test_metrics, bins, test_counts, examples = evaluate(
-        eval_step, state.params, frozen, mapping_on_device, test_loader, epoch,
-        num_classes, config)
-    improved = test_metrics["test_accuracy"] > best_acc
-    if improved:
-      best_acc, best_epoch = test_metrics["test_accuracy"], epoch
-    record = {"lr": lr, **train_metrics,
-              "test_acc": test_metrics.pop("test_accuracy"), **test_metrics,
-              "best_test_acc": best_acc, "best_epoch": best_epoch,
-              "train_images_per_second": train_loader.num_examples / train_seconds,
+    timing = {"train_images_per_second":
+              len(seeds) * inputs.train_batches.num_examples / train_seconds,
               "epoch_seconds": time.time() - epoch_started}
-    writer.write(epoch, record)
-    _plots(writer, workdir, epoch, method, state.params, bins, test_counts,
-           mapping, examples, train_loader.class_names, image_size, config)
+    records = [{"lr": lr, "train_loss": float(train_metrics["train_loss"][k]),
+                "train_acc": float(train_metrics["train_acc"][k]),
+                "test_acc": test_metrics[k].pop("test_accuracy"),
+                **test_metrics[k], "best_test_acc": float(best["test_acc"][k]),
+                "best_epoch": int(best["epoch"][k]), **timing}
+               for k in range(len(seeds))]
+    if writer:
+      for seed, record in zip(seeds, records):
+        writer.write(epoch, record, seed=seed, tag_prefix=_seed_prefix(
+            seeds, seed, "/"))
+      if (epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs:
+        _plots(writer, workdir, epoch, method, params, bins, test_counts,
+               mappings, inputs.examples, run_data.class_names, seeds)
     checkpoints.save(workdir, checkpoints.pack(
-        state, epoch=epoch, best_acc=best_acc, best_epoch=best_epoch,
-        mapping_sequence=mapping, rng=rng), best=improved)
-    print(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc "
-          f"{record['train_acc']:.2%}  test acc {record['test_acc']:.2%} "
-          f"ece {record['test_ece']:.4f}  (best {best_acc:.2%} @ {best_epoch})")
+        state, epoch=epoch, mappings=mappings, best=best))
+    print(_epoch_line(epoch, records, best))
     if stop_after_epoch is not None and epoch >= stop_after_epoch:
       if epoch + 1 < config.epochs:
-        writer.close()
+        if writer:
+          writer.close()
         print(f"stopped after epoch {epoch}; run the same command to resume")
         return {}
+  if not writer:
+    return {}
   writer.close()
 
   # Summary.
-  return _write_summary(config, workdir, net, train_loader, test_loader,
-                        mapping, started)
+  return _write_summary(config, workdir, net, run_data, inputs, mappings,
+                        best, seeds, layout, started)
 
 
-def _plots(writer, workdir, epoch, method, params, bins, counts, mapping,
-           examples, class_names, image_size, config):
-  plot_dir = os.path.join(workdir, "plots")
-  plots.plot_reliability(bins, os.path.join(plot_dir, "reliability.png"))
-  plots.plot_training_curves(metric_writer.read_metrics(workdir),
-                             os.path.join(plot_dir, "curves.png"))
-  if config.method == "ilm_vp":
-    path = os.path.join(plot_dir, "label_mapping.png")
-    plots.plot_label_mapping(counts, mapping, class_names,
-                             networks.imagenet_classes(), path)
-    writer.image("label_mapping", path, epoch)
-    prompt = os.path.join(plot_dir, "prompt.png")
-    plots.save_prompt_image(
-        np.asarray(params["program"]), image_size, prompt,
-        scale=max(1, 224 // config.prompt_output_size))
-    writer.image("prompt", prompt, epoch)
-    # What the frozen network sees: test images inside the learned frame.
-    plots.save_prompted_examples(
-        np.asarray(method.network_input(params, examples)),
-        os.path.join(plot_dir, "prompted_examples.png"), columns=4,
-        scale=max(1, 224 // config.prompt_output_size))
+def _seed_prefix(seeds, seed, separator) -> str:
+  """Where a seed's outputs go: nowhere special when it is the only one."""
+  return "" if len(seeds) == 1 else f"seed_{seed}{separator}"
 
 
-def _write_summary(config, workdir, net, train_loader, test_loader, mapping,
-                   started):
+def _epoch_line(epoch, records, best) -> str:
+  if len(records) == 1:
+    r = records[0]
+    return (f"epoch {epoch}: train loss {r['train_loss']:.4f} acc "
+            f"{r['train_acc']:.2%}  test acc {r['test_acc']:.2%} ece "
+            f"{r['test_ece']:.4f}  (best {r['best_test_acc']:.2%} @ "
+            f"{r['best_epoch']})")
+  acc, ece = (np.array([r[k] for r in records]) for k in ("test_acc",
+                                                          "test_ece"))
+  return (f"epoch {epoch}: {len(records)} seeds, test acc {acc.mean():.2%} "
+          f"+- {acc.std():.2%}  ece {ece.mean():.4f} +- {ece.std():.4f}  "
+          f"(best mean {np.mean(best['test_acc']):.2%})")
+
+
+def _plots(writer, workdir, epoch, method, params, bins, counts, mappings,
+           examples, class_names, seeds):
   records = metric_writer.read_metrics(workdir)
-  best = max(records, key=lambda r: (r["test_acc"], -r["epoch"]))
+  if len(seeds) > 1:
+    plots.plot_seed_curves(records, os.path.join(workdir, "plots",
+                                                 "curves.png"))
+  for k, seed in enumerate(seeds):
+    plot_dir = os.path.join(workdir, "plots", _seed_prefix(seeds, seed, ""))
+    os.makedirs(plot_dir, exist_ok=True)
+    plots.plot_reliability(bins[k], os.path.join(plot_dir, "reliability.png"))
+    plots.plot_training_curves([r for r in records if r.get("seed") == seed],
+                               os.path.join(plot_dir, "curves.png"))
+    pictures = method.pictures(plot_dir, jax.tree.map(lambda x: x[k], params),
+                               counts[k], mappings[k], examples, class_names)
+    for tag, path in pictures.items():
+      writer.image(_seed_prefix(seeds, seed, "/") + tag, path, epoch)
+
+
+def _write_summary(config, workdir, net, run_data, inputs, mappings, best,
+                   seeds, layout, started):
+  records = metric_writer.read_metrics(workdir)
   timing = ("train_images_per_second", "epoch_seconds")
+  per_seed = []
+  for k, seed in enumerate(seeds):
+    mine = [{key: v for key, v in r.items() if key not in timing}
+            for r in records if r.get("seed") == seed]
+    per_seed.append({
+        "seed": seed,
+        "best": max(mine, key=lambda r: (r["test_acc"], -r["epoch"])),
+        "last": mine[-1],
+        "mapping_sequence": [int(i) for i in mappings[k]],
+        "best_mapping_sequence": [int(i)
+                                  for i in best["mapping_sequence"][k]]})
+  numbers = [key for key, v in per_seed[0]["best"].items()
+             if metric_writer.is_number(v)
+             and key not in ("epoch", "seed", "lr", "best_epoch")]
+  seeds_mean_std = {
+      which: {key: {"mean": float(np.mean([p[which][key] for p in per_seed])),
+                    "std": float(np.std([p[which][key] for p in per_seed]))}
+              for key in numbers}
+      for which in ("best", "last")}
   sparsity = {k: v for k, v in net.sparsity().items() if k != "layers"}
+  epoch_records = [r for r in records if r.get("seed") == seeds[0]]
   summary = {
       "method": config.method,
       "dataset": config.data.name,
       "n_shot": config.n_shot,
-      "num_classes": train_loader.num_classes,
-      "train_examples": train_loader.num_examples,
-      "test_examples": test_loader.num_examples,
+      "seeds": list(seeds),
+      "num_classes": run_data.num_classes,
+      "train_examples": inputs.train_batches.num_examples,
+      "test_examples": inputs.test_batches.num_examples,
       "network": {"dir": config.network_dir, "arch": net.arch,
                   "dense": net.meta["dense"], "ticket": net.meta.get("ticket"),
                   "sources": net.meta["sources"]},
       "sparsity": sparsity,
-      "best": {k: v for k, v in best.items() if k not in timing},
-      "last": {k: v for k, v in records[-1].items() if k not in timing},
-      "mapping_sequence": ([int(i) for i in mapping]
-                           if config.method == "ilm_vp" else None),
-      "wall_time_seconds": sum(r["epoch_seconds"] for r in records),
+      "per_seed": per_seed,
+      "seeds_mean_std": seeds_mean_std,
+      "wall_time_seconds": sum(r["epoch_seconds"] for r in epoch_records),
       "this_invocation_seconds": time.time() - started,
       "train_images_per_second": float(np.mean(
-          [r["train_images_per_second"] for r in records])),
+          [r["train_images_per_second"] for r in epoch_records])),
       # Where the numbers come from: timings depend on all of it.
       "platform": {"backend": jax.default_backend(),
                    "devices": [d.device_kind for d in jax.devices()],
+                   "data_parallel_devices": layout.num_devices,
+                   "seed_sharded": layout.seed_sharded,
+                   "processes": jax.process_count(),
                    "compute_dtype": jnp.dtype(net.model.dtype).name,
+                   "eval_dtype": jnp.dtype(run_config.eval_dtype(config)).name,
                    "jax": jax.__version__},
       "config": json.loads(config.to_json_best_effort()),
   }
+  if len(seeds) == 1:  # The single seed's figures, at the top as before.
+    summary.update(best=per_seed[0]["best"], last=per_seed[0]["last"],
+                   mapping_sequence=per_seed[0]["mapping_sequence"])
   path = os.path.join(workdir, "summary.json")
   with open(path + ".tmp", "w") as f:
     json.dump(summary, f, indent=2)
   os.replace(path + ".tmp", path)
-  print(f"best test accuracy {best['test_acc']:.2%} (ECE {best['test_ece']:.4f})"
-        f" at epoch {best['epoch']}; results in {workdir}: summary.json, "
-        f"metrics.jsonl, plots/, tensorboard/, checkpoints/, best/")
+  best_acc = seeds_mean_std["best"]["test_acc"]
+  print(f"best test accuracy {best_acc['mean']:.2%}"
+        + (f" +- {best_acc['std']:.2%} over {len(seeds)} seeds"
+           if len(seeds) > 1 else
+           f" (ECE {per_seed[0]['best']['test_ece']:.4f}) at epoch "
+           f"{per_seed[0]['best']['epoch']}")
+        + f"; results in {workdir}: summary.json, metrics.jsonl, plots/, "
+        f"tensorboard/, checkpoints/")
   return summary

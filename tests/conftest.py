@@ -66,3 +66,45 @@ def listing(directory):
   return sorted(os.path.relpath(os.path.join(root, name), directory)
                 for root, dirs, files in os.walk(directory)
                 for name in dirs + files)
+
+
+def smoke_config(name="ilm_vp", **overrides):
+  """`configs/<name>.py:smoke`, quiet, with `overrides` (dotted keys allowed
+  as `data__n_shot`)."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"{name}_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  config.progress = False
+  for key, value in overrides.items():
+    *parents, leaf = key.split("__")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def per_seed_records(workdir):
+  """metrics.jsonl as {(epoch, seed): record without timings}."""
+  from reprog_jax import metric_writer
+  timing = ("train_images_per_second", "epoch_seconds")
+  return {(r["epoch"], r["seed"]): {k: v for k, v in r.items()
+                                    if k not in timing}
+          for r in metric_writer.read_metrics(workdir)}
+
+
+def assert_records_close(ours, theirs, atol):
+  """Every (epoch, seed) of `theirs` is in `ours`, floats within `atol`,
+  everything else equal."""
+  assert set(theirs) <= set(ours)
+  for key, record in theirs.items():
+    assert set(ours[key]) == set(record)
+    for name, value in record.items():
+      if isinstance(value, float):
+        assert ours[key][name] == pytest.approx(value, abs=atol), (key, name)
+      else:
+        assert ours[key][name] == value, (key, name)

@@ -84,8 +84,10 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(resnet18_state):
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks = masks_lib.dense(tree["params"])
   x = np.random.default_rng(9).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  got = networks.forward(resnet.ResNet18(dtype=jax.numpy.bfloat16),
-                         tree["params"], tree["batch_stats"], masks, x)
+  net = networks.make_network(resnet.ResNet18(dtype=jax.numpy.bfloat16),
+                              tree["params"], tree["batch_stats"], masks,
+                              {"arch": "resnet18"})
+  got = networks.forward(net, x)
   assert got.dtype == np.float32  # Logits come back float32 for the loss.
   expected = run_torch(torch_reference("resnet18", resnet18_state), x)
   # bfloat16 keeps ~3 significant digits: close to PyTorch, not equal.

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import random_mask, torch_reference
 from convert.torch_to_flax import convert_masks, convert_state_dict
-from reprog_jax import methods, resnet, steps, torch_reference as ref_lib
+from reprog_jax import methods, networks, resnet, sharding, steps
+from reprog_jax import torch_reference as ref_lib
 
 TOLERANCE = 1e-4
 EPOCHS, STEPS_PER_EPOCH, BATCH = 5, 2, 6
@@ -19,9 +20,15 @@ def ticket(resnet18_state):
   mask = random_mask(resnet18_state, keep=0.5, seed=11)
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks, _ = convert_masks(mask, tree["params"])
-  frozen = {"params": tree["params"], "batch_stats": tree["batch_stats"],
-            "masks": masks}
-  return jax.device_put(frozen), (resnet18_state, mask)
+  network = networks.make_network(resnet.ResNet18(), tree["params"],
+                                  tree["batch_stats"], masks,
+                                  {"arch": "resnet18"})
+  return network, (resnet18_state, mask)
+
+
+def _one_seed(tree):
+  """A single seed's batch or mapping, with the leading seed axis."""
+  return jax.tree.map(lambda x: np.asarray(x)[None], tree)
 
 
 def _batches(image_size, num_classes, seed):
@@ -37,42 +44,48 @@ def _batches(image_size, num_classes, seed):
              "mask": np.arange(BATCH) < valid}, valid
 
 
-def _run(method, reference, frozen, image_size, num_classes, params_of):
+def _run(method, reference, network, image_size, num_classes, params_of,
+         encoded=False):
   optimizer, schedule = steps.make_optimizer(0.01, EPOCHS, STEPS_PER_EPOCH)
-  state = steps.init_state(method, optimizer, jax.random.key(0))
+  state = steps.init_state(method, optimizer, [0])
   if method.name == "linear_probe":  # Same start on both sides.
-    state = state.replace(params=jax.tree.map(
-        np.asarray, {"kernel": reference.head()[0], "bias": reference.head()[1]}))
-    state = state.replace(opt_state=optimizer.init(state.params))
-  train_step = steps.make_train_step(method, optimizer)
+    state = state.replace(params=_one_seed(
+        {"kernel": reference.head()[0], "bias": reference.head()[1]}))
+    state = state.replace(opt_state=jax.vmap(optimizer.init)(state.params))
+  train_step = steps.make_train_step(method, optimizer,
+                                     sharding.Layout.create(1), encoded)
   mapping = getattr(reference, "mapping_sequence", None)
-  mapping = None if mapping is None else np.asarray(mapping)
+  mapping = _one_seed(np.arange(num_classes) if mapping is None
+                      else np.asarray(mapping))
   for i, (batch, valid) in enumerate(_batches(image_size, num_classes, 5)):
-    assert float(schedule(int(state.step))) == pytest.approx(reference.lr)
+    assert float(schedule(int(state.step[0]))) == pytest.approx(reference.lr)
     ref_loss = reference.step(batch["image"][:valid], batch["label"][:valid])
-    state, metrics = train_step(state, frozen, mapping, batch)
-    assert float(metrics["loss"]) == pytest.approx(ref_loss, abs=TOLERANCE)
-    assert int(metrics["count"]) == valid
+    if encoded:  # What the cached-feature path feeds the step.
+      batch = {**batch, "image": method.encode(network, batch["image"])}
+    state, metrics = train_step(state, network, mapping, _one_seed(batch))
+    assert float(metrics["loss"][0]) == pytest.approx(ref_loss, abs=TOLERANCE)
+    assert int(metrics["count"][0]) == valid
     if (i + 1) % STEPS_PER_EPOCH == 0:
       reference.end_epoch()
-  assert int(state.step) == EPOCHS * STEPS_PER_EPOCH
+  assert int(state.step[0]) == EPOCHS * STEPS_PER_EPOCH
   assert reference.lr == pytest.approx(0.01 * 0.1 * 0.1)
-  ours, theirs = params_of(state.params), params_of(reference)
+  ours = params_of(jax.tree.map(lambda x: x[0], state.params))
+  theirs = params_of(reference)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=TOLERANCE)
   return ours
 
 
 def test_ilm_vp_step_matches_pytorch_after_10_adam_steps(ticket):
-  frozen, (state_dict, mask) = ticket
+  network, (state_dict, mask) = ticket
   image_size, output_size, num_classes = 24, 48, 10
   mapping = np.random.default_rng(3).permutation(1000)[:num_classes]
   reference = ref_lib.VisualPromptReference(
       torch_reference("resnet18", state_dict, mask), image_size, mapping,
       output_size=output_size, lr=0.01, milestones=[2, 3], gamma=0.1)
-  method = methods.visual_prompt(resnet.ResNet18(), image_size, output_size)
+  method = methods.visual_prompt(image_size, num_classes, output_size)
   program, = _run(
-      method, reference, frozen, image_size, num_classes,
+      method, reference, network, image_size, num_classes,
       lambda p: (p["program"],) if isinstance(p, dict) else (p.program_nhwc(),))
   # The frame moved; the image area's entries never get a gradient.
   frame = np.abs(program[:5]).max()
@@ -80,8 +93,10 @@ def test_ilm_vp_step_matches_pytorch_after_10_adam_steps(ticket):
   assert np.abs(program[12:36, 12:36]).max() == 0.0
 
 
-def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket):
-  frozen, (state_dict, mask) = ticket
+@pytest.mark.parametrize("encoded", [False, True])
+def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket,
+                                                               encoded):
+  network, (state_dict, mask) = ticket
   image_size, num_classes = 32, 7
   rng = np.random.default_rng(4)
   bound = 1 / np.sqrt(512)
@@ -91,15 +106,16 @@ def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket):
       rng.uniform(-bound, bound, num_classes).astype(np.float32),
       lr=0.01, milestones=[2, 3], gamma=0.1)
   start = reference.head()
-  method = methods.linear_probe(resnet.ResNet18(), num_classes)
+  method = methods.linear_probe(512, num_classes)
   kernel, _ = _run(
-      method, reference, frozen, image_size, num_classes,
-      lambda p: (p["kernel"], p["bias"]) if isinstance(p, dict) else p.head())
+      method, reference, network, image_size, num_classes,
+      lambda p: (p["kernel"], p["bias"]) if isinstance(p, dict) else p.head(),
+      encoded=encoded)
   assert np.abs(kernel - start[0]).max() > 0.01  # It trained.
 
 
 def test_linear_probe_init_is_pytorch_default_distribution():
-  method = methods.linear_probe(resnet.ResNet50(), 10)
+  method = methods.linear_probe(resnet.ResNet50().num_features, 10)
   head = method.init(jax.random.key(0))
   bound = 1 / np.sqrt(2048)
   assert head["kernel"].shape == (2048, 10) and head["bias"].shape == (10,)
@@ -121,19 +137,19 @@ def test_optimizer_schedule_is_multistep_per_epoch():
 
 
 def test_bfloat16_compute_keeps_float32_master_values(ticket):
-  frozen, _ = ticket
-  method16 = methods.visual_prompt(resnet.ResNet18(dtype=jax.numpy.bfloat16),
-                                   24, 48)
-  method32 = methods.visual_prompt(resnet.ResNet18(), 24, 48)
+  network, _ = ticket
+  method = methods.visual_prompt(24, 10, 48)
   optimizer, _ = steps.make_optimizer(0.01, EPOCHS, STEPS_PER_EPOCH)
+  train_step = steps.make_train_step(method, optimizer,
+                                     sharding.Layout.create(1))
   batch, _ = next(_batches(24, 10, 8))
-  mapping = np.arange(10)
+  mapping = _one_seed(np.arange(10))
   losses = []
-  for method in (method16, method32):
-    state = steps.init_state(method, optimizer, jax.random.key(0))
-    state, metrics = steps.make_train_step(method, optimizer)(
-        state, frozen, mapping, batch)
-    losses.append(float(metrics["loss"]))
+  for dtype in (jax.numpy.bfloat16, jax.numpy.float32):
+    state = steps.init_state(method, optimizer, [0])
+    state, metrics = train_step(state, network.with_dtype(dtype), mapping,
+                                _one_seed(batch))
+    losses.append(float(metrics["loss"][0]))
     leaves = jax.tree.leaves((state.params, state.opt_state))
     assert all(l.dtype in (np.float32, np.int32) for l in leaves)
   # bfloat16 keeps ~3 significant digits of the float32 loss.

@@ -1,5 +1,6 @@
 """End to end through `python -m reprog_jax.main`: files, resume, bad input."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -52,6 +53,8 @@ def test_vp_smoke_run_writes_every_file(vp_run):
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["best"]["test_acc"] == max(r["test_acc"] for r in records)
   assert summary["last"] == without_timing(records)[-1]
+  assert summary["per_seed"][0]["best"] == summary["best"]
+  assert summary["seeds"] == [4] and all(r["seed"] == 4 for r in records)
   assert summary["sparsity"]["remaining_percent"] == 100.0
   assert len(summary["mapping_sequence"]) == 10
   assert len(set(summary["mapping_sequence"])) == 10
@@ -65,8 +68,11 @@ def test_vp_smoke_run_writes_every_file(vp_run):
     with Image.open(workdir / "plots" / f"{name}.png") as img:
       assert min(img.size) >= 64
   assert checkpoints.latest_epoch(workdir) == 2
-  assert checkpoints.latest_epoch(workdir, checkpoints.BEST) == \
-      summary["best"]["epoch"]
+  saved = checkpoints.read(workdir)
+  assert saved["best"]["epoch"].tolist() == [summary["best"]["epoch"]]
+  assert saved["best"]["test_acc"][0] == pytest.approx(
+      summary["best"]["test_acc"])
+  assert saved["mapping_sequence"][0].tolist() == summary["mapping_sequence"]
 
 
 def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path):
@@ -92,15 +98,7 @@ def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path):
 
 
 def _checkpointed_program(workdir):
-  method = methods.visual_prompt(__import__("reprog_jax.resnet").resnet.ResNet18(),
-                                 32, 64)
-  from reprog_jax import steps
-  optimizer, _ = steps.make_optimizer(0.01, 3, 3)
-  state = steps.init_state(method, optimizer, jax.random.key(0))
-  like = checkpoints.pack(state, epoch=0, best_acc=0.0, best_epoch=0,
-                          mapping_sequence=np.zeros(10, np.int32),
-                          rng=jax.random.key(0))
-  return np.asarray(checkpoints.restore(workdir, like)["state"].params["program"])
+  return checkpoints.read(workdir)["state"]["params"]["program"]
 
 
 def _lp_smoke(**overrides):
@@ -120,7 +118,9 @@ def _lp_smoke(**overrides):
 
 def test_linear_probe_smoke_run_in_process(tmp_path):
   summary = train.train_and_evaluate(_lp_smoke(), str(tmp_path))
-  assert summary["method"] == "linear_probe" and summary["mapping_sequence"] is None
+  # Linear probing's mapping is the identity.
+  assert summary["method"] == "linear_probe"
+  assert summary["mapping_sequence"] == list(range(10))
   records = metric_writer.read_metrics(tmp_path)
   assert len(records) == 1 and METRIC_KEYS <= set(records[0])
   assert not (tmp_path / "plots" / "label_mapping.png").exists()
@@ -135,8 +135,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
   def poisoned(*args, **kwargs):
     method = real(*args, **kwargs)
-    return method.__class__(**{**method.__dict__, "logits": lambda *a: (
-        method.logits(*a) * np.nan)})
+    return method.__class__(**{**method.__dict__, "scores": lambda *a: (
+        method.scores(*a) * np.nan)})
 
   monkeypatch.setattr(methods, "linear_probe", poisoned)
   with pytest.raises(train.TrainingError,
@@ -148,8 +148,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def _fake_checkpoint(workdir):
-  checkpoints.save(str(workdir), {"epoch": np.asarray(0, np.int32)},
-                   best=False)
+  checkpoints.save(str(workdir), {"epoch": np.asarray(0, np.int32)})
 
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
@@ -198,23 +197,23 @@ def test_bad_input_writes_nothing_and_overwrite_loses_nothing(tmp_path):
 
 
 def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
-  from reprog_jax import data
+  from reprog_jax import inputs
+  real = inputs.open_run_data
 
-  class Many:
-    num_classes = 1001
+  def many_classes(*args):
+    run_data = real(*args)
+    return dataclasses.replace(run_data, class_names=("c",) * 1001)
 
-    def __len__(self):
-      return 1
-
-  monkeypatch.setattr(data, "make_loader_from_config", lambda *a, **k: Many())
+  monkeypatch.setattr(inputs, "open_run_data", many_classes)
   config = _lp_smoke()
   config.unlock()
   config.method = "ilm_vp"
   config.prompt_output_size = 64
   config.label_mapping = "ilm"
   config.mapping_interval = 1
-  with pytest.raises(train.TrainingError, match="1001 classes; .* at most 1000"):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match="1001 classes; .* at most 1000"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [

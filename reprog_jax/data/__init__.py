@@ -8,6 +8,10 @@ Public API:
 - `make_loader(...)`, `make_loader_from_config(config.data, split, ...)`:
   a `Loader` whose `epoch(e)` yields {'image', 'label', 'mask'} batches.
 - `split_labels`, `split_labels_from_config`: labels of a whole split.
+- `open_split_from_config(config.data, split)`: a split's source, labels
+  and class names.
+- `decode_once`, `RowStore`, `Sampler`: decode a run's images once into
+  memory and serve every epoch from there, per seed (`store.py`).
 - `prefetch_to_device`: keeps batches in flight to the accelerator.
 - `DataError`: the one exception, a one-line message.
 """
@@ -19,6 +23,7 @@ from reprog_jax.data.fewshot import stratified_holdout
 from reprog_jax.data.loader import default_data_config
 from reprog_jax.data.loader import make_loader
 from reprog_jax.data.loader import make_loader_from_config
+from reprog_jax.data.loader import open_split_from_config
 from reprog_jax.data.loader import split_labels
 from reprog_jax.data.loader import split_labels_from_config
 from reprog_jax.data.pipeline import Loader
@@ -27,3 +32,6 @@ from reprog_jax.data.preprocess import load_image
 from reprog_jax.data.registry import DatasetInfo
 from reprog_jax.data.registry import dataset_names
 from reprog_jax.data.registry import get_dataset_info
+from reprog_jax.data.store import decode_once
+from reprog_jax.data.store import RowStore
+from reprog_jax.data.store import Sampler

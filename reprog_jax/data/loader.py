@@ -86,14 +86,26 @@ def split_labels(name: str, split: str, *, n_shot: int = -1,
                             source=source, root=folder_root).labels
 
 
+def open_split_from_config(data_config: ml_collections.ConfigDict,
+                           split: str) -> sources.Split:
+  """Opens 'train' or 'test' with the fields of `default_data_config()`.
+
+  Both splits share one mock size (chosen from `n_shot`), so a hold-out cut
+  is the same for both.
+  """
+  info = get_dataset_info(data_config.name)
+  return sources.open_split(
+      info, split, data_dir=data_config.data_dir, mock=data_config.mock,
+      mock_num_examples=(data_config.mock_num_examples
+                         or default_mock_num_examples(data_config.name,
+                                                      data_config.n_shot)),
+      source=data_config.source, root=data_config.folder_root)
+
+
 def split_labels_from_config(data_config: ml_collections.ConfigDict,
                              split: str = 'train') -> np.ndarray:
   """`split_labels` with the fields of `default_data_config()`."""
-  return split_labels(
-      data_config.name, split, n_shot=data_config.n_shot,
-      data_dir=data_config.data_dir, mock=data_config.mock,
-      mock_num_examples=data_config.mock_num_examples or None,
-      source=data_config.source, folder_root=data_config.folder_root)
+  return open_split_from_config(data_config, split).labels
 
 
 def make_loader(

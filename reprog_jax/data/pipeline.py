@@ -80,10 +80,12 @@ class _LoadBatch:
   which grain then hands to the main process without another copy.
   """
 
-  def __init__(self, source, image_size: int, shared_memory: bool = False):
+  def __init__(self, source, image_size: int, shared_memory: bool = False,
+               uint8: bool = False):
     self._source = source
     self._size = image_size
     self._shared_memory = shared_memory
+    self._uint8 = uint8
 
   def __call__(self, indices: np.ndarray) -> dict:
     count = len(indices)
@@ -95,10 +97,13 @@ class _LoadBatch:
         item = self._source[int(index)]
         pixels[row] = load_uint8_image(item['image'], self._size)
         labels[row] = item['label']
-    images = (grain.multiprocessing.SharedMemoryArray(pixels.shape,
-                                                      np.float32)
-              if self._shared_memory else np.empty(pixels.shape, np.float32))
-    np.divide(pixels, np.float32(255), out=images, dtype=np.float32)
+    dtype = np.uint8 if self._uint8 else np.float32
+    images = (grain.multiprocessing.SharedMemoryArray(pixels.shape, dtype)
+              if self._shared_memory else np.empty(pixels.shape, dtype))
+    if self._uint8:
+      images[...] = pixels
+    else:
+      np.divide(pixels, np.float32(255), out=images, dtype=np.float32)
     return {'image': images, 'label': labels, 'mask': mask}
 
 
@@ -117,8 +122,9 @@ class _Stream:
 class Loader:
   """Batches of one split, epoch by epoch.
 
-  Each batch is a dict: 'image' float32 (B, H, W, 3) in [0, 1], 'label'
-  int32 (B,), 'mask' bool (B,) (False on padding). `epoch(e)` yields exactly
+  Each batch is a dict: 'image' float32 (B, H, W, 3) in [0, 1] (or the
+  uint8 pixels with `uint8=True`), 'label' int32 (B,), 'mask' bool (B,)
+  (False on padding). `epoch(e)` yields exactly
   `steps_per_epoch` batches.
 
   Calling `epoch` for consecutive epochs reuses the running workers. Up to
@@ -144,7 +150,7 @@ class Loader:
                class_names: tuple[str, ...], *, image_size: int,
                batch_size: int, shuffle: bool, seed: int,
                worker_count: int = 0, read_threads: int = 4,
-               prefetch_batches: int = 2):
+               prefetch_batches: int = 2, uint8: bool = False):
     self.indices = np.asarray(indices, np.int64)
     self.labels = np.asarray(labels, np.int64)
     self.class_names = tuple(class_names)
@@ -161,7 +167,8 @@ class Loader:
     self._batches = (grain.MapDataset.source(self._schedule)
                      .batch(batch_size, batch_fn=np.asarray)
                      .map(_LoadBatch(source, image_size,
-                                     shared_memory=worker_count > 0)))
+                                     shared_memory=worker_count > 0,
+                                     uint8=uint8)))
     self._worker_count = worker_count
     self._read_threads = read_threads
     self._prefetch_batches = prefetch_batches
@@ -180,9 +187,9 @@ class Loader:
     pad = self.steps_per_epoch * self.batch_size - len(order)
     return np.concatenate([order, np.full(pad, -1, np.int64)])
 
-  def _start(self, position: int) -> _Stream:
+  def _start(self, position: int, stop: int | None = None) -> _Stream:
     # A thread can only work on a batch it has buffer room for.
-    dataset = self._batches[position:].to_iter_dataset(grain.ReadOptions(
+    dataset = self._batches[position:stop].to_iter_dataset(grain.ReadOptions(
         num_threads=self._read_threads,
         prefetch_buffer_size=max(self._read_threads, self._prefetch_batches)))
     if self._worker_count > 0:
@@ -218,6 +225,20 @@ class Loader:
       batch = next(stream.iterator)
       stream.position += 1
       yield batch
+
+  def single_pass(self, epoch: int = 0) -> Iterator[dict]:
+    """Yields the batches of `epoch` from a stream that ends with it.
+
+    For a one-off pass (decoding a split once): `epoch` keeps its stream
+    running into the next epoch, whose first batches the readers would
+    then decode in vain.
+    """
+    start = epoch * self.steps_per_epoch
+    stream = self._start(start, start + self.steps_per_epoch)
+    try:
+      yield from stream.iterator
+    finally:
+      stream.close()
 
   def close(self):
     """Stops every stream and its worker processes."""

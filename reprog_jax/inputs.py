@@ -1,0 +1,249 @@
+"""What a run's steps consume: its images decoded once, or cached features.
+
+`open_run_data` opens the splits and draws every seed's few-shot subset
+(cheap, and where bad data config fails). `load` then fills the stores:
+
+- the images of every seed's training subset (their union: seeds share
+  examples) and of the test split, decoded and resized once into uint8
+  `data.RowStore`s, from which every epoch, label-mapping pass and
+  evaluation gathers its batches; or
+- for a method with a frozen `encode` (linear probing) and
+  `config.cache_features`, the encoded rows (pooled features), computed
+  once from a single streaming pass over the images and kept in the
+  workdir (`features/<split>.npz`) so a resumed run reuses them. A file is
+  only reused when its key — the network's content, the data, the image
+  size and the compute dtype — equals the run's; otherwise it is
+  recomputed (and said so).
+
+With `n_shot = -1` every seed's subset is the whole training split: the
+seeds then differ only in their order of examples and their initial values.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from reprog_jax import data
+from reprog_jax import steps
+
+FEATURES_DIR = "features"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """The opened splits of a run and every seed's subset.
+
+  Attributes:
+    train, test: `data.sources.Split`s.
+    pools: int64 (S, K): seed s's training examples (positions in `train`).
+    class_names: the target classes' names.
+  """
+
+  train: object
+  test: object
+  pools: np.ndarray
+  class_names: tuple
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """The stores and batch orders of a run.
+
+  Attributes:
+    train, test: `data.RowStore`s of images (uint8) or encoded rows.
+    train_batches: each seed's shuffled training batches.
+    mapping_batches: each seed's training set, unshuffled, for the label
+      mapping pass.
+    test_batches: the whole test split, unshuffled, shared by the seeds.
+    encoded: the stores hold `method.encode`'s outputs, not images.
+    examples: a few test images in [0, 1] for pictures (None if encoded).
+  """
+
+  train: data.RowStore
+  test: data.RowStore
+  train_batches: data.Sampler
+  mapping_batches: data.Sampler
+  test_batches: data.Sampler
+  encoded: bool
+  examples: np.ndarray | None
+
+
+def open_run_data(config, seeds) -> RunData:
+  """Opens both splits and draws each seed's `config.n_shot` subset.
+
+  Raises:
+    data.DataError: missing data or an impossible few-shot budget.
+  """
+  train = data.open_split_from_config(config.data, "train")
+  test = data.open_split_from_config(config.data, "test")
+  info = data.get_dataset_info(config.data.name)
+  pools = data.few_shot_indices_multi(
+      train.labels, config.data.n_shot, seeds, num_classes=info.num_classes,
+      class_names=train.class_names)
+  return RunData(train, test, pools, tuple(train.class_names))
+
+
+def load(run_data: RunData, config, *, seeds, image_size, method, network,
+         eval_network, layout, workdir) -> Inputs:
+  """Decodes the run's images once, or loads / computes cached features.
+
+  Args:
+    run_data: from `open_run_data`.
+    config: the run's config (batch sizes, data and loader fields).
+    seeds: the run's seeds.
+    image_size: the images' side.
+    method: the `methods.Method`.
+    network: the frozen network the training step uses (its dtype encodes
+      the training features).
+    eval_network: the one evaluation uses (encodes the test features).
+    layout: the `sharding.Layout`.
+    workdir: where `features/` goes.
+  """
+  union = np.unique(run_data.pools)
+  test_positions = np.arange(len(run_data.test.labels))
+  encoded = method.encode is not None and config.cache_features
+  if encoded:
+    encode = steps.make_encode_step(method, layout)
+    train, test = (
+        _cached_features(os.path.join(workdir, FEATURES_DIR, f"{name}.npz"),
+                         split, positions, net, encode, layout, config,
+                         image_size, name)
+        for name, split, positions, net in (
+            ("train", run_data.train, union, network),
+            ("test", run_data.test, test_positions, eval_network)))
+  else:
+    train, test = (_decode(split, positions, image_size, config, name)
+                   for name, split, positions in (
+                       ("train", run_data.train, union),
+                       ("test", run_data.test, test_positions)))
+  rows = train.row_of(run_data.pools)
+  pad_to = layout.batch_pad
+  return Inputs(
+      train=train, test=test,
+      train_batches=data.Sampler(rows, seeds, batch_size=config.batch_size,
+                                 shuffle=True, pad_to=pad_to),
+      mapping_batches=data.Sampler(rows, seeds,
+                                   batch_size=config.eval_batch_size,
+                                   shuffle=False, pad_to=pad_to),
+      test_batches=data.Sampler(np.arange(len(test))[None], (0,),
+                                batch_size=config.eval_batch_size,
+                                shuffle=False, pad_to=pad_to),
+      encoded=encoded,
+      examples=(None if encoded
+                else test.rows[:8].astype(np.float32) / np.float32(255)))
+
+
+def _decode(split, positions, image_size, config, name) -> data.RowStore:
+  return data.decode_once(
+      split.source, split.indices[positions], split.labels[positions],
+      positions, image_size=image_size,
+      worker_count=config.data.worker_count,
+      read_threads=config.data.read_threads,
+      prefetch_batches=config.data.prefetch_batches,
+      progress=config.progress, desc=f"decoding {name} images (once)")
+
+
+# --------------------------------------------------------------------------
+# Cached features
+# --------------------------------------------------------------------------
+
+
+def fingerprint(tree) -> str:
+  """A content hash of a pytree's arrays (shapes, dtypes and bytes)."""
+  digest = hashlib.blake2b(digest_size=16)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}"
+                  .encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def feature_key(network, split, positions, config, image_size) -> dict:
+  """What cached features depend on; a file with another key is stale."""
+  return {
+      "network": fingerprint((network.params, network.batch_stats,
+                              network.masks)),
+      "arch": type(network.model).__name__,
+      "compute_dtype": jnp.dtype(network.model.dtype).name,
+      "dataset": config.data.name,
+      "source": config.data.source,
+      "mock": bool(config.data.mock),
+      "image_size": int(image_size),
+      "examples": hashlib.sha256(np.asarray(split.indices[positions], np.int64)
+                                 .tobytes()).hexdigest(),
+      "labels": hashlib.sha256(np.asarray(split.labels[positions], np.int64)
+                               .tobytes()).hexdigest(),
+  }
+
+
+def _cached_features(path, split, positions, network, encode, layout, config,
+                     image_size, name) -> data.RowStore:
+  key = feature_key(network, split, positions, config, image_size)
+  if os.path.exists(path):
+    try:
+      with np.load(path) as stored:
+        if json.loads(str(stored["key"])) == key:
+          return data.RowStore(stored["features"], stored["labels"],
+                               positions)
+      why = "features of another network or config"
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      why = f"no readable features ({type(e).__name__})"
+    print(f"{path} holds {why}; recomputing them")
+  features = _encode_split(split, positions, network, encode, layout, config,
+                           image_size, name)
+  store = data.RowStore(features, split.labels[positions], positions)
+  if jax.process_index() == 0:
+    _save_atomically(path, key, store)
+  return store
+
+
+def _encode_split(split, positions, network, encode, layout, config,
+                  image_size, name) -> np.ndarray:
+  """One streaming pass: decode, resize, encode; (N, F) float32."""
+  batch_size = -(-config.eval_batch_size // layout.num_devices) * (
+      layout.num_devices)
+  loader = data.Loader(
+      split.source, split.indices[positions], split.labels[positions], ("",),
+      image_size=image_size, batch_size=batch_size, shuffle=False, seed=0,
+      worker_count=config.data.worker_count,
+      read_threads=config.data.read_threads,
+      prefetch_batches=config.data.prefetch_batches, uint8=True)
+  outputs = []
+  bar = tqdm.tqdm(loader.single_pass(), total=len(loader), leave=False,
+                  desc=f"features of the {name} split (once)",
+                  dynamic_ncols=True, disable=not config.progress)
+  for batch in bar:
+    outputs.append(encode(network, layout.put(batch["image"], layout.batch)))
+  loader.close()
+  features = np.concatenate([layout.to_host(o) for o in outputs])
+  return np.asarray(features[:len(positions)], np.float32)
+
+
+def _save_atomically(path, key, store) -> None:
+  """Writes the features under `path` in one rename: a crash leaves either
+  no file or a complete one."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, key=json.dumps(key, sort_keys=True),
+               features=store.rows, labels=store.labels)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
