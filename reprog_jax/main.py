@@ -26,6 +26,17 @@ _WORKDIR = flags.DEFINE_string(
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_epoch", None, "Stop once this epoch is checkpointed "
     "(to split a long run into jobs); re-running resumes.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Several hosts, one process each: call "
+    "jax.distributed.initialize() first (SLURM, Open MPI, Kubernetes and "
+    "Cloud TPU are detected; elsewhere give the three flags below).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process "
+    "0.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,6 +44,13 @@ def main(argv):
   del argv  # parse_flags refused any positional argument.
   # Library chatter (missing TPU runtimes, tfds variants) is not for users.
   logging.set_verbosity(logging.ERROR)
+  if _DISTRIBUTED.value:
+    # Before anything touches a device: every process then sees the
+    # devices of all hosts, and the run spreads over all of them.
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   try:
     config = _CONFIG.value
     config.method  # A config file that failed to load raises on first use.

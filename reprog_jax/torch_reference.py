@@ -7,8 +7,10 @@ benchmark times it against ours. torch is imported lazily, so the package
 never needs it (`pip install 'reprog-jax[torch]'`).
 
 Inputs are NHWC NumPy arrays, as our loaders produce; they are transposed to
-NCHW here. Both references run float32 (no autocast) so that parity can be
-checked to float32 precision.
+NCHW here. By default both references run float32 on the CPU (no autocast)
+so that parity can be checked to float32 precision; `device='cuda',
+amp=True` runs the training step as the PyTorch version does on a GPU: fp16
+autocast around the forward and loss, and a gradient scaler.
 """
 
 import numpy as np
@@ -30,8 +32,8 @@ def _nchw(images_nhwc):
 
 def _normalize(x):
   torch = _torch()
-  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+  mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
   return (x - mean) / std
 
 
@@ -46,27 +48,50 @@ def _adam_and_schedule(params, lr, milestones, gamma):
 
 
 class _Reference:
-  """Shared step logic: loss = mean cross-entropy on the (mapped) logits."""
+  """Shared step logic: loss = mean cross-entropy on the (mapped) logits.
 
-  def __init__(self, network):
+  Args:
+    network: the frozen torchvision network.
+    device: where it runs ('cpu' or 'cuda').
+    amp: fp16 autocast and a gradient scaler around the training step, as
+      the PyTorch version on a GPU.
+  """
+
+  def __init__(self, network, device="cpu", amp=False):
     torch = _torch()
-    self.network = network.eval()
+    self.device = torch.device(device)
+    self.network = network.eval().to(self.device)
     for p in self.network.parameters():
       p.requires_grad_(False)
     self._torch = torch
+    self.amp = amp
+    self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp)
 
   def logits(self, x):
     raise NotImplementedError
 
+  def to_device(self, images_nhwc, labels):
+    """A NumPy batch as the (NCHW float32, int64) tensors `step_tensors`
+    takes, on the reference's device."""
+    return (_nchw(images_nhwc).to(self.device),
+            self._torch.as_tensor(np.asarray(labels)).long().to(self.device))
+
   def step(self, images_nhwc, labels) -> float:
-    """One optimiser step on a batch; returns the loss."""
+    """One optimiser step on a NumPy batch; returns the loss."""
+    return float(self.step_tensors(*self.to_device(images_nhwc, labels)))
+
+  def step_tensors(self, x, labels):
+    """One optimiser step on device tensors; returns the loss tensor (no
+    host sync)."""
     torch = self._torch
     self.optimizer.zero_grad()
-    loss = torch.nn.functional.cross_entropy(
-        self.logits(_nchw(images_nhwc)), torch.as_tensor(labels).long())
-    loss.backward()
-    self.optimizer.step()
-    return float(loss.detach())
+    with torch.autocast(self.device.type, dtype=torch.float16,
+                        enabled=self.amp):
+      loss = torch.nn.functional.cross_entropy(self.logits(x), labels)
+    self.scaler.scale(loss).backward()
+    self.scaler.step(self.optimizer)
+    self.scaler.update()
+    return loss.detach()
 
   def end_epoch(self):
     self.scheduler.step()
@@ -84,15 +109,17 @@ class VisualPromptReference(_Reference):
   """
 
   def __init__(self, network, image_size, mapping_sequence, output_size=224,
-               lr=0.01, milestones=(), gamma=0.1):
-    super().__init__(network)
+               lr=0.01, milestones=(), gamma=0.1, device="cpu", amp=False):
+    super().__init__(network, device, amp)
     torch = self._torch
     self.pad_before = int((output_size - image_size + 1) / 2)
     self.pad_after = int((output_size - image_size) / 2)
-    self.program = torch.nn.Parameter(torch.zeros(3, output_size, output_size))
-    mask = torch.zeros(3, image_size, image_size)
+    self.program = torch.nn.Parameter(
+        torch.zeros(3, output_size, output_size, device=self.device))
+    mask = torch.zeros(3, image_size, image_size, device=self.device)
     self.mask = torch.nn.functional.pad(mask, self._padding(), value=1)
-    self.mapping_sequence = torch.as_tensor(np.asarray(mapping_sequence)).long()
+    self.mapping_sequence = torch.as_tensor(
+        np.asarray(mapping_sequence)).long().to(self.device)
     self.optimizer, self.scheduler = _adam_and_schedule(
         [self.program], lr, milestones, gamma)
 
@@ -110,7 +137,7 @@ class VisualPromptReference(_Reference):
     return self.source_logits(x)[:, self.mapping_sequence]
 
   def program_nhwc(self) -> np.ndarray:
-    return self.program.detach().numpy().transpose(1, 2, 0).copy()
+    return self.program.detach().cpu().numpy().transpose(1, 2, 0).copy()
 
 
 class LinearProbeReference(_Reference):
@@ -122,11 +149,11 @@ class LinearProbeReference(_Reference):
   """
 
   def __init__(self, network, head_kernel, head_bias, lr=0.01, milestones=(),
-               gamma=0.1):
-    super().__init__(network)
+               gamma=0.1, device="cpu", amp=False):
+    super().__init__(network, device, amp)
     torch = self._torch
     head_kernel = np.asarray(head_kernel, np.float32)
-    self.network.fc = torch.nn.Linear(*head_kernel.shape)
+    self.network.fc = torch.nn.Linear(*head_kernel.shape).to(self.device)
     with torch.no_grad():
       self.network.fc.weight.copy_(torch.from_numpy(head_kernel.T.copy()))
       self.network.fc.bias.copy_(torch.from_numpy(
@@ -140,5 +167,5 @@ class LinearProbeReference(_Reference):
   def head(self) -> tuple[np.ndarray, np.ndarray]:
     """(kernel (in, out), bias) in our layout."""
     fc = self.network.fc
-    return (fc.weight.detach().numpy().T.copy(),
-            fc.bias.detach().numpy().copy())
+    return (fc.weight.detach().cpu().numpy().T.copy(),
+            fc.bias.detach().cpu().numpy().copy())

@@ -1,6 +1,7 @@
 """Shared fixtures: random torchvision checkpoints written with torch.save."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -9,6 +10,18 @@ import torch
 import torchvision
 
 from convert import torch_io
+
+# Many tests compile the same small programs (a smoke run's steps, again and
+# again): a persistent compilation cache, shared with the subprocesses the
+# tests start, compiles each once per machine.
+_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(),
+                                  f"reprog-jax-tests-{os.getuid()}-xla-cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def torch_reference(arch, state_dict, mask=None, num_classes=1000):

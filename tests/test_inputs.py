@@ -49,7 +49,7 @@ def test_cached_features_are_the_networks_features(lp_runs):
   np.testing.assert_allclose(features[:4], expected, rtol=0, atol=1e-5)
 
 
-def _load(config, network, workdir, capsys=None):
+def _load(config, network, workdir):
   layout = sharding.Layout.create(1)
   seeds = run_config.seeds(config)
   run_data = inputs.open_run_data(config, seeds)
@@ -92,21 +92,6 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   (tmp_path / "features" / "train.npz").write_bytes(b"garbage")
   _load(config, other, tmp_path)
   assert "no readable features" in capsys.readouterr().out
-
-
-def test_a_second_epoch_decodes_no_image(tmp_path, monkeypatch):
-  decoded = []
-  real = pipeline.load_uint8_image
-  monkeypatch.setattr(pipeline, "load_uint8_image",
-                      lambda *a: decoded.append(1) or real(*a))
-  config = smoke_config("ilm_vp", epochs=3, seeds=(0, 1, 2))
-  train.train_and_evaluate(config, str(tmp_path))
-  run_data = inputs.open_run_data(config, (0, 1, 2))
-  # Every image once: the seeds' training subsets (their union) and the
-  # test split, not once per epoch, mapping pass or seed.
-  expected = len(np.unique(run_data.pools)) + len(run_data.test.labels)
-  assert len(decoded) == expected
-  assert len(decoded) < 3 * len(run_data.pools[0])
 
 
 def test_bfloat16_run_maps_and_evaluates_in_float32(tmp_path, monkeypatch):

@@ -7,9 +7,26 @@ import pytest
 
 from conftest import assert_records_close, per_seed_records, smoke_config
 from reprog_jax import checkpoints, inputs, run_config, train
+from reprog_jax.data import pipeline
 
 TOLERANCE = 1e-4
 SEEDS = (0, 1)
+
+
+def assert_trained_values_close(ours, theirs):
+  """Trained values within TOLERANCE, allowing for Adam's amplification.
+
+  Adam divides each entry's gradient by that entry's own running scale, so
+  a prompt pixel whose exact gradient is ~0 moves by a sizeable fraction of
+  the learning rate in the direction of its rounding noise, which a change
+  of batch shape changes. Such pixels are rare (see
+  `test_vmapped_gradient_equals_each_seeds_own` for the exact comparison,
+  before Adam): all but 0.1 % of the entries must agree to TOLERANCE, and
+  none by more than a tenth of the learning rate.
+  """
+  diff = np.abs(np.asarray(ours) - np.asarray(theirs))
+  assert np.mean(diff <= TOLERANCE) >= 0.999, diff.max()
+  assert diff.max() <= 1e-3
 
 
 def _run(workdir, name, **overrides):
@@ -18,17 +35,36 @@ def _run(workdir, name, **overrides):
   return summary, per_seed_records(workdir), checkpoints.read(workdir)
 
 
-@pytest.fixture(scope="module", params=["ilm_vp", "linear_probe"])
-def runs(request, tmp_path_factory):
-  """A run with SEEDS vmapped and one run per seed alone."""
-  root = tmp_path_factory.mktemp(request.param)
-  together = _run(root / "together", request.param, seeds=SEEDS)
-  alone = [_run(root / f"seed{s}", request.param, seed=s) for s in SEEDS]
-  return request.param, root, together, alone
+def _runs(name, root):
+  """A run with SEEDS vmapped (counting image decodes) and one run per
+  seed alone."""
+  decoded = []
+  real = pipeline.load_uint8_image
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(pipeline, "load_uint8_image",
+                  lambda *a: decoded.append(1) or real(*a))
+    together = _run(root / "together", name, seeds=SEEDS)
+  alone = [_run(root / f"seed{s}", name, seed=s) for s in SEEDS]
+  return name, root, together, alone, len(decoded)
+
+
+@pytest.fixture(scope="module")
+def vp_runs(tmp_path_factory):
+  return _runs("ilm_vp", tmp_path_factory.mktemp("ilm_vp"))
+
+
+@pytest.fixture(scope="module")
+def lp_runs(tmp_path_factory):
+  return _runs("linear_probe", tmp_path_factory.mktemp("linear_probe"))
+
+
+@pytest.fixture(params=["vp_runs", "lp_runs"])
+def runs(request):
+  return request.getfixturevalue(request.param)
 
 
 def test_each_vmapped_seed_equals_its_run_alone(runs):
-  _, _, (summary, records, saved), alone = runs
+  _, _, (summary, records, saved), alone, _ = runs
   assert summary["seeds"] == list(SEEDS)
   assert [p["seed"] for p in summary["per_seed"]] == list(SEEDS)
   for k, (seed_summary, seed_records, seed_saved) in enumerate(alone):
@@ -42,15 +78,45 @@ def test_each_vmapped_seed_equals_its_run_alone(runs):
     for path in ("state", "best"):
       mine = saved[path]["params"]
       for name, leaf in seed_saved[path]["params"].items():
-        np.testing.assert_allclose(mine[name][k], leaf[0], rtol=0,
-                                   atol=TOLERANCE)
+        assert_trained_values_close(mine[name][k], leaf[0])
   # The seeds really differ: own subsets, orders and initial values.
   first, second = (summary["per_seed"][k]["last"] for k in range(2))
   assert first["train_loss"] != second["train_loss"]
 
 
+def test_vmapped_gradient_equals_each_seeds_own():
+  import jax
+  import optax
+  from reprog_jax import methods, networks, sharding, steps
+  network = networks.random_network("resnet18")
+  sgd = optax.sgd(1.0)  # One step from zero: minus the gradient.
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (3, 5, 16, 16, 3), np.uint8),
+           "label": rng.integers(0, 10, (3, 5)).astype(np.int32),
+           "mask": np.arange(5) < np.array([[5], [3], [4]])}
+  for method in (methods.visual_prompt(16, 10, 48),
+                 methods.linear_probe(512, 10)):
+    mappings = np.tile(method.initial_mapping, (3, 1))
+    if method.name == "ilm_vp":
+      mappings = rng.permutation(1000)[:30].reshape(3, 10)
+    step = steps.make_train_step(method, sgd, sharding.Layout.create(3))
+    state, metrics = step(steps.init_state(method, sgd, (0, 1, 2)), network,
+                          mappings, batch)
+    for k, seed in enumerate((0, 1, 2)):
+      alone, alone_metrics = step(
+          steps.init_state(method, sgd, (seed,)), network, mappings[k:k + 1],
+          jax.tree.map(lambda x: x[k:k + 1], batch))
+      assert float(metrics["loss"][k]) == pytest.approx(
+          float(alone_metrics["loss"][0]), abs=1e-6)
+      for ours, theirs in zip(jax.tree.leaves(state.params),
+                              jax.tree.leaves(alone.params)):
+        scale = np.abs(np.asarray(theirs)).max()
+        np.testing.assert_allclose(ours[k], theirs[0], rtol=0,
+                                   atol=1e-5 * scale)
+
+
 def test_summary_reports_each_seed_and_their_spread(runs):
-  _, _, (summary, records, _), _ = runs
+  _, _, (summary, records, _), _, _ = runs
   accs = [p["best"]["test_acc"] for p in summary["per_seed"]]
   spread = summary["seeds_mean_std"]["best"]["test_acc"]
   assert spread["mean"] == pytest.approx(np.mean(accs))
@@ -64,7 +130,7 @@ def test_summary_reports_each_seed_and_their_spread(runs):
 
 
 def test_plots_per_seed(runs):
-  name, root, _, _ = runs
+  name, root, _, _, _ = runs
   plots = root / "together" / "plots"
   assert (plots / "curves.png").exists()
   for seed in SEEDS:
@@ -73,8 +139,8 @@ def test_plots_per_seed(runs):
         name == "ilm_vp")
 
 
-def test_resumed_run_with_seeds_ends_identical(runs, tmp_path):
-  name, root, (summary, records, saved), _ = runs
+def test_resumed_run_with_seeds_ends_identical(vp_runs, tmp_path):
+  name, root, (summary, records, saved), _, _ = vp_runs
   config = smoke_config(name, epochs=3, seeds=SEEDS)
   assert train.train_and_evaluate(config, str(tmp_path),
                                   stop_after_epoch=0) == {}
@@ -88,6 +154,16 @@ def test_resumed_run_with_seeds_ends_identical(runs, tmp_path):
         np.asarray(list(again[path]["params"].values())[0]),
         np.asarray(list(saved[path]["params"].values())[0])):
       np.testing.assert_array_equal(leaf, other)
+
+
+def test_a_second_epoch_decodes_no_image(vp_runs):
+  # Every image once: the seeds' training subsets (their union) and the
+  # test split, not once per epoch, label-mapping pass or seed.
+  name, _, _, _, decoded = vp_runs
+  config = smoke_config(name, seeds=SEEDS)
+  run_data = inputs.open_run_data(config, SEEDS)
+  assert decoded == len(np.unique(run_data.pools)) + len(
+      run_data.test.labels)
 
 
 def test_full_split_seeds_share_examples_and_differ_in_order():

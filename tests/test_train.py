@@ -21,9 +21,7 @@ METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_acc",
 
 
 def run_main(workdir, *overrides, config="configs/ilm_vp.py:smoke"):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(
-      pathlib.Path(workdir).parent / "jax-cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ)  # With conftest's compilation cache.
   return subprocess.run(
       [sys.executable, "-m", "reprog_jax.main", f"--config={config}",
        f"--workdir={workdir}", "--config.progress=False", *overrides],
