@@ -30,6 +30,7 @@ from reprog_jax import plots
 from reprog_jax import run_config
 from reprog_jax import sharding
 from reprog_jax import steps
+from reprog_jax import summary as summary_lib
 
 CONFIG_FILE = "config.json"
 # Fields that may differ between a run and its resumption: they change how
@@ -288,17 +289,9 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
     test_metrics, bins, test_counts = evaluate(
         eval_step, state.params, eval_network, mappings_on_device, inputs,
         layout, method.num_scores, num_classes, config)
-    accuracies = np.array([m["test_accuracy"] for m in test_metrics])
-    improved = accuracies > best["test_acc"]
     params = layout.to_host(state.params)
-    best = {"params": jax.tree.map(
-        lambda new, old: np.where(
-            improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-        params, best["params"]),
-            "mapping_sequence": np.where(improved[:, None], mappings,
-                                         best["mapping_sequence"]),
-            "test_acc": np.where(improved, accuracies, best["test_acc"]),
-            "epoch": np.where(improved, epoch, best["epoch"])}
+    best = _update_best(best, epoch, params, mappings, np.array(
+        [m["test_accuracy"] for m in test_metrics]))
     lr = steps.epoch_lr(config.lr, config.epochs, epoch,
                         config.milestone_fractions, config.gamma)
     timing = {"train_images_per_second":
@@ -331,8 +324,24 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   writer.close()
 
   # Summary.
-  return _write_summary(config, workdir, net, run_data, inputs, mappings,
-                        best, seeds, layout, started)
+  return summary_lib.write(config, workdir, net, run_data, inputs, mappings,
+                           best, seeds, layout, started)
+
+
+def _update_best(best, epoch, params, mappings, accuracies) -> dict:
+  """Each seed's best epoch so far: where its test accuracy rose, this
+  epoch's values replace the kept ones (the first of equals stays)."""
+  improved = accuracies > best["test_acc"]
+
+  def pick(new, old):
+    new, old = np.asarray(new), np.asarray(old)
+    return np.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new,
+                    old)
+
+  return {"params": jax.tree.map(pick, params, best["params"]),
+          "mapping_sequence": pick(mappings, best["mapping_sequence"]),
+          "test_acc": pick(accuracies, best["test_acc"]),
+          "epoch": pick(np.full(len(improved), epoch), best["epoch"])}
 
 
 def _seed_prefix(seeds, seed, separator) -> str:
@@ -370,75 +379,3 @@ def _plots(writer, workdir, epoch, method, params, bins, counts, mappings,
                                counts[k], mappings[k], examples, class_names)
     for tag, path in pictures.items():
       writer.image(_seed_prefix(seeds, seed, "/") + tag, path, epoch)
-
-
-def _write_summary(config, workdir, net, run_data, inputs, mappings, best,
-                   seeds, layout, started):
-  records = metric_writer.read_metrics(workdir)
-  timing = ("train_images_per_second", "epoch_seconds")
-  per_seed = []
-  for k, seed in enumerate(seeds):
-    mine = [{key: v for key, v in r.items() if key not in timing}
-            for r in records if r.get("seed") == seed]
-    per_seed.append({
-        "seed": seed,
-        "best": max(mine, key=lambda r: (r["test_acc"], -r["epoch"])),
-        "last": mine[-1],
-        "mapping_sequence": [int(i) for i in mappings[k]],
-        "best_mapping_sequence": [int(i)
-                                  for i in best["mapping_sequence"][k]]})
-  numbers = [key for key, v in per_seed[0]["best"].items()
-             if metric_writer.is_number(v)
-             and key not in ("epoch", "seed", "lr", "best_epoch")]
-  seeds_mean_std = {
-      which: {key: {"mean": float(np.mean([p[which][key] for p in per_seed])),
-                    "std": float(np.std([p[which][key] for p in per_seed]))}
-              for key in numbers}
-      for which in ("best", "last")}
-  sparsity = {k: v for k, v in net.sparsity().items() if k != "layers"}
-  epoch_records = [r for r in records if r.get("seed") == seeds[0]]
-  summary = {
-      "method": config.method,
-      "dataset": config.data.name,
-      "n_shot": config.n_shot,
-      "seeds": list(seeds),
-      "num_classes": run_data.num_classes,
-      "train_examples": inputs.train_batches.num_examples,
-      "test_examples": inputs.test_batches.num_examples,
-      "network": {"dir": config.network_dir, "arch": net.arch,
-                  "dense": net.meta["dense"], "ticket": net.meta.get("ticket"),
-                  "sources": net.meta["sources"]},
-      "sparsity": sparsity,
-      "per_seed": per_seed,
-      "seeds_mean_std": seeds_mean_std,
-      "wall_time_seconds": sum(r["epoch_seconds"] for r in epoch_records),
-      "this_invocation_seconds": time.time() - started,
-      "train_images_per_second": float(np.mean(
-          [r["train_images_per_second"] for r in epoch_records])),
-      # Where the numbers come from: timings depend on all of it.
-      "platform": {"backend": jax.default_backend(),
-                   "devices": [d.device_kind for d in jax.devices()],
-                   "data_parallel_devices": layout.num_devices,
-                   "seed_sharded": layout.seed_sharded,
-                   "processes": jax.process_count(),
-                   "compute_dtype": jnp.dtype(net.model.dtype).name,
-                   "eval_dtype": jnp.dtype(run_config.eval_dtype(config)).name,
-                   "jax": jax.__version__},
-      "config": json.loads(config.to_json_best_effort()),
-  }
-  if len(seeds) == 1:  # The single seed's figures, at the top as before.
-    summary.update(best=per_seed[0]["best"], last=per_seed[0]["last"],
-                   mapping_sequence=per_seed[0]["mapping_sequence"])
-  path = os.path.join(workdir, "summary.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
-  best_acc = seeds_mean_std["best"]["test_acc"]
-  print(f"best test accuracy {best_acc['mean']:.2%}"
-        + (f" +- {best_acc['std']:.2%} over {len(seeds)} seeds"
-           if len(seeds) > 1 else
-           f" (ECE {per_seed[0]['best']['test_ece']:.4f}) at epoch "
-           f"{per_seed[0]['best']['epoch']}")
-        + f"; results in {workdir}: summary.json, metrics.jsonl, plots/, "
-        f"tensorboard/, checkpoints/")
-  return summary

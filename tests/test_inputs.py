@@ -1,6 +1,5 @@
 """Inputs of a run: images decoded once, linear-probing features cached."""
 
-import json
 
 import numpy as np
 import pytest

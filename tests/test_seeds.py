@@ -1,6 +1,5 @@
 """Several few-shot seeds in one jitted step equal separate runs."""
 
-import json
 
 import numpy as np
 import pytest

@@ -43,7 +43,6 @@ np.savez({root!r} + "/gradients.npz", **one_step_gradients())
 def one_step_gradients() -> dict:
   """ILM-VP's gradient of one step, every seed, on all devices: (S, B) =
   (4, 8) (seeds split over 4 devices) and (1, 6) (batch split, padded)."""
-  import jax
   import optax
   from reprog_jax import methods, networks, steps
   network = networks.random_network("resnet18")

@@ -1,0 +1,98 @@
+"""`summary.json`: what a finished run found, per seed and over the seeds."""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reprog_jax import metric_writer
+from reprog_jax import run_config
+
+
+def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
+          layout, started) -> dict:
+  """Writes `workdir/summary.json` from the run's metrics; returns it.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory (its `metrics.jsonl` is read).
+    net: the frozen `networks.Network`.
+    run_data: `inputs.RunData` (classes).
+    inputs: `inputs.Inputs` (split sizes).
+    mappings: (S, T) the last epoch's mapping sequences.
+    best: each seed's best epoch (`checkpoints.pack`'s `best`).
+    seeds: the run's seeds.
+    layout: its `sharding.Layout`.
+    started: when this invocation started (`time.time()`).
+  """
+  records = metric_writer.read_metrics(workdir)
+  timing = ("train_images_per_second", "epoch_seconds")
+  per_seed = []
+  for k, seed in enumerate(seeds):
+    mine = [{key: v for key, v in r.items() if key not in timing}
+            for r in records if r.get("seed") == seed]
+    per_seed.append({
+        "seed": seed,
+        "best": max(mine, key=lambda r: (r["test_acc"], -r["epoch"])),
+        "last": mine[-1],
+        "mapping_sequence": [int(i) for i in mappings[k]],
+        "best_mapping_sequence": [int(i)
+                                  for i in best["mapping_sequence"][k]]})
+  numbers = [key for key, v in per_seed[0]["best"].items()
+             if metric_writer.is_number(v)
+             and key not in ("epoch", "seed", "lr", "best_epoch")]
+  seeds_mean_std = {
+      which: {key: {"mean": float(np.mean([p[which][key] for p in per_seed])),
+                    "std": float(np.std([p[which][key] for p in per_seed]))}
+              for key in numbers}
+      for which in ("best", "last")}
+  sparsity = {k: v for k, v in net.sparsity().items() if k != "layers"}
+  epoch_records = [r for r in records if r.get("seed") == seeds[0]]
+  summary = {
+      "method": config.method,
+      "dataset": config.data.name,
+      "n_shot": config.n_shot,
+      "seeds": list(seeds),
+      "num_classes": run_data.num_classes,
+      "train_examples": inputs.train_batches.num_examples,
+      "test_examples": inputs.test_batches.num_examples,
+      "network": {"dir": config.network_dir, "arch": net.arch,
+                  "dense": net.meta["dense"], "ticket": net.meta.get("ticket"),
+                  "sources": net.meta["sources"]},
+      "sparsity": sparsity,
+      "per_seed": per_seed,
+      "seeds_mean_std": seeds_mean_std,
+      "wall_time_seconds": sum(r["epoch_seconds"] for r in epoch_records),
+      "this_invocation_seconds": time.time() - started,
+      "train_images_per_second": float(np.mean(
+          [r["train_images_per_second"] for r in epoch_records])),
+      # Where the numbers come from: timings depend on all of it.
+      "platform": {"backend": jax.default_backend(),
+                   "devices": [d.device_kind for d in jax.devices()],
+                   "data_parallel_devices": layout.num_devices,
+                   "seed_sharded": layout.seed_sharded,
+                   "processes": jax.process_count(),
+                   "compute_dtype": jnp.dtype(net.model.dtype).name,
+                   "eval_dtype": jnp.dtype(run_config.eval_dtype(config)).name,
+                   "jax": jax.__version__},
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  if len(seeds) == 1:  # The single seed's figures, at the top as before.
+    summary.update(best=per_seed[0]["best"], last=per_seed[0]["last"],
+                   mapping_sequence=per_seed[0]["mapping_sequence"])
+  path = os.path.join(workdir, "summary.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(path + ".tmp", path)
+  best_acc = seeds_mean_std["best"]["test_acc"]
+  print(f"best test accuracy {best_acc['mean']:.2%}"
+        + (f" +- {best_acc['std']:.2%} over {len(seeds)} seeds"
+           if len(seeds) > 1 else
+           f" (ECE {per_seed[0]['best']['test_ece']:.4f}) at epoch "
+           f"{per_seed[0]['best']['epoch']}")
+        + f"; results in {workdir}: summary.json, metrics.jsonl, plots/, "
+        f"tensorboard/, checkpoints/")
+  return summary
