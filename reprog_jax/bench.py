@@ -86,6 +86,9 @@ def parse(argv):
                       help="--whole-lp: training examples")
   parser.add_argument("--epochs", type=int, default=100,
                       help="--whole-lp: epochs")
+  parser.add_argument("--profile", action="store_true",
+                      help="also print where our step's time goes, by kind "
+                      "of operation (an XLA profile of --steps steps)")
   args = parser.parse_args(argv)
   if args.image_size is None:
     args.image_size = 32 if args.method == "ilm_vp" else 224
@@ -335,17 +338,67 @@ def _one_step(args, network, theirs, dtype) -> float:
   print(_flops_line("pytorch (same FLOPs)", ours.flops, seconds["pytorch"],
                     jnp.float16 if args.device == "gpu" else jnp.float32))
   print(f"input side: {feed:,.0f} images/s from the decoded store")
+  if args.profile:
+    _profile(ours, our_batch, args.steps)
   return seconds["pytorch"] / seconds["ours"]
+
+
+def _profile(ours, batch, count) -> None:
+  """Prints the device time of our step by (forward/backward, kind of op),
+  summed over threads (CPU) or streams, from a `jax.profiler` trace."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  hlo = ours.step.lower(ours.state, ours.network, ours.mappings,
+                        batch).compile().as_text()
+  op_names = {}  # HLO instruction -> the JAX op it came from.
+  for line in hlo.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*", line)
+    if match:
+      found = re.search(r'op_name="([^"]*)"', line)
+      op_names.setdefault(match.group(1), found.group(1) if found else "")
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      ours.run(batch, count)
+    trace, = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    profile = jax.profiler.ProfileData.from_file(trace)
+  cpu = jax.default_backend() == "cpu"
+  totals = collections.Counter()
+  for plane in profile.planes:
+    if not cpu and not plane.name.startswith("/device:"):
+      continue
+    for line in plane.lines:
+      if cpu and not line.name.startswith("tf_XLAEigen"):
+        continue  # XLA's CPU worker threads run the ops.
+      for event in line.events:
+        if event.name in op_names:
+          op = op_names[event.name]
+          kind = ("matmul" if "dot_general" in op else
+                  "convolution" if "conv_general" in op else
+                  "pooling" if "pool" in op or "reduce_window" in op else
+                  "element-wise and other")
+          side = "backward" if "transpose(" in op else "forward"
+          totals[f"{side} {kind}"] += event.duration_ns / 1e6 / count
+  print(f"profile of our step ({sum(totals.values()):,.0f} ms of device "
+        f"time per step, summed over {'threads' if cpu else 'streams'}):")
+  for name, ms in totals.most_common():
+    print(f"  {name}: {ms:,.1f} ms")
 
 
 def _seeds(args, network, theirs, dtype) -> float:
   count = args.seeds
-  together, alone = Ours(args, network, count), Ours(args, network, 1)
-  hosts = _host_batch(args, num_seeds=count)
+  # Linear probing with seeds trains the heads on shared cached features.
+  encoded = args.method == "linear_probe"
+  together = Ours(args, network, count, encoded=encoded)
+  alone = Ours(args, network, 1, encoded=encoded)
+  images = _host_batch(args, num_seeds=count)
+  hosts = (dict(images, image=_features(together, images["image"]))
+           if encoded else images)
   batch_together = together.put(hosts)
   batches_alone = [alone.put(jax.tree.map(lambda x: x[k:k + 1], hosts))
                    for k in range(count)]
-  batches_theirs = [theirs.put(jax.tree.map(lambda x: x[k], hosts))
+  batches_theirs = [theirs.put(jax.tree.map(lambda x: x[k], images))
                     for k in range(count)]
 
   def sequential(side, batches):
@@ -356,15 +409,26 @@ def _seeds(args, network, theirs, dtype) -> float:
        ("sequential", sequential(alone, batches_alone)),
        ("pytorch", sequential(theirs, batches_theirs))], args)
   feed = input_images_per_second(args, count, together.layout)
-  images = count * args.batch
-  for name, what in (("vmapped", f"ours, {count} seeds in one step"),
-                     ("sequential", f"ours, {count} seeds one after another"),
+  served = count * args.batch
+  on = (" on cached features (computed once, not timed)" if encoded
+        else "")
+  for name, what in (("vmapped", f"ours, {count} seeds in one step{on}"),
+                     ("sequential",
+                      f"ours, {count} seeds one after another{on}"),
                      ("pytorch", f"PyTorch, {count} runs one after another")):
-    print(f"{what}: {images / seconds[name]:,.1f} images/s")
+    print(f"{what}: {served / seconds[name]:,.1f} images/s")
   print(f"vmapped / sequential wall time = "
         f"{seconds['vmapped'] / seconds['sequential']:.2f}")
   print(f"input side: {feed:,.0f} images/s from the decoded store")
   return seconds["pytorch"] / seconds["vmapped"]
+
+
+def _features(ours, images):
+  """Pooled features of uint8 `images` (..., H, W, 3), as cached."""
+  encode = steps.make_encode_step(ours.method, ours.layout)
+  flat = images.reshape((-1,) + images.shape[-3:])
+  features = encode(ours.network, ours.layout.put(flat, ours.layout.batch))
+  return np.asarray(features).reshape(images.shape[:-3] + (-1,))
 
 
 def _whole_lp(args, network, theirs, dtype) -> float:

@@ -11,9 +11,11 @@ TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32"],
+    (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
+      "--profile"],
      [r"^ours: [\d,.]+ images/s", r"^pytorch: [\d,.]+ images/s",
-      r"^ours: .*TFLOP/s achieved", r"^input side: [\d,]+ images/s"]),
+      r"^ours: .*TFLOP/s achieved", r"^input side: [\d,]+ images/s",
+      r"^profile of our step \([\d,]+ ms", r"^  backward convolution: "]),
     (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
       "--seeds", "2"],
      [r"^ours, 2 seeds in one step: ", r"^ours, 2 seeds one after another: ",
