@@ -35,6 +35,7 @@ from reprog_jax import data
 from reprog_jax import steps
 
 FEATURES_DIR = "features"
+_TMP_PREFIX = ".writing-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +236,13 @@ def _encode_split(split, positions, network, encode, layout, config,
 def _save_atomically(path, key, store) -> None:
   """Writes the features under `path` in one rename: a crash leaves either
   no file or a complete one."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  for name in os.listdir(directory):  # What a crash mid-write left behind.
+    if name.startswith(_TMP_PREFIX):
+      os.remove(os.path.join(directory, name))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX,
+                             suffix=".npz")
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, key=json.dumps(key, sort_keys=True),

@@ -44,13 +44,25 @@ def main(argv):
   del argv  # parse_flags refused any positional argument.
   # Library chatter (missing TPU runtimes, tfds variants) is not for users.
   logging.set_verbosity(logging.ERROR)
+  cluster = {"coordinator_address": _COORDINATOR.value,
+             "num_processes": _NUM_PROCESSES.value,
+             "process_id": _PROCESS_ID.value}
+  if not _DISTRIBUTED.value and any(v is not None for v in cluster.values()):
+    print("reprog_jax.main: error: --coordinator_address, --num_processes "
+          "and --process_id need --distributed", file=sys.stderr)
+    return 1
   if _DISTRIBUTED.value:
     # Before anything touches a device: every process then sees the
     # devices of all hosts, and the run spreads over all of them.
     import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    try:
+      jax.distributed.initialize(**cluster)
+    except (ValueError, RuntimeError) as e:
+      print(f"reprog_jax.main: error: --distributed: cannot reach the other "
+            f"processes ({_one_line(e)}); launch under SLURM, Open MPI, "
+            f"Kubernetes or on Cloud TPU, or pass --coordinator_address, "
+            f"--num_processes and --process_id", file=sys.stderr)
+      return 1
   try:
     config = _CONFIG.value
     config.method  # A config file that failed to load raises on first use.

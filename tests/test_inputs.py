@@ -88,9 +88,13 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   config.image_size = 40
   _load(config, other, tmp_path)
   assert "recomputing" in capsys.readouterr().out
+  # A torn file, and the temporary file of a write killed midway.
   (tmp_path / "features" / "train.npz").write_bytes(b"garbage")
+  (tmp_path / "features" / ".writing-x1y2.npz").write_bytes(b"PK\x03")
   _load(config, other, tmp_path)
   assert "no readable features" in capsys.readouterr().out
+  assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [
+      "test.npz", "train.npz"]
 
 
 def test_bfloat16_run_maps_and_evaluates_in_float32(tmp_path, monkeypatch):

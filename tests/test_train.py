@@ -220,6 +220,8 @@ def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
     (["--config.n_shott=3"], "unknown config field n_shott"),
     (["--config.n_shot=many"], "flag --config.n_shot=many: invalid literal"),
     (["--config.label_mapping=best"], "Unknown label mapping 'best'"),
+    (["--config.seeds=(1,2,1)"], "seeds (1, 2, 1) repeat [1]"),
+    (["--distributed"], "--distributed: cannot reach the other processes"),
 ])
 def test_bad_input_is_one_line_and_exit_1(overrides, message, tmp_path):
   proc = run_main(tmp_path / "w", *overrides)
