@@ -129,6 +129,8 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
                    for name, split, positions in (
                        ("train", run_data.train, union),
                        ("test", run_data.test, test_positions)))
+  for store in (train, test):
+    layout.keep_on_device(store, config.data.store_on_device)
   rows = train.row_of(run_data.pools)
   pad_to = layout.batch_pad
   return Inputs(

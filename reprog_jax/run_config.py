@@ -131,6 +131,9 @@ def check(config) -> None:
   if bool(config.network_dir) == bool(config.random_network):
     bad("set exactly one of network_dir (a `python -m convert` output) and "
         "random_network (smoke runs), e.g. --config.network_dir=nets/resnet50")
+  if config.data.store_on_device not in ("auto", "yes", "no"):
+    bad(f"data.store_on_device {config.data.store_on_device!r} is not "
+        f"'auto', 'yes' or 'no'")
   if config.network not in ("dense", "ticket"):
     bad(f"network {config.network!r} is not 'dense' or 'ticket'")
   for field in ("epochs", "batch_size", "eval_batch_size", "plot_interval"):

@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -89,11 +90,34 @@ class Layout:
                                           lambda index: x[index])
     return jax.tree.map(leaf, tree)
 
+  def keep_on_device(self, store, where: str = "auto",
+                     budget: float = 0.25) -> bool:
+    """Copies `store.rows` to every device if `where` says so; then every
+    batch is gathered there and only row positions cross from the host.
+
+    Args:
+      store: a `data.RowStore`.
+      where: 'yes', 'no', or 'auto': yes on an accelerator when the copy
+        takes at most `budget` of each device's memory (on a CPU the host
+        memory already is the device's).
+      budget: the fraction of device memory 'auto' may use.
+    Returns:
+      Whether the rows are now on the devices.
+    """
+    if where == "auto":
+      stats = self.mesh.devices.flat[0].memory_stats() or {}
+      where = "yes" if (jax.default_backend() != "cpu" and store.rows.nbytes
+                        <= budget * stats.get("bytes_limit", 0)) else "no"
+    if where == "yes":
+      store.device_rows = self.put(store.rows, self.replicated)
+    return store.device_rows is not None
+
   def put_rows(self, store, index: np.ndarray,
                sharding: NamedSharding) -> dict:
     """The batch at row positions `index` of `store`, as global arrays.
 
-    Each process gathers only the rows of its own devices' shards.
+    Each process gathers only the rows of its own devices' shards (on the
+    devices, when `keep_on_device` put the rows there).
 
     Args:
       store: a `data.RowStore`.
@@ -105,6 +129,11 @@ class Layout:
     """
     lead = index.ndim
     shape = index.shape + store.rows.shape[1:]
+    if store.device_rows is not None:
+      return {"image": _gather_rows(store.device_rows,
+                                    self.put(index, sharding)),
+              **self.put({"label": store.labels_at(index),
+                          "mask": index >= 0}, sharding)}
 
     def rows(where):
       return store.rows_at(index[where[:lead]])[
@@ -125,3 +154,12 @@ class Layout:
     """Inside jit: keep `tree` where `sharding` says (donation stays
     in place, nothing is resharded between steps)."""
     return jax.lax.with_sharding_constraint(tree, sharding)
+
+
+@jax.jit
+def _gather_rows(rows, index):
+  """`RowStore.rows_at` on the devices: rows at `index`, zeros at -1; the
+  result is split as `index` is."""
+  picked = jnp.take(rows, jnp.maximum(index, 0), axis=0)
+  keep = (index >= 0).reshape(index.shape + (1,) * (rows.ndim - 1))
+  return jnp.where(keep, picked, jnp.zeros((), rows.dtype))

@@ -37,7 +37,7 @@ CONFIG_FILE = "config.json"
 # fast or where from, not what is computed.
 NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
                 "data.read_threads", "data.prefetch_batches", "data.data_dir",
-                "data.folder_root")
+                "data.folder_root", "data.store_on_device")
 
 
 class TrainingError(RuntimeError):

@@ -13,10 +13,12 @@ from conftest import assert_records_close, per_seed_records, smoke_config
 from reprog_jax import checkpoints, sharding, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# (method, overrides): 4 seeds split over 4 devices (one each), and 2 seeds
-# whose batches of 6 (evaluation 10) are split over 4 devices, padded.
+# (method, overrides): 4 seeds split over 4 devices (one each; the images
+# kept on the devices), and 2 seeds whose batches of 6 (evaluation 10) are
+# split over 4 devices, padded.
 CASES = {
-    "seed_sharded": ("ilm_vp", {"seeds": (0, 1, 2, 3), "epochs": 2}),
+    "seed_sharded": ("ilm_vp", {"seeds": (0, 1, 2, 3), "epochs": 2,
+                                "data__store_on_device": "yes"}),
     "batch_sharded": ("linear_probe", {"seeds": (0, 1), "epochs": 2,
                                        "batch_size": 6,
                                        "eval_batch_size": 10}),
@@ -139,3 +141,21 @@ def test_layout_shards_seeds_only_where_the_device_count_divides():
   assert not sharding.Layout.create(6, devices).seed_sharded
   assert sharding.Layout.create(6, devices).batch_pad == 4
   assert sharding.Layout.create(1, devices[:1]).batch_pad == 1
+
+
+def test_batches_gathered_on_the_device_equal_the_hosts():
+  from reprog_jax import data
+  rng = np.random.default_rng(0)
+  store = data.RowStore(rng.integers(0, 256, (9, 4, 4, 3), np.uint8),
+                        np.arange(9) % 4, np.arange(9))
+  layout = sharding.Layout.create(2)
+  index = np.array([[3, 0, -1], [8, -1, -1]])
+  on_host = layout.put_rows(store, index, layout.seed_batch)
+  assert layout.keep_on_device(store, "yes")
+  on_device = layout.put_rows(store, index, layout.seed_batch)
+  for key, value in store.gather(index).items():
+    np.testing.assert_array_equal(np.asarray(on_host[key]), value)
+    np.testing.assert_array_equal(np.asarray(on_device[key]), value)
+  # 'auto' leaves a CPU run's images in host memory (they are the device's).
+  other = data.RowStore(store.rows, store.labels, store.split_positions)
+  assert not layout.keep_on_device(other, "auto")

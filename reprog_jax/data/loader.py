@@ -41,6 +41,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       process only).
     read_threads: decoding threads per process.
     prefetch_batches: batches buffered per worker process.
+    store_on_device: where a run keeps its decoded images: 'auto' (on the
+      accelerator when a copy per device takes at most a quarter of its
+      memory, else in host memory; always host memory on a CPU), 'yes' or
+      'no'.
   """
   config = ml_collections.ConfigDict()
   config.name = 'cifar10'
@@ -53,6 +57,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   config.worker_count = 2
   config.read_threads = 4
   config.prefetch_batches = 2
+  config.store_on_device = 'auto'
   return config
 
 

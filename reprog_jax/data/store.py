@@ -33,6 +33,7 @@ class RowStore:
     labels: int32 (N,).
     split_positions: int64 (N,), sorted: row i is example
       `split_positions[i]` of the split.
+    device_rows: None, or `rows` replicated on every device.
   """
 
   def __init__(self, rows: np.ndarray, labels: np.ndarray,
@@ -43,6 +44,9 @@ class RowStore:
     self.rows = rows
     self.labels = np.asarray(labels, np.int32)
     self.split_positions = np.asarray(split_positions, np.int64)
+    # A copy of `rows` on every device, when the run keeps them there
+    # (`sharding.Layout.keep_on_device`): batches are then gathered there.
+    self.device_rows = None
 
   def __len__(self) -> int:
     return len(self.rows)
