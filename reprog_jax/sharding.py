@@ -105,7 +105,7 @@ class Layout:
       Whether the rows are now on the devices.
     """
     if where == "auto":
-      stats = self.mesh.devices.flat[0].memory_stats() or {}
+      stats = jax.local_devices()[0].memory_stats() or {}
       where = "yes" if (jax.default_backend() != "cpu" and store.rows.nbytes
                         <= budget * stats.get("bytes_limit", 0)) else "no"
     if where == "yes":
