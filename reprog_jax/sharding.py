@@ -128,18 +128,15 @@ class Layout:
       {'image': rows, 'label', 'mask'} (see `RowStore.gather`).
     """
     lead = index.ndim
-    shape = index.shape + store.rows.shape[1:]
     if store.device_rows is not None:
-      return {"image": _gather_rows(store.device_rows,
-                                    self.put(index, sharding)),
-              **self.put({"label": store.labels_at(index),
-                          "mask": index >= 0}, sharding)}
-
-    def rows(where):
-      return store.rows_at(index[where[:lead]])[
-          (slice(None),) * lead + tuple(where[lead:])]
-
-    return {"image": jax.make_array_from_callback(shape, sharding, rows),
+      image = _gather_rows(store.device_rows, self.put(index, sharding))
+    else:
+      def rows(where):
+        return store.rows_at(index[where[:lead]])[
+            (slice(None),) * lead + tuple(where[lead:])]
+      image = jax.make_array_from_callback(
+          index.shape + store.rows.shape[1:], sharding, rows)
+    return {"image": image,
             **self.put({"label": store.labels_at(index), "mask": index >= 0},
                        sharding)}
 

@@ -158,6 +158,15 @@ def make_train_step(method, optimizer, layout, encoded: bool = False):
   return jax.jit(train_step, donate_argnums=0)
 
 
+def _scores_and_counts(method, encoded, counts, params, network, batch):
+  """One seed's scores of a batch, and `counts` plus its (argmax score,
+  label) pairs."""
+  scores = method.scores(params, network, network_inputs(
+      method, network, batch["image"], encoded))
+  return counts + label_mapping.count_matrix(
+      scores, batch["label"], counts.shape[-1], batch["mask"]), scores
+
+
 def make_eval_step(method, layout, encoded: bool = False):
   """`(counts, params, network, mappings, batch) -> (counts, logits)`, jitted.
 
@@ -167,10 +176,8 @@ def make_eval_step(method, layout, encoded: bool = False):
   """
 
   def one_seed(counts, params, network, mapping_sequence, batch):
-    scores = method.scores(params, network, network_inputs(
-        method, network, batch["image"], encoded))
-    counts = counts + label_mapping.count_matrix(
-        scores, batch["label"], counts.shape[-1], batch["mask"])
+    counts, scores = _scores_and_counts(method, encoded, counts, params,
+                                        network, batch)
     return counts, label_mapping.apply_mapping(scores, mapping_sequence)
 
   def eval_step(counts, params, network, mappings, batch):
@@ -187,10 +194,8 @@ def make_count_step(method, layout, encoded: bool = False):
   of label mapping."""
 
   def one_seed(counts, params, network, batch):
-    scores = method.scores(params, network, network_inputs(
-        method, network, batch["image"], encoded))
-    return counts + label_mapping.count_matrix(
-        scores, batch["label"], counts.shape[-1], batch["mask"])
+    return _scores_and_counts(method, encoded, counts, params, network,
+                              batch)[0]
 
   def count_step(counts, params, network, batch):
     counts = jax.vmap(one_seed, in_axes=(0, 0, None, 0))(
