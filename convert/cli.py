@@ -4,6 +4,9 @@ reprog-jax network directory.
   python -m convert torch --arch resnet50 --weights W.pth [--mask M.pth] --out DIR
   python -m convert torch --arch resnet50 --lt-dir LT --sparsity-state 8 --out DIR
   python -m convert torch --arch resnet50 --random-init --out DIR   # smoke runs
+  python -m convert torch --arch resnet50 --weights SPARSE.pth --mask-from-zeros --out DIR
+  python -m convert prune --from DIR --sparsity-state 8 --out DIR2   # convert/prune.py
+  python -m convert export RUN_DIR --out prompt.pth   # convert/export.py
 
 The output directory is written only once everything has been read,
 checked and (unless --no-verify) shown to reproduce PyTorch's logits; on any
@@ -14,12 +17,17 @@ import argparse
 import os
 import sys
 
+import jax
 import numpy as np
 
+from convert import export
+from convert import prune
 from convert import torch_io
 from convert.torch_to_flax import ConversionError, convert_masks, convert_state_dict
+from reprog_jax import errors
 from reprog_jax import masks as masks_lib
 from reprog_jax import networks
+from reprog_jax import pruning
 from reprog_jax import resnet
 
 LT_WEIGHTS = "{arch}_dyn4_{k}_checkpoint.pth"
@@ -35,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
       "torch", help="a torchvision ResNet state dict (+ lottery-ticket mask)",
       description="Convert a torchvision ResNet state dict, optionally with "
       "a lottery-ticket mask, into a reprog-jax network directory.")
-  p.add_argument("--arch", required=True, choices=sorted(resnet.ARCHITECTURES))
+  p.add_argument("--arch", required=True,
+                 choices=resnet.TORCHVISION_ARCHITECTURES)
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--weights", metavar="W.pth",
                    help="a state dict, bare or under 'state_dict'/'model'")
@@ -49,25 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
                  help="a lottery-ticket mask dict (0/1 per conv/fc weight)")
   p.add_argument("--sparsity-state", type=int, metavar="K",
                  help="with --lt-dir: the pruning round k (keeps 0.8**k)")
+  p.add_argument("--mask-from-zeros", action="store_true",
+                 help="with --weights: a sparse checkpoint whose zeros are "
+                 "its mask (mask = weight != 0 on every conv/fc kernel)")
   p.add_argument("--seed", type=int, default=0,
                  help="with --random-init: the torch seed (default 0)")
   p.add_argument("--out", required=True, metavar="DIR",
                  help="the network directory to write")
   p.add_argument("--force", action="store_true",
-                 help="replace --out if it exists")
+                 help="replace --out if it is a network directory (a "
+                 "`convert` output; nothing else is ever deleted)")
   p.add_argument("--no-verify", dest="verify", action="store_false",
                  help="skip running both networks on a random batch")
-  p.add_argument("--verify-size", type=int, default=224, metavar="PX",
+  p.add_argument("--verify-size", type=_positive_int, default=224,
+                 metavar="PX",
                  help="image size of the verification batch (default 224)")
   p.add_argument("--verify-tol", type=float, default=1e-3, metavar="TOL",
                  help="largest logit difference accepted (default 1e-3)")
   p.add_argument("--per-layer", action="store_true",
                  help="print the per-layer sparsity table")
+  prune.add_parser(sub)
+  export.add_parser(sub)
   return parser
 
 
 def _resolve_sources(args, parser):
   """(weights path or None, mask path or None, ticket meta or None)."""
+  if args.mask_from_zeros and (args.weights is None or args.mask is not None):
+    parser.error("--mask-from-zeros takes the mask from --weights' zeros: "
+                 "not with --mask, --lt-dir or --random-init")
   if args.lt_dir is not None:
     if args.sparsity_state is None or args.mask is not None:
       parser.error("--lt-dir needs --sparsity-state K and takes no --mask")
@@ -83,11 +102,31 @@ def _resolve_sources(args, parser):
   return args.weights, args.mask, None
 
 
+def _positive_int(text) -> int:
+  """argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+  return value
+
+
+def check_out(args) -> None:
+  """Refuses an existing `--out` before anything is read: without --force
+  always, with --force unless it is a network directory (`convert`'s own
+  output; never a workdir or a file)."""
+  if os.path.lexists(args.out):
+    if not args.force:
+      raise ConversionError(f"{args.out}: exists; pass --force to replace it")
+    networks.check_replaceable(args.out)
+
+
 def run(args, parser) -> None:
   weights_path, mask_path, ticket = _resolve_sources(args, parser)
   out = os.path.abspath(args.out)
-  if os.path.exists(out) and not args.force:
-    raise ConversionError(f"{args.out}: exists; pass --force to replace it")
+  check_out(args)
 
   sources = {}
   if args.random_init:
@@ -126,8 +165,19 @@ def run(args, parser) -> None:
       print(f"note: {mask_path} has no mask for {len(unmasked)} prunable "
             f"weight(s), kept dense: {', '.join(unmasked[:5])}"
             f"{' ...' if len(unmasked) > 5 else ''}")
+  elif args.mask_from_zeros:
+    masks = pruning.masks_from_zeros(tree["params"])
+    if all(m.all() for m in jax.tree.leaves(masks)):
+      print(f"warning: {weights_path} has no zeros in its conv/fc weights, "
+            f"nothing to mask: written as a dense network")
+    else:
+      ticket = {"sparsity_state": None, "expected_remaining_percent": None,
+                "mask_from_zeros": True,
+                "note": "mask = (weight != 0) on every conv/fc kernel of "
+                        "the weights file"}
   else:
     masks = masks_lib.dense(tree["params"])
+  dense = mask_path is None and ticket is None
 
   report = masks_lib.sparsity(tree["params"], masks)
   print(masks_lib.format_report(report, per_layer=args.per_layer))
@@ -143,14 +193,14 @@ def run(args, parser) -> None:
                     "num_classes": num_classes,
                     "sources": sources,
                     "ticket": ticket,
-                    "dense": mask_path is None,
+                    "dense": dense,
                     "weights_nonzero_outside_mask": (
-                        outside if mask_path is not None else None),
+                        None if dense else outside),
                     "verification": verification,
                     "sparsity": report,
                 })
   print(f"wrote {args.out} ({args.arch}, "
-        f"{'ticket' if mask_path else 'dense'}); load it with "
+        f"{'dense' if dense else 'ticket'}); load it with "
         f"reprog_jax.networks.load({args.out!r})")
 
 
@@ -180,8 +230,13 @@ def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
-    run(args, parser)
-  except (ConversionError, networks.NetworkDirError, OSError) as e:
+    if args.command == "export":
+      export.run(args)
+    elif args.command == "prune":
+      prune.run(args, parser, check_out)
+    else:
+      run(args, parser)
+  except (errors.UserError, OSError) as e:
     print(f"convert: error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -5,13 +5,14 @@ torch is imported lazily, so `reprog_jax` never needs it; only this module
 does (`pip install 'reprog-jax[torch]'`).
 """
 
-import hashlib
 import os
 import re
+import warnings
 
 import numpy as np
 
 from convert.torch_to_flax import ConversionError, strip_prefixes
+from reprog_jax import integrity
 
 # Where a wrapped state dict may sit inside a checkpoint dict.
 CONTAINER_KEYS = ("state_dict", "model")
@@ -30,11 +31,8 @@ def import_torch():
 
 
 def sha256(path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+  """The sha256 of a file (a source checkpoint's, for `meta.json`)."""
+  return integrity.file_sha256(path)
 
 
 def read_state_dict(path, what="weights") -> dict:
@@ -47,12 +45,12 @@ def read_state_dict(path, what="weights") -> dict:
   if not os.path.isfile(path):
     raise ConversionError(f"{path}: no such {what} file")
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+      # torch warns about the pickle protocol of files it then refuses.
+      warnings.simplefilter("ignore")
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for a bad file.
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # No ANSI colours.
-    first = (text.splitlines() or [type(e).__name__])[0][:160]
-    raise ConversionError(
-        f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    raise ConversionError(_unreadable(path, e)) from None
   if isinstance(obj, dict):
     for key in CONTAINER_KEYS:
       if isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
@@ -69,6 +67,27 @@ def read_state_dict(path, what="weights") -> dict:
           f"{path}: key '{key}' holds a {type(value).__name__}, not a tensor")
     out[str(key)] = value.detach().cpu().numpy()
   return out
+
+
+def _unreadable(path, error) -> str:
+  """Why torch could not read `path`, in our words: torch's own message is
+  long and suggests `weights_only=False`, which would run the file's code."""
+  refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+  if refused:
+    return (f"{path}: a PyTorch checkpoint holding Python objects besides "
+            f"tensors ({refused[1]}), which are not loaded (no code in a "
+            f"checkpoint runs); save just the state dict, e.g. "
+            f"torch.save(ckpt['state_dict'], 'weights.pth')")
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if not head:
+    what = "the file is empty"
+  elif head.startswith(b"PK"):
+    what = "a damaged or truncated zip archive (the format torch.save writes)"
+  else:
+    what = "its contents are not in the format torch.save writes"
+  return (f"{path}: not a readable PyTorch checkpoint: {what}; pass a file "
+          f"written by torch.save, copied completely")
 
 
 def random_state_dict(arch, seed=0, num_classes=1000) -> dict:

@@ -11,6 +11,7 @@ import re
 import flax.traverse_util
 import numpy as np
 
+from reprog_jax import errors
 from reprog_jax import masks as masks_lib
 from reprog_jax import networks
 
@@ -19,7 +20,7 @@ from reprog_jax import networks
 PREFIXES = ("module.", "model.")
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """Bad input to the converter; the message names the file and the key."""
 
 
@@ -107,12 +108,13 @@ def convert_state_dict(state_dict, arch, num_classes=1000, source="weights"):
       continue
     if collection == "unknown" or path not in expected[collection]:
       raise ConversionError(f"{source}: unexpected key '{raw_key}'{hint}")
-    array = transform(np.asarray(value, np.float32))
-    want = tuple(expected[collection][path].shape)
-    if array.shape != want:
+    # Compared on PyTorch's side: a wrong number of axes cannot transpose.
+    want = _inverse_shape(transform, expected[collection][path].shape)
+    if tuple(np.shape(value)) != want:
       raise ConversionError(
           f"{source}: key '{raw_key}' has shape {tuple(np.shape(value))}, "
-          f"{arch} needs {_inverse_shape(transform, want)}{hint}")
+          f"{arch} needs {want}{hint}")
+    array = transform(np.asarray(value, np.float32))
     if path in out[collection]:
       raise ConversionError(f"{source}: key '{raw_key}' appears twice "
                             f"(with and without a prefix)")
@@ -145,11 +147,12 @@ def convert_masks(mask_dict, params, source="mask"):
       raise ConversionError(
           f"{source}: mask key '{raw_key}' matches no conv or fc weight")
     value = np.asarray(value)
-    array = transform(value)
-    if array.shape != flat_params[path].shape:
+    want = _inverse_shape(transform, flat_params[path].shape)
+    if value.shape != want:
       raise ConversionError(
           f"{source}: mask key '{raw_key}' has shape {tuple(value.shape)}, "
-          f"its weight has {_inverse_shape(transform, flat_params[path].shape)}")
+          f"its weight has {want}")
+    array = transform(value)
     bad = ~((array == 0) | (array == 1))
     if bad.any():
       raise ConversionError(
@@ -166,7 +169,8 @@ def convert_masks(mask_dict, params, source="mask"):
 
 def _inverse_shape(transform, shape):
   """The PyTorch-side shape of a Flax-side `shape` (for messages)."""
+  shape = tuple(shape)
   if transform is _conv_kernel:
     h, w, i, o = shape
     return (o, i, h, w)
-  return tuple(reversed(shape)) if transform is _dense_kernel else tuple(shape)
+  return shape[::-1] if transform is _dense_kernel else shape

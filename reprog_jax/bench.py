@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reprog_jax import data
+from reprog_jax import errors
 from reprog_jax import label_mapping
 from reprog_jax import methods
 from reprog_jax import networks
@@ -53,7 +54,7 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12,
              "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v4": 275e12}
 
 
-class BenchError(ValueError):
+class BenchError(errors.UserError, ValueError):
   """A bad argument or an unavailable device, in one line."""
 
 

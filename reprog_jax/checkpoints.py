@@ -4,10 +4,12 @@ What is saved after every epoch is exactly what a resumed run needs to end
 with the result of an uninterrupted one, for every seed of the run: the
 trained values, the optimiser state and step, the mapping sequences, the
 epoch, and each seed's best epoch so far with its test accuracy, trained
-values and mapping. Data order needs no state: it derives from (seed,
-epoch).
+values, mapping and reliability-diagram bins. Data order needs no state: it
+derives from (seed, epoch).
 
-  workdir/checkpoints/<epoch>/   the last completed epoch (one kept)
+  workdir/checkpoints/<epoch>/   the last completed epoch (one kept), with
+                                 reprog_jax_files.json: its files' sizes and
+                                 sha256, checked before a restore reads them
 
 The best values live inside the same checkpoint rather than in a second
 one, so there is no moment at which the two could disagree: a save is one
@@ -15,14 +17,27 @@ Orbax write to a temporary directory renamed when complete, and a crash
 leaves the previous epoch's checkpoint intact.
 """
 
+import gc
+import json
+import logging
 import os
+import sys
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from reprog_jax import errors
+from reprog_jax import integrity
+
 LAST = "checkpoints"
+# In each checkpoint: its files' sizes and sha256, written after Orbax's.
+MANIFEST = "reprog_jax_files.json"
+
+
+class CheckpointError(errors.UserError):
+  """A checkpoint that cannot be read; the message is one line."""
 
 
 def _manager(workdir) -> ocp.CheckpointManager:
@@ -38,8 +53,10 @@ def pack(state, *, epoch, mappings, best) -> dict:
     state: the `steps.TrainState` (leading seed axis).
     epoch: the epoch just completed.
     mappings: (S, T) mapping sequences used in that epoch.
-    best: {'params', 'mapping_sequence', 'test_acc', 'epoch'}, each seed's
-      best epoch so far (leading seed axis).
+    best: {'params', 'mapping_sequence', 'test_acc', 'epoch',
+      'reliability'}, each seed's best epoch so far (leading seed axis);
+      'reliability' holds that epoch's test `calibration.CalibrationBins`
+      fields, (S, n_bins) each.
   """
   return {
       "state": state,
@@ -49,16 +66,58 @@ def pack(state, *, epoch, mappings, best) -> dict:
                "mapping_sequence": np.asarray(best["mapping_sequence"],
                                               np.int32),
                "test_acc": np.asarray(best["test_acc"], np.float64),
-               "epoch": np.asarray(best["epoch"], np.int32)},
+               "epoch": np.asarray(best["epoch"], np.int32),
+               "reliability": {name: np.asarray(sums, np.float32)
+                               for name, sums in best["reliability"].items()}},
   }
 
 
 def save(workdir, tree) -> None:
-  """Saves `tree` (from `pack`) as the checkpoint of its epoch."""
+  """Saves `tree` (from `pack`) as the checkpoint of its epoch, then
+  records its files' sizes and hashes in it (see `restore`)."""
+  epoch = int(tree["epoch"])
   with _manager(workdir) as manager:
-    manager.save(int(tree["epoch"]), args=ocp.args.StandardSave(tree),
-                 force=True)
+    manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
     manager.wait_until_finished()
+  if jax.process_index() == 0:
+    # Killed before this lands, the checkpoint is complete but unrecorded:
+    # it is then restored unchecked, as checkpoints of older versions are.
+    step = _step_dir(workdir, epoch)
+    records = integrity.file_records(step, ".", skip={MANIFEST})
+    with open(os.path.join(step, MANIFEST + ".tmp"), "w") as f:
+      json.dump(records, f, indent=1)
+    os.replace(os.path.join(step, MANIFEST + ".tmp"),
+               os.path.join(step, MANIFEST))
+
+
+def _step_dir(workdir, epoch) -> str:
+  return os.path.join(workdir, LAST, str(epoch))
+
+
+def _check_files(workdir, epoch) -> None:
+  """Raises `CheckpointError` if a file of the checkpoint of `epoch`
+  differs from what `save` recorded: before Orbax reads anything, whose
+  failed background reads would print tracebacks after our error."""
+  step = _step_dir(workdir, epoch)
+  path = os.path.join(step, MANIFEST)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      records = json.load(f)
+  except (OSError, ValueError) as e:
+    records = e
+  problem = (None if integrity.is_wellformed(records) else
+             f"{path} is unreadable")
+  problem = problem or integrity.first_difference(step, records)
+  if problem:
+    raise CheckpointError(_unreadable(step, epoch, problem))
+
+
+def _unreadable(step, epoch, reason) -> str:
+  return (f"{step}: the checkpoint of epoch {epoch} cannot be read "
+          f"({reason}); delete that directory to start the run over, or use "
+          f"another --workdir")
 
 
 def latest_epoch(workdir) -> int | None:
@@ -78,11 +137,48 @@ def restore(workdir, like: Any) -> dict:
     epoch = manager.latest_step()
     if epoch is None:
       raise FileNotFoundError(f"{workdir}/{LAST}: no checkpoint")
-    tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    _check_files(workdir, epoch)
+    try:
+      tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    # Orbax and TensorStore raise many types (even bare Exception) for a
+    # truncated or corrupted file; every one means "unreadable".
+    except Exception as e:  # pylint: disable=broad-except
+      reason = _first_line(e)
+    else:
+      reason = None
+  if reason is not None:
+    _drop_failed_reads()
+    raise CheckpointError(_unreadable(_step_dir(workdir, epoch), epoch,
+                                      reason))
   tree["best"] = jax.tree.map(np.asarray, tree["best"])
   tree["mapping_sequence"] = np.asarray(tree["mapping_sequence"])
   tree["epoch"] = int(tree["epoch"])
   return tree
+
+
+def _first_line(error) -> str:
+  """The first line of the root cause (TensorStore's, which names the
+  file), shortened."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = [l for l in str(error).splitlines() if l.strip()]
+  return lines[0][:200] if lines else type(error).__name__
+
+
+def _drop_failed_reads() -> None:
+  """Collects the asyncio tasks of a failed restore now, quietly: left to
+  the garbage collector, each would log a multi-line 'Task exception was
+  never retrieved' or 'Exception ignored in' traceback after our one-line
+  error."""
+  asyncio_log = logging.getLogger("asyncio")
+  level, hook = asyncio_log.level, sys.unraisablehook
+  asyncio_log.setLevel(logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    gc.collect()
+  finally:
+    asyncio_log.setLevel(level)
+    sys.unraisablehook = hook
 
 
 def read(workdir) -> dict:
@@ -95,6 +191,7 @@ def read(workdir) -> dict:
     epoch = manager.latest_step()
     if epoch is None:
       raise FileNotFoundError(f"{workdir}/{LAST}: no checkpoint")
+    _check_files(workdir, epoch)
     here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),

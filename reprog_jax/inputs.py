@@ -17,6 +17,15 @@
 
 With `n_shot = -1` every seed's subset is the whole training split: the
 seeds then differ only in their order of examples and their initial values.
+
+Temperature scaling needs held-out examples that never train. Each seed's
+are up to `config.calibration_holdout` training examples per class from
+outside its own few-shot subset (`data.fewshot.calibration_holdout_indices`:
+one fixed draw, so the seeds' sets overlap and a seed's set is the same
+alone or among others); they are decoded (or encoded) once, into one store
+holding the union, like the test split. With `n_shot = -1` there are none
+unless `config.calibration_carve_holdout` takes them out of every seed's
+training split (training then differs from the PyTorch version's).
 """
 
 import dataclasses
@@ -33,6 +42,7 @@ import tqdm
 
 from reprog_jax import data
 from reprog_jax import steps
+from reprog_jax.data import fewshot
 
 FEATURES_DIR = "features"
 _TMP_PREFIX = ".writing-"
@@ -46,12 +56,15 @@ class RunData:
     train, test: `data.sources.Split`s.
     pools: int64 (S, K): seed s's training examples (positions in `train`).
     class_names: the target classes' names.
+    holdout: None (no temperature scaling), or per seed the sorted
+      positions in `train` of its held-out examples.
   """
 
   train: object
   test: object
   pools: np.ndarray
   class_names: tuple
+  holdout: tuple[np.ndarray, ...] | None = None
 
   @property
   def num_classes(self) -> int:
@@ -70,6 +83,10 @@ class Inputs:
     test_batches: the whole test split, unshuffled, shared by the seeds.
     encoded: the stores hold `method.encode`'s outputs, not images.
     examples: a few test images in [0, 1] for pictures (None if encoded).
+    holdout: None, or a store of the union of the seeds' held-out examples
+      (images or encoded rows, like `test`).
+    holdout_batches: that store, unshuffled, shared by the seeds.
+    holdout_rows: bool (S, len(holdout)): which rows are seed s's.
   """
 
   train: data.RowStore
@@ -79,6 +96,9 @@ class Inputs:
   test_batches: data.Sampler
   encoded: bool
   examples: np.ndarray | None
+  holdout: data.RowStore | None = None
+  holdout_batches: data.Sampler | None = None
+  holdout_rows: np.ndarray | None = None
 
 
 def open_run_data(config, seeds) -> RunData:
@@ -93,7 +113,33 @@ def open_run_data(config, seeds) -> RunData:
   pools = data.few_shot_indices_multi(
       train.labels, config.data.n_shot, seeds, num_classes=info.num_classes,
       class_names=train.class_names)
-  return RunData(train, test, pools, tuple(train.class_names))
+  pools, holdout = _calibration_holdout(config, train.labels, pools)
+  return RunData(train, test, pools, tuple(train.class_names), holdout)
+
+
+def _calibration_holdout(config, labels, pools):
+  """The seeds' pools and held-out examples (see the module docstring)."""
+  per_class = config.calibration_holdout
+  if not per_class:
+    return pools, None
+  if config.data.n_shot != -1:
+    holdout = tuple(fewshot.calibration_holdout_indices(labels, per_class,
+                                                        pool)
+                    for pool in pools)
+    if all(len(h) for h in holdout):
+      return pools, holdout
+    print("NOTE: no training examples lie outside a seed's few-shot subset, "
+          "so there is no temperature scaling; lower --config.n_shot")
+    return pools, None
+  if not config.calibration_carve_holdout:
+    print("NOTE: n_shot=-1 trains on the whole training split, so there is "
+          "no temperature scaling; --config.calibration_carve_holdout=True "
+          f"holds out {per_class} examples per class from training for it")
+    return pools, None
+  carved = fewshot.calibration_holdout_indices(labels, per_class,
+                                               keep_per_class=1)
+  kept = np.setdiff1d(np.arange(len(labels)), carved)
+  return np.tile(kept, (len(pools), 1)), (carved,) * len(pools)
 
 
 def load(run_data: RunData, config, *, seeds, image_size, method, network,
@@ -114,25 +160,37 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
   """
   union = np.unique(run_data.pools)
   test_positions = np.arange(len(run_data.test.labels))
+  # Held-out examples are scored like test ones: by the evaluation network.
+  parts = [("train", run_data.train, union, network),
+           ("test", run_data.test, test_positions, eval_network)]
+  if run_data.holdout is not None:
+    parts.append(("holdout", run_data.train,
+                  np.unique(np.concatenate(run_data.holdout)), eval_network))
   encoded = method.encode is not None and config.cache_features
   if encoded:
     encode = steps.make_encode_step(method, layout)
-    train, test = (
+    stores = [
         _cached_features(os.path.join(workdir, FEATURES_DIR, f"{name}.npz"),
                          split, positions, net, encode, layout, config,
                          image_size, name)
-        for name, split, positions, net in (
-            ("train", run_data.train, union, network),
-            ("test", run_data.test, test_positions, eval_network)))
+        for name, split, positions, net in parts]
   else:
-    train, test = (_decode(split, positions, image_size, config, name)
-                   for name, split, positions in (
-                       ("train", run_data.train, union),
-                       ("test", run_data.test, test_positions)))
-  for store in (train, test):
+    stores = [_decode(split, positions, image_size, config, name)
+              for name, split, positions, _ in parts]
+  for store in stores:
     layout.keep_on_device(store, config.data.store_on_device)
+  train, test, holdout = (stores + [None])[:3]
   rows = train.row_of(run_data.pools)
   pad_to = layout.batch_pad
+  holdout_fields = {}
+  if holdout is not None:
+    holdout_fields = dict(
+        holdout=holdout,
+        holdout_batches=data.Sampler(np.arange(len(holdout))[None], (0,),
+                                     batch_size=config.eval_batch_size,
+                                     shuffle=False, pad_to=pad_to),
+        holdout_rows=np.stack([np.isin(holdout.split_positions, mine)
+                               for mine in run_data.holdout]))
   return Inputs(
       train=train, test=test,
       train_batches=data.Sampler(rows, seeds, batch_size=config.batch_size,
@@ -145,7 +203,8 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
                                 shuffle=False, pad_to=pad_to),
       encoded=encoded,
       examples=(None if encoded
-                else test.rows[:8].astype(np.float32) / np.float32(255)))
+                else test.rows[:8].astype(np.float32) / np.float32(255)),
+      **holdout_fields)
 
 
 def _decode(split, positions, image_size, config, name) -> data.RowStore:

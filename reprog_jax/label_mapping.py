@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import errors
+
 NUM_IMAGENET_CLASSES = 1000
 
 
@@ -264,11 +266,12 @@ def get_label_mapping(name: str) -> LabelMapping:
     name: A key of `LABEL_MAPPINGS`.
 
   Raises:
-    ValueError: If `name` is unknown; the message lists the valid names.
+    errors.ConfigError: If `name` is unknown; the message lists the valid
+      names.
   """
   try:
     return LABEL_MAPPINGS[name]
   except KeyError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Unknown label mapping {name!r}; valid names: "
         f"{sorted(LABEL_MAPPINGS)}.") from None

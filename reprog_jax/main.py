@@ -1,8 +1,9 @@
 """Entry point: `python -m reprog_jax.main --config=configs/ilm_vp.py:cifar10
 --workdir=DIR [--config.n_shot=10 ...]`.
 
-Only parses flags and calls `train.train_and_evaluate`; every bad input ends
-with one line on stderr and exit status 1.
+Only parses flags and calls `train.train_and_evaluate`; every bad input (an
+`errors.UserError`) ends with one line on stderr and exit status 1. Any other
+exception is a bug and keeps its traceback.
 """
 
 import re
@@ -13,8 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from reprog_jax import data
-from reprog_jax import networks
+from reprog_jax import errors
 from reprog_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -72,8 +72,7 @@ def main(argv):
   try:
     train.train_and_evaluate(config, _WORKDIR.value,
                              stop_after_epoch=_STOP_AFTER.value)
-  except (train.TrainingError, networks.NetworkDirError, data.DataError,
-          ValueError) as e:
+  except errors.UserError as e:
     print(f"reprog_jax.main: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import errors
 from reprog_jax import label_mapping
 from reprog_jax import networks
 from reprog_jax import plots
@@ -53,10 +54,10 @@ class Method:
     initial_mapping: (T,) int32, the mapping before any epoch.
     epoch_mapping: the mapping sequence of each epoch (see `EpochMapping`).
     pictures: `(plot_dir, trainable, test_counts, mapping_sequence,
-      examples, class_names) -> {tag: png path}` for one seed: what the
-      method draws after an epoch; `test_counts` is the (K, T) count of
+      examples, class_names, title) -> {tag: png path}` for one seed: what
+      the method draws after an epoch; `test_counts` is the (K, T) count of
       (argmax score, label) over the test split, `examples` a few [0, 1]
-      test images.
+      test images, `title` the first title line(s) of every figure.
     encode: `(network, images) -> inputs`, the frozen computation before
       anything trained (linear probing's pooled features), or None when
       `scores` takes the images themselves. Its outputs may be computed
@@ -74,20 +75,26 @@ class Method:
 
 
 def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
-                  mapping: str = "ilm", mapping_interval: int = 1) -> Method:
+                  mapping: str = "ilm", mapping_interval: int = 1,
+                  source_class_names: Sequence[str] | None = None) -> Method:
   """ILM-VP: a learned frame around the image and a label mapping.
 
   Args:
     image_size: the target images' side (32 or 128 in the paper).
-    num_classes: T, the target classes (at most 1000).
+    num_classes: T, the target classes (at most the source classes).
     output_size: the canvas the network sees (224 in the paper).
     mapping: 'ilm', 'flm' or 'rlm' (`label_mapping.LABEL_MAPPINGS`).
     mapping_interval: ILM remaps every this many epochs.
+    source_class_names: the network's output classes, in order; None:
+      ImageNet's 1000.
   """
-  if num_classes > label_mapping.NUM_IMAGENET_CLASSES:
-    raise ValueError(
-        f"{num_classes} classes; ILM-VP maps each to a distinct ImageNet "
-        f"class, so at most {label_mapping.NUM_IMAGENET_CLASSES}")
+  if source_class_names is None:
+    source_class_names = networks.imagenet_classes()
+  num_source = len(source_class_names)
+  if num_classes > num_source:
+    raise errors.ConfigError(
+        f"{num_classes} classes; ILM-VP maps each to a distinct source "
+        f"class, so at most the network's {num_source}")
   prompt = prompts.ExpansivePrompt(image_size=image_size,
                                    output_size=output_size)
   kind = label_mapping.get_label_mapping(mapping)
@@ -107,26 +114,26 @@ def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
       return current
     if kind.from_predictions:
       return np.asarray(greedy(count_pass()))
-    return np.stack([np.asarray(label_mapping.rlm(s, num_classes))
+    return np.stack([np.asarray(label_mapping.rlm(s, num_classes,
+                                                  num_source))
                      for s in seeds])
 
   def pictures(plot_dir, trainable, test_counts, mapping_sequence, examples,
-               class_names):
-    scale = max(1, 224 // output_size)
+               class_names, title):
     paths = {name: os.path.join(plot_dir, f"{name}.png") for name in
              ("label_mapping", "prompt", "prompted_examples")}
     plots.plot_label_mapping(test_counts, mapping_sequence, class_names,
-                             networks.imagenet_classes(),
-                             paths["label_mapping"])
-    plots.save_prompt_image(np.asarray(trainable["program"]), image_size,
-                            paths["prompt"], scale=scale)
+                             source_class_names, paths["label_mapping"],
+                             title=title)
+    plots.plot_prompt(np.asarray(trainable["program"]), image_size,
+                      paths["prompt"], title=title)
     # What the frozen network sees: test images inside the learned frame.
-    plots.save_prompted_examples(
+    plots.plot_prompted_examples(
         np.asarray(prompt.apply({"params": trainable}, examples)),
-        paths["prompted_examples"], columns=4, scale=scale)
+        paths["prompted_examples"], columns=4, title=title)
     return paths
 
-  return Method("ilm_vp", init, scores, label_mapping.NUM_IMAGENET_CLASSES,
+  return Method("ilm_vp", init, scores, num_source,
                 np.zeros(num_classes, np.int32), epoch_mapping, pictures)
 
 
@@ -167,9 +174,10 @@ def linear_probe(num_features: int, num_classes: int) -> Method:
 
 
 def _visual_prompt_from(config, network, num_classes, image_size):
-  del network  # The prompt works in front of any network.
+  # The prompt works in front of any network; the mapping needs its classes.
   return visual_prompt(image_size, num_classes, config.prompt_output_size,
-                       config.label_mapping, config.mapping_interval)
+                       config.label_mapping, config.mapping_interval,
+                       networks.class_names(network))
 
 
 def _linear_probe_from(config, network, num_classes, image_size):
@@ -188,12 +196,13 @@ def build(config, network, num_classes: int, image_size: int) -> Method:
   """The method `config.method` names, for `network` and `num_classes`.
 
   Raises:
-    ValueError: an unknown method; the message lists the valid names.
+    errors.ConfigError: an unknown method; the message lists the valid
+      names.
   """
   try:
     builder = METHODS[config.method]
   except KeyError:
-    raise ValueError(f"config: method {config.method!r} is not one of "
-                     f"{', '.join(METHODS)}") from None
+    raise errors.ConfigError(f"config: method {config.method!r} is not one "
+                             f"of {', '.join(METHODS)}") from None
   return builder(config, network, num_classes, image_size)
 

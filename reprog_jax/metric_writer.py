@@ -2,7 +2,8 @@
 
 `MetricWriter` appends one JSON record per epoch to `workdir/metrics.jsonl`
 and mirrors every numeric metric as a TensorBoard scalar under
-`workdir/tensorboard`; `read_metrics` reads the records back.
+`workdir/tensorboard` (and, given a mirror, to Weights & Biases:
+`wandb_log`); `read_metrics` reads the records back.
 
 tensorboardX is imported inside the writer: importing it alone takes about
 two seconds, and modules that only read metrics should not pay for it.
@@ -11,7 +12,6 @@ two seconds, and modules that only read metrics should not pay for it.
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -111,10 +111,14 @@ class MetricWriter:
 
   Args:
     workdir: The run's directory; created if missing.
+    mirror: Optional second sink of the TensorBoard scalars and images
+      (e.g. a `wandb_log.Run`): `scalars({tag: number}, step)`,
+      `image(tag, path_png, step)` and `close()`, which `close` calls.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, mirror=None):
     self.workdir = workdir
+    self.mirror = mirror
     self.path = os.path.join(workdir, METRICS_FILE)
     self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
     os.makedirs(workdir, exist_ok=True)
@@ -176,9 +180,12 @@ class MetricWriter:
     self._file.flush()
     os.fsync(self._file.fileno())
     writer = self._tensorboard()
-    for name, value in values.items():
-      if is_number(value):
-        writer.add_scalar(tag_prefix + name, value, global_step=int(epoch))
+    scalars = {tag_prefix + name: value for name, value in values.items()
+               if is_number(value)}
+    for tag, value in scalars.items():
+      writer.add_scalar(tag, value, global_step=int(epoch))
+    if self.mirror is not None:
+      self.mirror.scalars(scalars, int(epoch))
     # Once an epoch is cheap, and lets TensorBoard show the run live rather
     # than every `flush_secs` (120 s).
     writer.flush()
@@ -196,9 +203,11 @@ class MetricWriter:
     self._file.close()
     kept = [line for line in _complete_lines(self.path)
             if line.strip() and _parse_line(line)["epoch"] <= epoch]
-    fd, temp_path = tempfile.mkstemp(dir=self.workdir, prefix=".metrics.")
+    # Not `tempfile.mkstemp`, whose files are private (0600): created with
+    # the user's umask, like every other result, collaborators can read it.
+    temp_path = os.path.join(self.workdir, f".{METRICS_FILE}.tmp")
     try:
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
+      with open(temp_path, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in kept)
         f.flush()
         os.fsync(f.fileno())
@@ -227,13 +236,18 @@ class MetricWriter:
     self._tensorboard().add_image(tag, pixels, global_step=int(epoch),
                                   dataformats="HWC")
     self._tensorboard().flush()
+    if self.mirror is not None:
+      self.mirror.image(tag, path_png, int(epoch))
 
   def close(self):
-    """Closes the metrics file and flushes and closes TensorBoard."""
+    """Closes the metrics file, TensorBoard and the mirror."""
     self._file.close()
     if self._summary_writer is not None:
       self._summary_writer.close()
       self._summary_writer = None
+    if self.mirror is not None:
+      self.mirror.close()
+      self.mirror = None
 
   def __enter__(self) -> "MetricWriter":
     return self

@@ -5,7 +5,13 @@ A network directory holds
   checkpoint/  an Orbax checkpoint of {'params', 'batch_stats', 'masks'}
                (masks only on the prunable kernels, see `masks.py`);
   meta.json    what it is: architecture, source files with sha256, whether
-               it is a lottery ticket, and its sparsity report.
+               it is a lottery ticket, its sparsity report, and the sha256
+               and size of every checkpoint file (`files`).
+
+`load` checks every checkpoint file against `files` before reading it, so a
+damaged copy is refused rather than silently loaded; set
+`REPROG_JAX_VERIFY_NETWORKS=0` (or pass `verify=False`) to skip the hashes
+(sizes are still checked).
 
     from reprog_jax import networks
     net = networks.load("runs/resnet50")
@@ -35,17 +41,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import errors
+from reprog_jax import integrity
 from reprog_jax import masks as masks_lib
 from reprog_jax import prompts
 from reprog_jax import resnet
+from reprog_jax.integrity import file_sha256
 
 FORMAT = "reprog-jax-network"
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 CHECKPOINT_DIR = "checkpoint"
+# Set to 0 to skip hashing a network's checkpoint files on `load`.
+VERIFY_ENV = "REPROG_JAX_VERIFY_NETWORKS"
+RECONVERT = "re-run `python -m convert ... --force` to write it again"
 
 
-class NetworkDirError(ValueError):
+class NetworkDirError(errors.UserError, ValueError):
   """A directory that is not a valid `convert` output."""
 
 
@@ -53,6 +65,18 @@ def imagenet_classes() -> list[str]:
   """The 1000 ImageNet class names, in torchvision's index order."""
   text = resources.files("reprog_jax").joinpath("imagenet_classes.txt")
   return text.read_text().splitlines()
+
+
+def class_names(network) -> list[str]:
+  """A network's output classes, in order: `meta['class_names']` if it
+  names them, ImageNet's for 1000 outputs, else '0', '1', ..."""
+  names = network.meta.get("class_names")
+  if names:
+    return list(names)
+  num_classes = network.model.num_classes
+  if num_classes == 1000:
+    return imagenet_classes()
+  return [str(i) for i in range(num_classes)]
 
 
 def abstract_variables(arch: str, num_classes: int = 1000):
@@ -154,25 +178,63 @@ def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
                       masks_lib.dense(params), meta)
 
 
+def _umask() -> int:
+  """The process umask (reading it means setting it; set back at once)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def check_replaceable(directory) -> None:
+  """Raises `NetworkDirError` unless `directory` is absent or a network
+  directory (its `meta.json` has our `format`): `--force` replaces only
+  what `save` wrote, never a workdir, a plain file or anything else."""
+  if not os.path.lexists(directory):
+    return
+  if os.path.islink(directory) or not os.path.isdir(directory):
+    kind = ("a symbolic link" if os.path.islink(directory) else
+            "a file" if os.path.isfile(directory) else "not a directory")
+    raise NetworkDirError(
+        f"{directory}: exists and is {kind}, not a network directory; "
+        f"--force replaces only a `convert` output: choose another --out")
+  try:
+    with open(os.path.join(directory, META_FILE)) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    meta = None
+  # The marker alone, whatever the version: an older `convert` output may
+  # be replaced by a current one.
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise NetworkDirError(
+        f"{directory}: exists and is not a network directory (no {META_FILE} "
+        f"written by `convert`); --force replaces only a `convert` output: "
+        f"choose another --out or remove it yourself")
+
+
 def save(directory, *, arch, params, batch_stats, masks, meta,
          overwrite=False) -> None:
   """Writes a network directory atomically.
 
   Everything is written to a temporary sibling directory that is renamed
   into place at the end, so a failure leaves no partial output; with
-  `overwrite`, an existing directory is replaced only once the new one is
-  complete.
+  `overwrite`, an existing network directory (and nothing else, see
+  `check_replaceable`) is replaced only once the new one is complete.
+  Permissions follow the umask, like any file the user writes.
   """
   import orbax.checkpoint as ocp  # Heavy; only writers and loaders need it.
 
   directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f"{directory} exists; pass --force to replace it")
+  if os.path.lexists(directory):
+    if not overwrite:
+      raise FileExistsError(f"{directory} exists; pass --force to replace it")
+    check_replaceable(directory)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-",
                          dir=parent)
   try:
+    # mkdtemp makes it private (0700); a network is for sharing.
+    os.chmod(tmp, 0o777 & ~_umask())
     tree = {"params": params, "batch_stats": batch_stats,
             "masks": masks_lib.to_storable(masks)}
     tree = jax.tree.map(np.asarray, tree)
@@ -180,7 +242,8 @@ def save(directory, *, arch, params, batch_stats, masks, meta,
       checkpointer.save(os.path.join(tmp, CHECKPOINT_DIR), tree)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch,
             "created": datetime.datetime.now(datetime.timezone.utc)
-            .isoformat(timespec="seconds"), **meta}
+            .isoformat(timespec="seconds"), **meta,
+            "files": integrity.file_records(tmp, CHECKPOINT_DIR)}
     with open(os.path.join(tmp, META_FILE), "w") as f:
       json.dump(meta, f, indent=2)
       f.write("\n")
@@ -206,33 +269,96 @@ def read_meta(directory) -> dict:
   try:
     with open(path) as f:
       meta = json.load(f)
-  except (OSError, ValueError) as e:
+  except FileNotFoundError:
     raise NetworkDirError(
-        f"{directory}: not a `convert` output ({META_FILE}: "
-        f"{type(e).__name__}); make one with `python -m convert torch ...`"
-    ) from None
+        f"{directory}: not a `convert` output (no {META_FILE}); make one "
+        f"with `python -m convert torch ...`") from None
+  except ValueError as e:  # Not JSON, or not UTF-8.
+    where = (f" at line {e.lineno} column {e.colno}"
+             if isinstance(e, json.JSONDecodeError) else "")
+    raise NetworkDirError(
+        f"{path}: not a `convert` output (not valid JSON{where}); "
+        f"{RECONVERT}") from None
+  except OSError as e:
+    raise NetworkDirError(f"{path}: unreadable ({e.strerror})") from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise NetworkDirError(f"{path}: not a reprog-jax network description")
   if meta.get("format_version") != FORMAT_VERSION:
     raise NetworkDirError(
         f"{path}: format version {meta.get('format_version')} is not "
         f"{FORMAT_VERSION}; re-run `convert` with this version")
+  arch = meta.get("arch")
+  if arch not in resnet.ARCHITECTURES:
+    raise NetworkDirError(
+        f"{path}: 'arch' is {arch!r}, not one of "
+        f"{', '.join(sorted(resnet.ARCHITECTURES))}; {RECONVERT}")
+  num_classes = meta.get("num_classes", 1000)
+  if (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+      or num_classes < 1):
+    raise NetworkDirError(f"{path}: 'num_classes' is {num_classes!r}, not a "
+                          f"positive integer; {RECONVERT}")
+  if not isinstance(meta.get("dense"), bool):
+    raise NetworkDirError(f"{path}: 'dense' is {meta.get('dense')!r}, not "
+                          f"true or false; {RECONVERT}")
   return meta
 
 
-def load(directory, dtype=jnp.float32) -> Network:
+def _verify_files(directory, meta, verify) -> None:
+  """Checks every checkpoint file against `meta['files']` (sizes always,
+  sha256 if `verify`); raises `NetworkDirError` naming the first that
+  differs."""
+  files = meta.get("files")
+  if files is None:
+    print(f"note: {directory} was written before networks recorded file "
+          f"hashes: its checkpoint cannot be verified; {RECONVERT}")
+    return
+  path = os.path.join(directory, META_FILE)
+  if not isinstance(files, dict) or not files:
+    raise NetworkDirError(f"{path}: 'files' is malformed; {RECONVERT}")
+  for name, record in sorted(files.items()):
+    if (os.path.isabs(name) or ".." in name.split(os.sep)
+        or not isinstance(record, dict)
+        or not isinstance(record.get("sha256"), str)
+        or not isinstance(record.get("bytes"), int)):
+      raise NetworkDirError(
+          f"{path}: 'files' entry {name!r} is malformed; {RECONVERT}")
+    file = os.path.join(directory, name)
+    if not os.path.isfile(file):
+      raise NetworkDirError(f"{file}: missing (the network directory is "
+                            f"incomplete); {RECONVERT}")
+    size = os.path.getsize(file)
+    if size != record["bytes"]:
+      raise NetworkDirError(
+          f"{file}: {size} bytes, {META_FILE} says {record['bytes']} (the "
+          f"file was truncated or altered); {RECONVERT}")
+    if verify and file_sha256(file) != record["sha256"]:
+      raise NetworkDirError(
+          f"{file}: content differs from what `convert` wrote (sha256 "
+          f"mismatch: the file was altered or damaged); {RECONVERT}")
+
+
+def load(directory, dtype=jnp.float32, verify=None) -> Network:
   """Loads a `convert` output directory onto the default device.
 
   Args:
     directory: the directory `convert` wrote.
     dtype: compute dtype (parameters stay float32).
+    verify: hash every checkpoint file and compare with `meta.json` before
+      reading it (a third of a second for ResNet-50's 130 MB); None: yes,
+      unless the environment sets `REPROG_JAX_VERIFY_NETWORKS=0`. File
+      sizes are checked either way.
 
   Raises:
-    NetworkDirError: the directory is missing, not ours, or inconsistent.
+    NetworkDirError: the directory is missing, not ours, damaged or
+      inconsistent.
   """
   import orbax.checkpoint as ocp
 
   meta = read_meta(directory)
+  if verify is None:
+    verify = os.environ.get(VERIFY_ENV, "1").strip().lower() not in (
+        "0", "false", "no")
+  _verify_files(directory, meta, verify)
   arch, num_classes = meta["arch"], meta.get("num_classes", 1000)
   expected = abstract_variables(arch, num_classes)
   try:
@@ -242,7 +368,7 @@ def load(directory, dtype=jnp.float32) -> Network:
   except Exception as e:  # Orbax raises many types; all mean "unreadable".
     raise NetworkDirError(
         f"{directory}/{CHECKPOINT_DIR}: unreadable checkpoint "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        f"({type(e).__name__}: {_first_line(e)}); {RECONVERT}") from None
   for collection in ("params", "batch_stats"):
     _check_tree(directory, collection, tree.get(collection),
                 expected[collection])
@@ -250,6 +376,14 @@ def load(directory, dtype=jnp.float32) -> Network:
   masks = masks_lib.from_storable(tree.get("masks", {}), params)
   model = resnet.get_architecture(arch)(num_classes=num_classes, dtype=dtype)
   return make_network(model, params, batch_stats, masks, meta)
+
+
+def _first_line(error, limit=160) -> str:
+  """An exception's first line, shortened at a word boundary."""
+  text = (str(error).strip().splitlines() or [""])[0]
+  if len(text) <= limit:
+    return text
+  return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _check_tree(directory, collection, got, expected):
@@ -288,6 +422,16 @@ def _demo_image(path, size=224) -> tuple[np.ndarray, str]:
     return (np.asarray(img, np.float32) / 255.0)[None], path
 
 
+def _kind(meta) -> str:
+  """What a directory holds, in words: one-shot pruning is no lottery
+  ticket."""
+  if meta["dense"]:
+    return "dense"
+  if (meta.get("ticket") or {}).get("lottery_ticket") is False:
+    return "pruned (one-shot; not a lottery ticket)"
+  return "lottery ticket"
+
+
 def main(argv=None) -> int:
   """`python -m reprog_jax.networks DIR [--image PATH]`."""
   import argparse
@@ -311,7 +455,7 @@ def main(argv=None) -> int:
   meta = net.meta
   weights = meta["sources"]["weights"]
   print(f"{args.directory}: {net.arch}, {meta['num_classes']} classes, "
-        f"{'dense' if meta['dense'] else 'lottery ticket'}")
+        f"{_kind(meta)}")
   if weights.get("random_init"):
     print("  weights: RANDOMLY INITIALISED (smoke-run network; predictions "
           "mean nothing)")
@@ -321,8 +465,7 @@ def main(argv=None) -> int:
     print(f"  mask:    {meta['sources']['mask']['path']}")
   print(masks_lib.format_report(net.sparsity(), per_layer=args.per_layer))
   probs = np.asarray(jax.nn.softmax(net.logits(prompts.imagenet_normalize(image))))[0]
-  names = (imagenet_classes() if meta["num_classes"] == 1000
-           else [str(i) for i in range(meta["num_classes"])])
+  names = class_names(net)
   print(f"top-5 prediction for {what}:")
   for i in np.argsort(-probs)[:5]:
     print(f"  {probs[i]:7.2%}  {i:4d} {names[i]}")

@@ -1,7 +1,10 @@
 """The pictures a training run writes: PNGs a person would rather look at.
 
 The ILM-VP label-mapping heatmap, the learned prompt, prompted inputs, a
-reliability diagram and the training curves.
+reliability diagram and the training curves. Each `plot_*` function takes a
+`title` (the training loop passes the run's name and, for a randomly
+initialised network, a warning, so no figure passes for a real result) and
+returns the saved figure.
 
 matplotlib and PIL are imported inside the functions that use them, so
 importing this module stays cheap. Figures are built on
@@ -10,6 +13,7 @@ backend or figure registry is touched and nothing leaks between calls.
 """
 
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -146,7 +150,10 @@ def plot_label_mapping(counts: np.ndarray, mapping_sequence: Sequence[int],
     path: Output PNG.
     top_k: Extra most-predicted source columns.
     max_targets: Rows to draw at most; `None` for all (large for big `T`).
-    title: Optional first title line.
+    title: Optional first title line(s), e.g. the run's name.
+
+  Returns:
+    The saved `matplotlib.figure.Figure`.
   """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   counts = np.asarray(counts)
@@ -195,10 +202,11 @@ def plot_label_mapping(counts: np.ndarray, mapping_sequence: Sequence[int],
       if value >= 0.5:  # Blank rather than a wall of zeros.
         axes.text(j, i, f"{value:.0f}", ha="center", va="center",
                   fontsize=7, color="white" if value > 60 else "black")
-  axes.set_xlabel("source (ImageNet) class: mapped, then most predicted")
+  axes.set_xlabel("source class: mapped, then most predicted")
   axes.set_ylabel("target class")
   axes.set_title("\n".join(lines), fontsize=9, pad=10)
   figure.savefig(path, format="png", bbox_inches="tight")
+  return figure
 
 
 # ---------------------------------------------------------------------------
@@ -211,12 +219,32 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
   return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _save_png(pixels: np.ndarray, path: str, scale: int):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  if scale > 1:
-    # Nearest neighbour: enlarges without inventing in-between colours.
-    pixels = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
-  Image.fromarray(pixels, mode="RGB").save(path, format="PNG")
+def _picture_figure(pixels: np.ndarray, lines: Sequence[str], path: str,
+                    width_range: tuple[float, float]):
+  """Draws `pixels` under a title and saves the PNG (100 dpi).
+
+  The picture is one inch per 100 pixels (one screen pixel each), clipped
+  to `width_range` inches; the title is wrapped to the picture's width.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  height, width, _ = pixels.shape
+  picture_width = min(max(width_range[0], width / 100), width_range[1])
+  picture_height = picture_width * height / width
+  # About 13 characters of 9-point text to an inch.
+  wrapped = [part for line in "\n".join(lines).split("\n")
+             for part in textwrap.wrap(line, int(picture_width * 13))]
+  title_height = 0.2 + 0.17 * len(wrapped)
+  figure = Figure(figsize=(picture_width, picture_height + title_height),
+                  dpi=100)
+  axes = figure.add_axes(
+      (0.0, 0.0, 1.0, picture_height / (picture_height + title_height)))
+  # Nearest: every program value stays one flat square, no blur.
+  axes.imshow(pixels, interpolation="nearest")
+  axes.set_axis_off()
+  figure.suptitle("\n".join(wrapped), fontsize=9, y=1.0 - 0.08 / (
+      picture_height + title_height), va="top")
+  figure.savefig(path, format="png")
+  return figure
 
 
 def prompt_picture(program: np.ndarray, image_size: int) -> np.ndarray:
@@ -247,28 +275,43 @@ def prompt_picture(program: np.ndarray, image_size: int) -> np.ndarray:
   return np.where(frame[..., None], pixels, checker[..., None])
 
 
-def save_prompt_image(program: np.ndarray, image_size: int, path: str,
-                      scale: int = 1):
-  """Writes `prompt_picture(program, image_size)` as a PNG.
+def plot_prompt(program: np.ndarray, image_size: int, path: str,
+                title: str | None = None):
+  """Draws `prompt_picture(program, image_size)` under a title as a PNG.
+
+  5 to 6 inches wide at 100 dpi: a 224-pixel prompt gets two screen
+  pixels or more per program value, each drawn as a flat square.
 
   Args:
     program: Float `(H, H, 3)` pre-sigmoid program (HWC, e.g. 224 x 224).
     image_size: Side of the target image in the middle.
     path: Output PNG.
-    scale: Integer enlargement (nearest neighbour).
+    title: Optional first title line(s), e.g. the run's name.
+
+  Returns:
+    The saved `matplotlib.figure.Figure`.
   """
-  _save_png(prompt_picture(program, image_size), path, scale)
+  pixels = prompt_picture(program, image_size)
+  side = pixels.shape[0]
+  lines = [title] if title else []
+  lines.append(f"learned prompt sigmoid(program), {side}x{side}; "
+               f"checkerboard: the {image_size}x{image_size} image's place")
+  return _picture_figure(pixels, lines, path, width_range=(5.0, 6.0))
 
 
-def save_prompted_examples(prompted_images_normalised: np.ndarray, path: str,
-                           columns: int = 8, scale: int = 1):
-  """Writes a grid of network inputs, ImageNet normalisation undone.
+def prompted_grid(prompted_images_normalised: np.ndarray,
+                  columns: int = 8) -> np.ndarray:
+  """A grid of network inputs as uint8 pixels, ImageNet normalisation undone.
+
+  Images fill rows of `columns` (fewer if there are fewer images), 2-pixel
+  white gaps between them; empty cells of the last row stay white.
 
   Args:
     prompted_images_normalised: Float `(N, H, W, 3)`, what the network saw.
-    path: Output PNG.
     columns: Images per grid row at most.
-    scale: Integer enlargement (nearest neighbour).
+
+  Returns:
+    Uint8 `(rows * (H + 2) - 2, columns * (W + 2) - 2, 3)` RGB.
   """
   from reprog_jax import prompts  # pylint: disable=g-import-not-at-top
   images = np.asarray(prompted_images_normalised, np.float64)
@@ -286,7 +329,27 @@ def save_prompted_examples(prompted_images_normalised: np.ndarray, path: str,
     top = (k // columns) * (height + gap)
     left = (k % columns) * (width + gap)
     grid[top:top + height, left:left + width] = image
-  _save_png(grid, path, scale)
+  return grid
+
+
+def plot_prompted_examples(prompted_images_normalised: np.ndarray, path: str,
+                           columns: int = 8, title: str | None = None):
+  """Draws `prompted_grid(...)` under a title as a PNG, at least 4 inches
+  wide (about one screen pixel per image pixel, at most 12 inches).
+
+  Args:
+    prompted_images_normalised: Float `(N, H, W, 3)`, what the network saw.
+    path: Output PNG.
+    columns: Images per grid row at most.
+    title: Optional first title line(s), e.g. the run's name.
+
+  Returns:
+    The saved `matplotlib.figure.Figure`.
+  """
+  grid = prompted_grid(prompted_images_normalised, columns)
+  lines = [title] if title else []
+  lines.append("test images in the learned prompt, as the network sees them")
+  return _picture_figure(grid, lines, path, width_range=(4.0, 12.0))
 
 
 # ---------------------------------------------------------------------------
@@ -304,7 +367,10 @@ def plot_reliability(bins, path: str, title: str | None = None):
     bins: `calibration.CalibrationBins` of the evaluated split (e.g. from
       `calibration.calibration_bins(probs, labels)`, summed over batches).
     path: Output PNG.
-    title: Optional first title line, e.g. the run's name.
+    title: Optional first title line(s), e.g. the run's name.
+
+  Returns:
+    The saved `matplotlib.figure.Figure`.
   """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from reprog_jax import calibration  # pylint: disable=g-import-not-at-top
@@ -340,12 +406,21 @@ def plot_reliability(bins, path: str, title: str | None = None):
   top.set_title("\n".join(lines), fontsize=10)
   figure.tight_layout()
   figure.savefig(path, format="png")
+  return figure
 
 
 # Panel title -> metric-name suffixes it collects (`train_acc`, `test_ece`).
 _CURVE_PANELS = (("accuracy", ("acc", "accuracy")),
                  ("loss", ("loss",)),
                  ("ECE", ("ece",)))
+
+
+def _plain_ticks(axes):
+  """Tick labels a reader takes as they are: whole epochs on x, and no
+  offset ("+0.9" in the corner) or power of ten ("1e-3") on either axis."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  axes.ticklabel_format(axis="both", style="plain", useOffset=False)
+  axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
 def _curve_value(value: Any) -> float:
@@ -368,6 +443,9 @@ def plot_training_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
     metrics_list: Records as from `read_metrics`, each with `"epoch"`.
     path: Output PNG.
     title: Optional figure title.
+
+  Returns:
+    The saved `matplotlib.figure.Figure`.
   """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   records = sorted(metrics_list, key=lambda record: record["epoch"])
@@ -389,10 +467,12 @@ def plot_training_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
                 transform=axes.transAxes, color="grey")
     axes.set(title=panel, xlabel="epoch")
     axes.grid(alpha=0.3)
+    _plain_ticks(axes)
   if title:
     figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, format="png")
+  return figure
 
 
 def plot_seed_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
@@ -404,6 +484,9 @@ def plot_seed_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
       `"seed"`.
     path: Output PNG.
     title: Optional figure title.
+
+  Returns:
+    The saved `matplotlib.figure.Figure`.
   """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   seeds = sorted({record["seed"] for record in metrics_list})
@@ -422,11 +505,12 @@ def plot_seed_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
       warnings.simplefilter("ignore", RuntimeWarning)
       mean = np.nanmean(table, axis=0)
     axes.plot(epochs, mean, "k-", linewidth=2.0, label="mean")
-    axes.ticklabel_format(useOffset=False, axis="y")
     axes.set(title=label, xlabel="epoch")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
+    _plain_ticks(axes)
   if title:
     figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, format="png")
+  return figure

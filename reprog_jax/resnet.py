@@ -310,6 +310,8 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     conv_impl: "auto", "xla" or "fast": how convolutions and the max-pool
       are computed (same numbers, same parameters; see the module docstring).
+    widths: planes of `layer1`..`layer4`; the stem has `widths[0]` channels
+      (torchvision's 64, 128, 256, 512; smaller for `resnet_mini`).
   """
 
   block: Type[nn.Module]
@@ -317,11 +319,12 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  widths: Sequence[int] = (64, 128, 256, 512)
 
   @property
   def num_features(self) -> int:
     """Width of the pooled features that feed `fc` (2048 for ResNet-50)."""
-    return 512 * self.block.expansion
+    return self.widths[-1] * self.block.expansion
 
   @nn.compact
   def __call__(self, x, *, train=False, features_only=False):
@@ -338,14 +341,14 @@ class ResNet(nn.Module):
       float32 logits (N, num_classes), or the pooled features.
     """
     x = jnp.asarray(x, self.dtype)
-    x = Conv(64, 7, 2, 3, self.dtype, self.conv_impl, name="conv1")(x)
+    x = Conv(self.widths[0], 7, 2, 3, self.dtype, self.conv_impl,
+             name="conv1")(x)
     x = nn.relu(_norm(train, self.dtype, "bn1")(x))
     if _resolve(self.conv_impl) == "fast":
       x = _max_pool_3x3_s2(x)
     else:  # Flax pads max-pooling with -inf, like PyTorch.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for i, (planes, size) in enumerate(zip((64, 128, 256, 512),
-                                           self.stage_sizes)):
+    for i, (planes, size) in enumerate(zip(self.widths, self.stage_sizes)):
       x = Stage(self.block, planes, size, 1 if i == 0 else 2, self.dtype,
                 self.conv_impl, name=f"layer{i + 1}")(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
@@ -360,12 +363,21 @@ class ResNet(nn.Module):
 ResNet18 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2))
 ResNet34 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(3, 4, 6, 3))
 ResNet50 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3))
+# Not a torchvision network: one BasicBlock per stage at a quarter of
+# ResNet-18's width (~0.3 M parameters), same layout and names, for the
+# offline demo's source network trained from scratch (`reprog_jax.demo`).
+ResNetMini = functools.partial(ResNet, block=BasicBlock,
+                               stage_sizes=(1, 1, 1, 1),
+                               widths=(16, 32, 64, 128))
 
 ARCHITECTURES = {
     "resnet18": ResNet18,
     "resnet34": ResNet34,
     "resnet50": ResNet50,
+    "resnet_mini": ResNetMini,
 }
+# The architectures torchvision has too (what `convert torch` can read).
+TORCHVISION_ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 
 
 def get_architecture(name: str):

@@ -4,12 +4,16 @@
 and set what differs; `check` rejects a bad combination with one line.
 """
 
+import json
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
 from reprog_jax import data
+from reprog_jax import errors
 from reprog_jax import label_mapping
 from reprog_jax import methods
 
@@ -22,7 +26,8 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.method = method
   config.data = data.default_data_config()
   config.data.name = dataset
-  config.n_shot = config.data.get_ref("n_shot")  # Top-level alias.
+  # Top-level alias (the documented flag); written once, as `n_shot`.
+  config.n_shot = config.data.get_ref("n_shot")
   # The frozen network: a `convert` output directory, dense or a ticket.
   config.network_dir = config_dict.placeholder(str)
   config.network = "dense"  # 'dense' or 'ticket': checked against the dir.
@@ -55,9 +60,28 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   # Methods with a frozen encoder (linear probing): compute its features
   # once per run and train on them; False recomputes them every step.
   config.cache_features = True
+  # Temperature scaling (reported beside the raw figures, never trained on):
+  # fitted each epoch on up to this many training examples per class from
+  # outside the seed's few-shot subset; 0 turns it off. With n_shot=-1
+  # nothing is outside, so there is none unless `calibration_carve_holdout`
+  # holds them out of training (which then differs from the PyTorch
+  # version's); with n_shot > 0 that switch changes nothing.
+  config.calibration_holdout = 20
+  config.calibration_carve_holdout = False
   config.progress = True  # tqdm bars.
   config.plot_interval = 1  # Epochs between pictures (the last always).
   config.overwrite = False  # Start over in a workdir holding another config.
+  # Weights & Biases (the `wandb` extra): off while `project` is unset;
+  # see `wandb_log`. E.g. --config.wandb.project=reprog
+  # --config.wandb.tags='("lt8", "cifar10")' --config.wandb.mode=offline.
+  config.wandb = ml_collections.ConfigDict()
+  config.wandb.project = config_dict.placeholder(str)
+  config.wandb.entity = config_dict.placeholder(str)  # None: your default.
+  config.wandb.name = config_dict.placeholder(str)  # None: W&B picks one.
+  config.wandb.group = config_dict.placeholder(str)
+  config.wandb.tags = ()
+  # 'online', 'offline' (`wandb sync` later); None: $WANDB_MODE, else online.
+  config.wandb.mode = config_dict.placeholder(str)
   return config
 
 
@@ -101,10 +125,18 @@ def eval_dtype(config):
   return DTYPES[config.eval_dtype]
 
 
+def to_dict(config) -> dict:
+  """`config` as config.json and summary.json hold it: plain JSON, and each
+  field once (`data.n_shot` is the same field as `n_shot`)."""
+  written = json.loads(config.to_json_best_effort())
+  del written["data"]["n_shot"]
+  return written
+
+
 def check(config) -> None:
-  """Raises ValueError (one line) on a bad combination of fields."""
+  """Raises `errors.ConfigError` (one line) on a bad field or combination."""
   def bad(message):
-    raise ValueError(f"config: {message}")
+    raise errors.ConfigError(f"config: {message}")
 
   if config.method not in methods.METHODS:
     bad(f"method {config.method!r} is not one of "
@@ -139,6 +171,13 @@ def check(config) -> None:
   for field in ("epochs", "batch_size", "eval_batch_size", "plot_interval"):
     if config[field] < 1:
       bad(f"{field} must be >= 1, got {config[field]}")
+  if config.calibration_holdout < 0:
+    bad(f"calibration_holdout must be >= 0 (examples per class; 0: no "
+        f"temperature scaling), got {config.calibration_holdout}")
+  # NaN passes every comparison, and infinity turns Adam's step into NaN.
+  for field in ("lr", "b1", "b2", "eps", "gamma", "weight_decay"):
+    if not math.isfinite(config[field]):
+      bad(f"{field} must be a finite number, got {config[field]}")
   if config.lr <= 0:
     bad(f"lr must be > 0, got {config.lr}")
   if config.method == "ilm_vp":

@@ -1,5 +1,6 @@
 """`summary.json`: what a finished run found, per seed and over the seeds."""
 
+import importlib.metadata
 import json
 import os
 import time
@@ -8,8 +9,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import calibration
 from reprog_jax import metric_writer
 from reprog_jax import run_config
+
+
+# Every installed package whose version can change a run's numbers (kernels,
+# optimiser, checkpoint and data reading, image decoding and resizing).
+NUMERIC_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+                    "grain", "tensorflow-datasets", "numpy", "Pillow")
+
+
+def package_versions() -> dict[str, str | None]:
+  """The installed version of each of `NUMERIC_PACKAGES` (None: absent)."""
+  versions = {}
+  for name in NUMERIC_PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
 
 
 def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
@@ -40,7 +59,8 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
         "last": mine[-1],
         "mapping_sequence": [int(i) for i in mappings[k]],
         "best_mapping_sequence": [int(i)
-                                  for i in best["mapping_sequence"][k]]})
+                                  for i in best["mapping_sequence"][k]],
+        "reliability": _reliability(best["reliability"], k)})
   numbers = [key for key, v in per_seed[0]["best"].items()
              if metric_writer.is_number(v)
              and key not in ("epoch", "seed", "lr", "best_epoch")]
@@ -77,15 +97,15 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
                    "processes": jax.process_count(),
                    "compute_dtype": jnp.dtype(net.model.dtype).name,
                    "eval_dtype": jnp.dtype(run_config.eval_dtype(config)).name,
-                   "jax": jax.__version__},
-      "config": json.loads(config.to_json_best_effort()),
+                   "packages": package_versions()},
+      "config": run_config.to_dict(config),
   }
   if len(seeds) == 1:  # The single seed's figures, at the top as before.
     summary.update(best=per_seed[0]["best"], last=per_seed[0]["last"],
                    mapping_sequence=per_seed[0]["mapping_sequence"])
   path = os.path.join(workdir, "summary.json")
   with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
+    json.dump(summary, f, indent=2, allow_nan=False)
   os.replace(path + ".tmp", path)
   best_acc = seeds_mean_std["best"]["test_acc"]
   print(f"best test accuracy {best_acc['mean']:.2%}"
@@ -96,3 +116,14 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
         + f"; results in {workdir}: summary.json, metrics.jsonl, plots/, "
         f"tensorboard/, checkpoints/")
   return summary
+
+
+def _reliability(sums, k) -> dict:
+  """Seed k's best-epoch reliability diagram (equal-width bins), as lists:
+  {'lower', 'upper', 'count', 'accuracy', 'confidence'}; empty bins have
+  accuracy and confidence 0."""
+  stats = calibration.bin_statistics(calibration.CalibrationBins(
+      **{name: np.asarray(value[k]) for name, value in sums.items()}))
+  return {name: [(int if name == "count" else float)(v)
+                 for v in np.asarray(getattr(stats, name))]
+          for name in ("lower", "upper", "count", "accuracy", "confidence")}

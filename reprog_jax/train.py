@@ -10,6 +10,7 @@ the last checkpointed epoch and ends with exactly the result of an
 uninterrupted run.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import tqdm
 
 from reprog_jax import calibration
 from reprog_jax import checkpoints
+from reprog_jax import errors
 from reprog_jax import inputs as inputs_lib
 from reprog_jax import methods
 from reprog_jax import metric_writer
@@ -31,16 +33,20 @@ from reprog_jax import run_config
 from reprog_jax import sharding
 from reprog_jax import steps
 from reprog_jax import summary as summary_lib
+from reprog_jax import wandb_log
 
 CONFIG_FILE = "config.json"
 # Fields that may differ between a run and its resumption: they change how
 # fast or where from, not what is computed.
 NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
                 "data.read_threads", "data.prefetch_batches", "data.data_dir",
-                "data.folder_root", "data.store_on_device")
+                "data.folder_root", "data.store_on_device",
+                # Where the run is mirrored to, not what it computes.
+                "wandb.project", "wandb.entity", "wandb.name", "wandb.group",
+                "wandb.tags", "wandb.mode")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.UserError, RuntimeError):
   """A run that cannot go on; the message is one line."""
 
 
@@ -58,11 +64,43 @@ def _flat(d, prefix=""):
 
 
 def _comparable(config, dtype) -> dict:
-  flat = dict(_flat(json.loads(config.to_json_best_effort())))
+  flat = dict(_flat(run_config.to_dict(config)))
   # 'auto' resolves per backend; a bfloat16 run resumed in float32 would not
   # end as it would have.
   flat["resolved_dtype"] = jnp.dtype(dtype).name
   return {k: v for k, v in flat.items() if k not in NOT_COMPARED}
+
+
+def check_workdir(workdir) -> None:
+  """Raises `TrainingError` unless `workdir` is, or can become, a directory
+  this process can write; writes nothing, and costs nothing, so that a typo
+  is reported before the network loads and the steps compile."""
+  existing = os.path.abspath(workdir)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = ("is not a directory" if existing == os.path.abspath(workdir)
+             else f"is inside {existing}, which is not a directory")
+    raise TrainingError(f"--workdir {workdir} {where}; pass a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise TrainingError(
+        f"--workdir {workdir}: {existing} is not writable by this user; pass "
+        f"a directory you can write to")
+
+
+def _mismatch(path, current) -> str | None:
+  """Why the run whose config `path` records cannot resume as `current`;
+  None if it can."""
+  if not os.path.exists(path):
+    return f"checkpoints but no {CONFIG_FILE}"
+  with open(path) as f:
+    previous = json.load(f)
+  # Runs written before n_shot was written once hold it twice.
+  previous = {k: v for k, v in previous.items()
+              if k not in NOT_COMPARED and k != "data.n_shot"}
+  diff = sorted(k for k in previous.keys() | current.keys()
+                if previous.get(k) != current.get(k))
+  return f"another config (differs in {', '.join(diff[:5])})" if diff else None
 
 
 def prepare_workdir(config, workdir, dtype) -> None:
@@ -70,31 +108,26 @@ def prepare_workdir(config, workdir, dtype) -> None:
 
   Call it only once every input has been checked: it is the first thing
   that writes. A workdir without a checkpoint has nothing to lose and is
-  simply reused; one holding a run of another config is refused, or with
-  `config.overwrite` emptied.
+  simply reused; one holding a run of another config, or of a config it
+  does not record, is refused, or with `config.overwrite` emptied.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   current = _comparable(config, dtype)
-  if os.path.exists(path) and checkpoints.latest_epoch(workdir) is not None:
-    with open(path) as f:
-      previous = json.load(f)
-    previous = {k: v for k, v in previous.items() if k not in NOT_COMPARED}
-    if previous != current:
-      diff = sorted(k for k in previous.keys() | current.keys()
-                    if previous.get(k) != current.get(k))
+  if checkpoints.latest_epoch(workdir) is not None:
+    problem = _mismatch(path, current)
+    if problem:
       if not config.overwrite:
         raise TrainingError(
-            f"{workdir} holds a run with another config (differs in "
-            f"{', '.join(diff[:5])}); use another --workdir, or pass "
-            f"--config.overwrite=True to delete that run and start over")
-      print(f"overwrite: deleting the run in {workdir} (its config differs "
-            f"in {', '.join(diff[:5])})")
+            f"{workdir} holds a run with {problem}; use another --workdir, "
+            f"or pass --config.overwrite=True to delete that run and start "
+            f"over")
+      print(f"overwrite: deleting the run in {workdir} (it has {problem})")
       for name in os.listdir(workdir):
         target = os.path.join(workdir, name)
         (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
   os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
   with open(path + ".tmp", "w") as f:
-    json.dump(current, f, indent=2)
+    json.dump(current, f, indent=2, allow_nan=False)
   os.replace(path + ".tmp", path)
 
 
@@ -140,67 +173,104 @@ def count_pass(count_step, params, network, inputs, layout, num_scores,
 
 def train_epoch(train_step, state, network, mappings, inputs, layout, epoch,
                 schedule, config):
-  """One epoch of every seed; returns the state and (S,) loss and accuracy."""
+  """One epoch of every seed; returns the state and (S,) loss and accuracy.
+
+  Each step's sums stay on the device until the epoch ends and are added on
+  the host in float64: a float32 running sum of large but finite losses
+  would overflow to infinity and hide where the run diverged.
+  """
   sampler = inputs.train_batches
-  losses, sums = [], None
+  per_step, seen = [], None
   bar = _bar(sampler.epoch(epoch), len(sampler), f"epoch {epoch} train",
              config)
   for i, index in enumerate(bar):
     batch = layout.put_rows(inputs.train, index, layout.seed_batch)
     state, metrics = train_step(state, network, mappings, batch)
-    losses.append(metrics["loss"])
-    step_sums = {k: metrics[k] for k in ("loss_sum", "correct", "count")}
-    sums = step_sums if sums is None else jax.tree.map(jnp.add, sums,
-                                                       step_sums)
-    if config.progress and (i % 10 == 0 or i == len(sampler) - 1):
-      # A host sync; only as often as a person can read the bar.
-      bar.set_postfix(loss=f"{float(jnp.mean(metrics['loss'])):.4f}",
-                      acc=f"{float(jnp.mean(sums['correct'] / sums['count'])):.2%}",
-                      lr=f"{float(schedule(int(state.step[0]) - 1)):.1e}")
-  losses = np.asarray(layout.to_host(jnp.stack(losses)))  # (steps, S)
+    per_step.append(metrics)
+    if config.progress:
+      counted = (metrics["correct"], metrics["count"])
+      seen = counted if seen is None else jax.tree.map(jnp.add, seen, counted)
+      if i % 10 == 0 or i == len(sampler) - 1:
+        # A host sync; only as often as a person can read the bar.
+        bar.set_postfix(loss=f"{float(jnp.mean(metrics['loss'])):.4f}",
+                        acc=f"{float(jnp.mean(seen[0] / seen[1])):.2%}",
+                        lr=f"{float(schedule(int(state.step[0]) - 1)):.1e}")
+  per_step = layout.to_host(jax.tree.map(lambda *x: jnp.stack(x), *per_step))
+  losses = np.asarray(per_step["loss"])  # (steps, S)
   bad = np.argwhere(~np.isfinite(losses))
   if bad.size:
     step, seed = bad[0]
-    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept"
-            if epoch > 0 else "no checkpoint was written")
     raise TrainingError(
         f"non-finite loss at epoch {epoch} step {step} (seed "
         f"{sampler.seeds[seed]}, lr "
-        f"{float(schedule(epoch * len(sampler) + step)):g}); {kept}; "
-        f"lower --config.lr")
-  sums = layout.to_host(sums)
+        f"{float(schedule(epoch * len(sampler) + step)):g}); "
+        f"{_kept(epoch)}; lower --config.lr")
+  sums = {k: np.asarray(per_step[k], np.float64).sum(axis=0)
+          for k in ("loss_sum", "correct", "count")}
   return state, {"train_loss": sums["loss_sum"] / sums["count"],
                  "train_acc": sums["correct"] / sums["count"]}
 
 
+def score_pass(eval_step, params, network, mappings, store, sampler, layout,
+               num_scores, num_classes, desc, config):
+  """Every seed's logits of a store's rows, batch by batch in sampler order.
+
+  Returns:
+    ((S, N, T) logits, (N,) their rows in `store` (-1: padding), (S, K, T)
+    counts of (argmax score, label)).
+  """
+  counts = layout.put(np.zeros((mappings.shape[0], num_scores, num_classes),
+                               np.int32), layout.per_seed)
+  logits, order = [], []
+  for index in _bar(sampler.epoch(0), len(sampler), desc, config):
+    batch = layout.put_rows(store, index[0], layout.shared_batch)
+    counts, out = eval_step(counts, params, network, mappings, batch)
+    logits.append(out)
+    order.append(index[0])
+  logits = np.asarray(layout.to_host(jnp.concatenate(logits, axis=1)))
+  return logits, np.concatenate(order), np.asarray(layout.to_host(counts))
+
+
 def evaluate(eval_step, params, network, mappings, inputs, layout,
              num_scores, num_classes, config):
-  """Each seed's accuracy and calibration over the whole test split.
+  """Each seed's accuracy and calibration over the whole test split, and
+  with held-out examples its temperature and the test calibration at it.
 
   Returns:
     (per-seed metric dicts, per-seed `CalibrationBins`, (S, K, T) counts of
     (argmax score, label) on the test split).
   """
-  sampler = inputs.test_batches
-  counts = layout.put(np.zeros((mappings.shape[0], num_scores, num_classes),
-                               np.int32), layout.per_seed)
-  logits, order = [], []
-  for index in _bar(sampler.epoch(0), len(sampler), "test", config):
-    batch = layout.put_rows(inputs.test, index[0], layout.shared_batch)
-    counts, out = eval_step(counts, params, network, mappings, batch)
-    logits.append(out)
-    order.append(index[0])
-  logits = np.asarray(layout.to_host(jnp.concatenate(logits, axis=1)))
-  order = np.concatenate(order)
+  scoring = (eval_step, params, network, mappings)
+  sizes = (layout, num_scores, num_classes)
+  logits, order, counts = score_pass(*scoring, inputs.test,
+                                     inputs.test_batches, *sizes, "test",
+                                     config)
   valid, labels = order >= 0, inputs.test.labels_at(order)
+  if inputs.holdout is not None:  # Evaluated exactly as the test split.
+    held_logits, held_order, _ = score_pass(
+        *scoring, inputs.holdout, inputs.holdout_batches, *sizes, "held-out",
+        config)
+    held_labels = inputs.holdout.labels_at(held_order)
   metrics, bins = [], []
-  for seed_logits in logits:
-    seed_metrics = calibration.metrics_from_logits(seed_logits, labels, valid)
-    metrics.append({f"test_{k}": float(v) for k, v in seed_metrics.items()})
+  for k, seed_logits in enumerate(logits):
+    seed_metrics = {f"test_{name}": value for name, value in
+                    calibration.split_report(seed_logits, labels,
+                                             valid).items()}
+    if inputs.holdout is not None:
+      mine = held_order >= 0  # Seed k's own rows of the union, unpadded.
+      mine[mine] = inputs.holdout_rows[k][held_order[mine]]
+      temperature = calibration.fit_temperature(held_logits[k], held_labels,
+                                                mine)
+      seed_metrics["temperature"] = temperature
+      seed_metrics.update({
+          f"test_{name}": value for name, value in
+          calibration.temperature_scaled_report(
+              seed_logits, labels, temperature, valid).items()})
+    metrics.append(seed_metrics)
     bins.append(calibration.calibration_bins(
         jax.nn.softmax(jnp.asarray(seed_logits, jnp.float32)), labels,
         mask=valid))
-  return metrics, bins, np.asarray(layout.to_host(counts))
+  return metrics, bins, counts
 
 
 # --------------------------------------------------------------------------
@@ -217,14 +287,24 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
     stop_after_epoch: stop once this epoch is checkpointed (to split a long
       run into jobs); re-running resumes.
   """
+  # Whatever ends the run (an error included), its files get closed.
+  with contextlib.ExitStack() as closing:
+    return _run(config, workdir, stop_after_epoch, closing)
+
+
+def _run(config, workdir, stop_after_epoch, closing) -> dict:
+  """`train_and_evaluate`, with `closing` to close what it opens."""
   started = time.time()
   run_config.check(config)
+  wandb_log.check(config)  # Before any slow work: is wandb there if asked?
   dtype, eval_dtype = run_config.compute_dtype(config), run_config.eval_dtype(
       config)
   seeds = run_config.seeds(config)
   image_size = run_config.image_size(config)
   layout = sharding.Layout.create(len(seeds))
   is_lead = jax.process_index() == 0  # The process that writes files.
+  if is_lead:
+    check_workdir(workdir)
 
   # Network: one frozen pytree, replicated on every device; evaluation and
   # label mapping run at `eval_dtype` (float32: the PyTorch version runs
@@ -260,7 +340,11 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   mappings = np.tile(method.initial_mapping, (len(seeds), 1))
   best = {"params": layout.to_host(state.params), "mapping_sequence": mappings,
           "test_acc": np.full(len(seeds), -1.0),
-          "epoch": np.full(len(seeds), -1, np.int32)}
+          "epoch": np.full(len(seeds), -1, np.int32),
+          "reliability": {name: np.zeros((len(seeds),
+                                          calibration.DEFAULT_NUM_BINS),
+                                         np.float32)
+                          for name in calibration.CalibrationBins._fields}}
   start_epoch = 0
   if checkpoints.latest_epoch(workdir) is not None:
     restored = checkpoints.restore(workdir, checkpoints.pack(
@@ -269,8 +353,16 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
                              restored["best"])
     start_epoch = restored["epoch"] + 1
     print(f"resuming {workdir} after epoch {restored['epoch']}")
-  writer = metric_writer.MetricWriter(workdir) if is_lead else None
-  if writer:  # Lines past the last checkpoint (a crash in between) go.
+  writer = None
+  if is_lead:
+    mirror = None
+    if wandb_log.enabled(config):  # W&B gets what TensorBoard gets.
+      mirror = wandb_log.start(config, workdir, resume=start_epoch > 0, extra={
+          "seeds": list(seeds),
+          "remaining_percent": net.sparsity()["remaining_percent"]})
+    writer = closing.enter_context(
+        metric_writer.MetricWriter(workdir, mirror=mirror))
+    # Lines past the last checkpoint (a crash in between) go.
     writer.truncate_after(start_epoch - 1)
 
   # Loop.
@@ -291,7 +383,7 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
         layout, method.num_scores, num_classes, config)
     params = layout.to_host(state.params)
     best = _update_best(best, epoch, params, mappings, np.array(
-        [m["test_accuracy"] for m in test_metrics]))
+        [m["test_accuracy"] for m in test_metrics]), bins)
     lr = steps.epoch_lr(config.lr, config.epochs, epoch,
                         config.milestone_fractions, config.gamma)
     timing = {"train_images_per_second":
@@ -303,13 +395,14 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
                 **test_metrics[k], "best_test_acc": float(best["test_acc"][k]),
                 "best_epoch": int(best["epoch"][k]), **timing}
                for k in range(len(seeds))]
+    _check_finite(epoch, records, seeds)  # Before anything of it is kept.
     if writer:
       for seed, record in zip(seeds, records):
         writer.write(epoch, record, seed=seed, tag_prefix=_seed_prefix(
             seeds, seed, "/"))
       if (epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs:
         _plots(writer, workdir, epoch, method, params, bins, test_counts,
-               mappings, inputs.examples, run_data.class_names, seeds)
+               mappings, inputs.examples, run_data.class_names, seeds, config)
     checkpoints.save(workdir, checkpoints.pack(
         state, epoch=epoch, mappings=mappings, best=best))
     print(_epoch_line(epoch, records, best))
@@ -328,9 +421,10 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
                            best, seeds, layout, started)
 
 
-def _update_best(best, epoch, params, mappings, accuracies) -> dict:
+def _update_best(best, epoch, params, mappings, accuracies, bins) -> dict:
   """Each seed's best epoch so far: where its test accuracy rose, this
-  epoch's values replace the kept ones (the first of equals stays)."""
+  epoch's values (trained values, mapping, accuracy, epoch and reliability
+  bins) replace the kept ones (the first of equals stays)."""
   improved = accuracies > best["test_acc"]
 
   def pick(new, old):
@@ -341,7 +435,29 @@ def _update_best(best, epoch, params, mappings, accuracies) -> dict:
   return {"params": jax.tree.map(pick, params, best["params"]),
           "mapping_sequence": pick(mappings, best["mapping_sequence"]),
           "test_acc": pick(accuracies, best["test_acc"]),
-          "epoch": pick(np.full(len(improved), epoch), best["epoch"])}
+          "epoch": pick(np.full(len(improved), epoch), best["epoch"]),
+          "reliability": {name: pick(np.stack(per_seed),
+                                     best["reliability"][name])
+                          for name, per_seed in zip(
+                              calibration.CalibrationBins._fields,
+                              zip(*bins))}}
+
+
+def _kept(epoch) -> str:
+  """What survives a run that diverged in `epoch`."""
+  return (f"the last good checkpoint (epoch {epoch - 1}) is kept"
+          if epoch > 0 else "no checkpoint was written")
+
+
+def _check_finite(epoch, records, seeds) -> None:
+  """Raises `TrainingError` if an epoch metric of a seed is NaN or infinite:
+  the run diverged, and an epoch of it would be no result to keep."""
+  for seed, record in zip(seeds, records):
+    for name, value in record.items():
+      if metric_writer.is_number(value) and not np.isfinite(value):
+        raise TrainingError(
+            f"the run diverged: {name} is {value} at epoch {epoch} (seed "
+            f"{seed}); {_kept(epoch)}; lower --config.lr")
 
 
 def _seed_prefix(seeds, seed, separator) -> str:
@@ -363,19 +479,40 @@ def _epoch_line(epoch, records, best) -> str:
           f"(best mean {np.mean(best['test_acc']):.2%})")
 
 
+def _figure_title(config, seeds, epoch) -> str:
+  """The first lines of every figure's title: what ran, and on which
+  network, saying so loudly when it was randomly initialised."""
+  seed_text = ("seed" if len(seeds) == 1 else "seeds") + " " + ", ".join(
+      str(s) for s in seeds)
+  if config.random_network:
+    network = (f"RANDOMLY INITIALISED {config.random_network}: results "
+               f"mean nothing")
+  else:
+    network = (f"{config.network} network "
+               f"{os.path.basename(os.path.normpath(config.network_dir))}")
+  shots = f"{config.n_shot}-shot" if config.n_shot > 0 else "all data"
+  return (f"{config.method} on {config.data.name} ({shots}), {seed_text}, "
+          f"epoch {epoch}\n{network}")
+
+
 def _plots(writer, workdir, epoch, method, params, bins, counts, mappings,
-           examples, class_names, seeds):
+           examples, class_names, seeds, config):
   records = metric_writer.read_metrics(workdir)
   if len(seeds) > 1:
     plots.plot_seed_curves(records, os.path.join(workdir, "plots",
-                                                 "curves.png"))
+                                                 "curves.png"),
+                           title=_figure_title(config, seeds, epoch))
   for k, seed in enumerate(seeds):
+    title = _figure_title(config, (seed,), epoch)
     plot_dir = os.path.join(workdir, "plots", _seed_prefix(seeds, seed, ""))
     os.makedirs(plot_dir, exist_ok=True)
-    plots.plot_reliability(bins[k], os.path.join(plot_dir, "reliability.png"))
+    plots.plot_reliability(bins[k], os.path.join(plot_dir, "reliability.png"),
+                           title=title)
     plots.plot_training_curves([r for r in records if r.get("seed") == seed],
-                               os.path.join(plot_dir, "curves.png"))
+                               os.path.join(plot_dir, "curves.png"),
+                               title=title)
     pictures = method.pictures(plot_dir, jax.tree.map(lambda x: x[k], params),
-                               counts[k], mappings[k], examples, class_names)
+                               counts[k], mappings[k], examples, class_names,
+                               title)
     for tag, path in pictures.items():
       writer.image(_seed_prefix(seeds, seed, "/") + tag, path, epoch)

@@ -1,8 +1,10 @@
 """`convert`: checkpoint layouts, the lottery-ticket pair, and bad input."""
 
+import argparse
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -128,8 +130,18 @@ def _bad_weights(tmp_path, resnet18_state, kind):
     path = tmp_path / "w.pth"
     path.write_text("hello, I am a text file\n")
     return str(path)
+  if kind == "pickle":  # A pickle, but not of tensors (protocol 4).
+    path = tmp_path / "w.pth"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    return str(path)
+  if kind == "objects":  # A real checkpoint that also pickles an object.
+    tensors = {k: torch.as_tensor(v) for k, v in state.items()}
+    return save_pth(tmp_path / "w.pth", {"state_dict": tensors,
+                                         "args": argparse.Namespace(lr=0.1)})
   if kind == "list":
     return save_pth(tmp_path / "w.pth", [torch.zeros(3)])
+  if kind == "axes":
+    state["layer1.0.conv1.weight"] = np.zeros((64, 64, 3), np.float32)
   if kind == "missing":
     del state["layer1.0.bn1.running_var"]
   if kind == "unexpected":
@@ -140,9 +152,17 @@ def _bad_weights(tmp_path, resnet18_state, kind):
 
 
 @pytest.mark.parametrize("kind, arch, message", [
-    ("corrupt", "resnet18", "w.pth: not a readable PyTorch checkpoint"),
-    ("text", "resnet18", "w.pth: not a readable PyTorch checkpoint"),
+    ("corrupt", "resnet18", "w.pth: not a readable PyTorch checkpoint: a "
+     "damaged or truncated zip archive (the format torch.save writes)"),
+    ("text", "resnet18", "w.pth: not a readable PyTorch checkpoint: its "
+     "contents are not in the format torch.save writes"),
+    ("pickle", "resnet18", "w.pth: not a readable PyTorch checkpoint: its "
+     "contents are not in the format torch.save writes"),
+    ("objects", "resnet18", "w.pth: a PyTorch checkpoint holding Python "
+     "objects besides tensors (argparse.Namespace), which are not loaded"),
     ("list", "resnet18", "w.pth: holds a list, not a state dict"),
+    ("axes", "resnet18", "w.pth: key 'layer1.0.conv1.weight' has shape "
+     "(64, 64, 3), resnet18 needs (64, 64, 3, 3)"),
     ("missing", "resnet18", "w.pth: missing key 'layer1.0.bn1.running_var'"),
     ("unexpected", "resnet18", "w.pth: unexpected key 'layer5.0.conv1.weight'"),
     ("shape", "resnet18", "w.pth: key 'layer1.1.conv2.weight' has shape "
@@ -161,6 +181,7 @@ def test_bad_weights(kind, arch, message, tmp_path, resnet18_state, capsys):
   assert code == 1
   assert err.count("\n") == 1 and err.startswith("convert: error: ")
   assert message in err
+  assert "weights_only" not in err  # torch's advice to run the file's code.
   assert listing(tmp_path) == before  # Nothing written, not even temporaries.
 
 
@@ -174,6 +195,8 @@ def _bad_mask(resnet18_state, kind):
     mask["layer2.0.conv1.weight"] = mask["layer2.0.conv1.weight"] * 0.5
   if kind == "shape":
     mask["fc.weight"] = np.ones((1000, 256), np.float32)
+  if kind == "axes":
+    mask["fc.weight"] = np.ones(1000 * 512, np.float32)
   return mask
 
 
@@ -182,6 +205,7 @@ def _bad_mask(resnet18_state, kind):
     ("batchnorm", "m.pth: mask key 'model.layer1.0.bn1.weight' matches no conv or fc weight"),
     ("not 0/1", "m.pth: mask key 'layer2.0.conv1.weight' is not 0/1 (e.g. value 0.5)"),
     ("shape", "m.pth: mask key 'fc.weight' has shape (1000, 256), its weight has (1000, 512)"),
+    ("axes", "m.pth: mask key 'fc.weight' has shape (512000,), its weight has (1000, 512)"),
 ])
 def test_bad_masks(kind, message, tmp_path, resnet18_pth, resnet18_state, capsys):
   src = tmp_path / "src"
@@ -206,6 +230,67 @@ def test_existing_output_is_kept_without_force(tmp_path, resnet18_pth, capsys):
   assert listing(tmp_path) == ["net", "net/precious.txt"]
 
 
+@pytest.mark.parametrize("kind, message", [
+    ("workdir", "exists and is not a network directory (no meta.json "
+     "written by `convert`); --force replaces only a `convert` output"),
+    ("other meta.json", "exists and is not a network directory"),
+    ("file", "exists and is a file, not a network directory"),
+])
+def test_force_replaces_only_a_network_directory(
+    kind, message, tmp_path, resnet18_pth, capsys):
+  out = tmp_path / "out"
+  if kind == "file":
+    out.write_text("precious")
+  else:  # A training workdir, mid-run.
+    (out / "checkpoints" / "3").mkdir(parents=True)
+    (out / "config.json").write_text('{"method": "ilm_vp"}')
+    (out / "metrics.jsonl").write_text("{}\n")
+    if kind == "other meta.json":
+      (out / "meta.json").write_text('{"arch": "resnet18"}')
+  before = listing(tmp_path)
+  code, _, err = _run(capsys, "torch", "--arch", "resnet18", "--weights",
+                      resnet18_pth, "--out", out, "--no-verify", "--force")
+  assert code == 1 and err.count("\n") == 1
+  assert f"convert: error: {out}: {message}" in err
+  assert listing(tmp_path) == before
+  if kind == "file":
+    assert out.read_text() == "precious"
+
+
+@pytest.mark.parametrize("size", ["0", "-8"])
+def test_verify_size_must_be_positive(size, tmp_path, capsys):
+  with pytest.raises(SystemExit) as exited:
+    cli.main(["torch", "--arch", "resnet18", "--random-init", "--out",
+              str(tmp_path / "net"), "--verify-size", size])
+  assert exited.value.code == 2
+  err = capsys.readouterr().err
+  assert f"argument --verify-size: {size} is not a positive integer" in err
+  assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_network_directory_permissions_follow_the_umask(
+    umask, tmp_path, resnet18_pth, capsys):
+  previous = os.umask(umask)
+  try:
+    code, _, err = _run(capsys, "torch", "--arch", "resnet18", "--weights",
+                        resnet18_pth, "--out", tmp_path / "net", "--no-verify")
+  finally:
+    os.umask(previous)
+  assert code == 0, err
+  out = tmp_path / "net"
+  paths = [out] + [os.path.join(root, name) for root, dirs, files
+                   in os.walk(out) for name in dirs + files]
+  assert len(paths) > 5
+  for path in paths:
+    mode = os.stat(path).st_mode & 0o777
+    if umask == 0o022:  # Collaborators can read (and list) everything.
+      wanted = 0o055 if os.path.isdir(path) else 0o044
+      assert mode & wanted == wanted, (path, oct(mode))
+    else:
+      assert mode & 0o077 == 0, (path, oct(mode))
+
+
 def test_missing_files_and_lt_dir(tmp_path, capsys):
   code, _, err = _run(capsys, "torch", "--arch", "resnet50", "--lt-dir",
                       tmp_path, "--sparsity-state", 9, "--out", tmp_path / "n")
@@ -216,7 +301,9 @@ def test_missing_files_and_lt_dir(tmp_path, capsys):
 
 def test_command_line_exit_status_and_single_line(tmp_path):
   bad = tmp_path / "bad.pth"
-  bad.write_text("nope")
+  # A pickle, but not torch.save's: torch warns about its protocol on
+  # stderr before refusing it; only our line may reach the user.
+  bad.write_bytes(pickle.dumps({"a": 1}, protocol=4))
   proc = subprocess.run(
       [sys.executable, "-m", "convert", "torch", "--arch", "resnet18",
        "--weights", str(bad), "--out", str(tmp_path / "net")],

@@ -94,7 +94,7 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   _load(config, other, tmp_path)
   assert "no readable features" in capsys.readouterr().out
   assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [
-      "test.npz", "train.npz"]
+      "holdout.npz", "test.npz", "train.npz"]
 
 
 def test_bfloat16_run_maps_and_evaluates_in_float32(tmp_path, monkeypatch):

@@ -1,5 +1,12 @@
 """Parity: converted Flax ResNets compute what torchvision computes."""
 
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -127,3 +134,121 @@ def test_summary_command_prints_sparsity_and_a_prediction(
   probs = [float(l.split("%")[0]) for l in out.splitlines()[-5:]]
   assert probs == sorted(probs, reverse=True)
   assert networks.main([str(tmp_path / "missing")]) == 1
+
+
+# --------------------------------------------------------------------------
+# A damaged or malformed directory: refused in one line, naming the file.
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, resnet18_pth):
+  out = tmp_path_factory.mktemp("converted") / "net"
+  assert cli.main(["torch", "--arch", "resnet18", "--weights", resnet18_pth,
+                   "--out", str(out), "--no-verify"]) == 0
+  return out
+
+
+def _copy(converted, tmp_path):
+  net = tmp_path / "net"
+  shutil.copytree(converted, net)
+  return net
+
+
+def _largest_file(net):
+  return max((p for p in (net / "checkpoint").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+
+
+def test_meta_records_the_sha256_of_every_checkpoint_file(converted):
+  files = json.loads((converted / "meta.json").read_text())["files"]
+  on_disk = sorted(str(p.relative_to(converted))
+                   for p in (converted / "checkpoint").rglob("*") if p.is_file())
+  assert sorted(files) == on_disk
+  for name, record in files.items():
+    data = (converted / name).read_bytes()
+    assert record == {"sha256": hashlib.sha256(data).hexdigest(),
+                      "bytes": len(data)}
+
+
+def test_altered_checkpoint_bytes_are_refused(converted, tmp_path):
+  net = _copy(converted, tmp_path)
+  victim = _largest_file(net)
+  with open(victim, "r+b") as f:  # 4 KiB overwritten mid-file.
+    f.seek(victim.stat().st_size // 2)
+    f.write(b"\xa5" * 4096)
+  with pytest.raises(networks.NetworkDirError) as raised:
+    networks.load(net)
+  message = str(raised.value)
+  assert message.startswith(f"{victim}: content differs from what `convert` "
+                            f"wrote (sha256 mismatch")
+  assert "re-run `python -m convert" in message and "\n" not in message
+
+
+def test_verification_can_be_switched_off(converted, monkeypatch):
+  hashed = []
+  real = networks.file_sha256
+  monkeypatch.setattr(networks, "file_sha256",
+                      lambda path: hashed.append(path) or real(path))
+  networks.load(converted)
+  assert len(hashed) == len(networks.read_meta(converted)["files"])
+  hashed.clear()
+  monkeypatch.setenv(networks.VERIFY_ENV, "0")
+  networks.load(converted)
+  networks.load(converted, verify=False)
+  assert not hashed
+
+
+def test_directory_written_before_hashes_still_loads_with_a_note(
+    converted, tmp_path, capsys):
+  net = _copy(converted, tmp_path)
+  meta = json.loads((net / "meta.json").read_text())
+  del meta["files"]
+  (net / "meta.json").write_text(json.dumps(meta))
+  loaded = networks.load(net)
+  out = capsys.readouterr().out
+  assert out.count("\n") == 1
+  assert "written before networks recorded file hashes" in out
+  np.testing.assert_array_equal(loaded.params["fc"]["kernel"],
+                                networks.load(converted).params["fc"]["kernel"])
+
+
+def test_truncated_checkpoint_is_one_line_without_tracebacks(
+    converted, tmp_path):
+  net = _copy(converted, tmp_path)
+  victim = _largest_file(net)
+  os.truncate(victim, victim.stat().st_size // 3)
+  env = dict(os.environ, **{networks.VERIFY_ENV: "0"})  # Sizes still count.
+  proc = subprocess.run([sys.executable, "-m", "reprog_jax.networks", str(net)],
+                        capture_output=True, text=True, timeout=120, env=env)
+  assert proc.returncode == 1
+  assert proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith(f"networks: error: {victim}: ")
+  assert "truncated" in proc.stderr
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("arch"), "'arch' is None, not one of resnet18"),
+    (lambda m: m.update(arch="resnet7"), "'arch' is 'resnet7', not one of"),
+    (lambda m: m.update(num_classes="ten"), "'num_classes' is 'ten', not a "
+     "positive integer"),
+    (lambda m: m.pop("dense"), "'dense' is None, not true or false"),
+    (lambda m: m.update(files=[1, 2]), "'files' is malformed"),
+    (lambda m: m["files"].update({"../../etc/passwd": {"sha256": "0",
+                                                       "bytes": 1}}),
+     "'files' entry '../../etc/passwd' is malformed"),
+    (None, "not valid JSON at line 1 column 12"),  # The open string.
+])
+def test_malformed_meta_json_is_one_line(edit, message, converted, tmp_path):
+  net = _copy(converted, tmp_path)
+  meta = json.loads((net / "meta.json").read_text())
+  if edit is None:
+    (net / "meta.json").write_text('{"format": "r')
+  else:
+    edit(meta)
+    (net / "meta.json").write_text(json.dumps(meta))
+  with pytest.raises(networks.NetworkDirError) as raised:
+    networks.load(net)
+  assert str(raised.value).startswith(f"{net}")
+  assert message in str(raised.value)
+  assert "\n" not in str(raised.value)

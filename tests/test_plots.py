@@ -1,5 +1,6 @@
 """The PNGs (`reprog_jax.plots`): heatmap, prompt, reliability, curves."""
 
+import io
 import math
 
 import numpy as np
@@ -102,17 +103,14 @@ def test_plot_label_mapping_checks_names(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_save_prompt_image_frame_and_checkerboard(tmp_path):
+def test_prompt_picture_frame_and_checkerboard():
   # s = 31: the frame is 97 pixels before the image and 96 after it.
   program = np.zeros((224, 224, 3), np.float32)
   program[0, 0] = [2.0, -1.0, 0.0]
   program[223, 223] = [-3.0, 4.0, 1.0]
   program[97:128, 97:128] = 10.0  # Never used: the image covers it.
-  path = str(tmp_path / "prompt.png")
-  plots.save_prompt_image(program, 31, path)
-  with Image.open(path) as image:
-    assert image.size == (224, 224) and image.mode == "RGB"
-    pixels = np.asarray(image)
+  pixels = plots.prompt_picture(program, 31)
+  assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
 
   def sigmoid_byte(x):
     return round(255 / (1 + math.exp(-x)))
@@ -133,31 +131,42 @@ def test_save_prompt_image_frame_and_checkerboard(tmp_path):
   assert {dark, light}.isdisjoint({128})
 
 
-def test_save_prompt_image_scale(tmp_path):
+def figure_text(figure):
+  """Every title in `figure`: its suptitle and each Axes' title."""
+  return "\n".join([text.get_text() for text in figure.texts]
+                   + [axes.get_title() for axes in figure.axes])
+
+
+def test_plot_prompt_is_titled_large_and_unblurred(tmp_path):
   program = np.full((224, 224, 3), 3.0, np.float32)
   path = str(tmp_path / "prompt.png")
-  plots.save_prompt_image(program, 128, path, scale=2)
+  figure = plots.plot_prompt(program, 128, path, title="run 7\nRANDOM net")
+  text = figure_text(figure)
+  assert "run 7" in text and "RANDOM net" in text
+  assert "learned prompt" in text and "128x128" in text
+  width, height = figure.get_size_inches()
+  assert width >= 4 and height >= 4 and figure.dpi >= 100
   with Image.open(path) as image:
-    pixels = np.asarray(image)
-  assert pixels.shape == (448, 448, 3)
-  np.testing.assert_array_equal(pixels[0, 0], [round(255 / (1 + math.exp(-3)))]
-                                * 3)
-  # Image area from 48 on; 2x scale: pixel (2*48, 2*48) is its dark corner.
-  np.testing.assert_array_equal(pixels[96, 96], [plots.CHECKER_DARK] * 3)
-  np.testing.assert_array_equal(pixels[95, 95], pixels[0, 0])
+    assert image.size == (round(width * figure.dpi),
+                          round(height * figure.dpi))
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+  # Nearest-neighbour drawing: the frame's exact colour, and both greys of
+  # the checkerboard, fill many screen pixels (no blended colours).
+  colours, counts = np.unique(pixels, axis=0, return_counts=True)
+  present = {tuple(c) for c, n in zip(colours, counts) if n >= 1000}
+  frame = (round(255 / (1 + math.exp(-3.0))),) * 3
+  assert {frame, (plots.CHECKER_DARK,) * 3, (plots.CHECKER_LIGHT,) * 3} <= (
+      present)
 
 
-def test_save_prompted_examples_denormalises(tmp_path):
+def test_prompted_grid_denormalises():
   mean = np.array([0.485, 0.456, 0.406])
   std = np.array([0.229, 0.224, 0.225])
   raw = np.zeros((3, 10, 12, 3))
   raw[0] = 1.0
   raw[1, :, :] = [0.2, 0.4, 0.6]
   normalised = (raw - mean) / std
-  path = str(tmp_path / "examples.png")
-  plots.save_prompted_examples(normalised, path, columns=2)
-  with Image.open(path) as image:
-    pixels = np.asarray(image)
+  pixels = plots.prompted_grid(normalised, columns=2)
   # Two columns, two rows, 2-pixel white gaps.
   assert pixels.shape == (2 * 10 + 2, 2 * 12 + 2, 3)
   np.testing.assert_array_equal(pixels[0, 0], [255] * 3)
@@ -165,6 +174,18 @@ def test_save_prompted_examples_denormalises(tmp_path):
   np.testing.assert_array_equal(pixels[12, 0], [0] * 3)
   np.testing.assert_array_equal(pixels[10, 0], [255] * 3)  # Gap.
   np.testing.assert_array_equal(pixels[12, 14], [255] * 3)  # Empty cell.
+
+
+def test_plot_prompted_examples_is_titled_and_large(tmp_path):
+  images = np.zeros((8, 64, 64, 3))
+  path = str(tmp_path / "examples.png")
+  figure = plots.plot_prompted_examples(images, path, columns=4,
+                                        title="RANDOM net")
+  assert "RANDOM net" in figure_text(figure)
+  width, _ = figure.get_size_inches()
+  assert width >= 4 and figure.dpi >= 100
+  with Image.open(path) as image:
+    assert image.size[0] >= 400
 
 
 # ---------------------------------------------------------------------------
@@ -195,3 +216,68 @@ def test_plot_training_curves(tmp_path):
   # Without any known metric the panels say so rather than failing.
   plots.plot_training_curves([{"epoch": 0, "lr": 0.1}], path)
   assert_png(path, (1300, 1300), (400, 400))
+
+
+def test_every_plot_puts_the_title_in_the_figure(tmp_path):
+  note = "RANDOMLY INITIALISED resnet18: results mean nothing"
+  rng = np.random.default_rng(0)
+  probs = rng.dirichlet(np.ones(3), size=20)
+  bins = calibration.calibration_bins(probs, rng.integers(0, 3, size=20))
+  records = [{"epoch": e, "seed": s, "test_acc": 0.5, "test_ece": 0.1}
+             for e in range(2) for s in (0, 1)]
+  figures = [
+      plots.plot_label_mapping(COUNTS, MAPPING, ["a", "b", "c"],
+                               ["s0", "s1", "s2", "s3"],
+                               str(tmp_path / "m.png"), title=note),
+      plots.plot_reliability(bins, str(tmp_path / "r.png"), title=note),
+      plots.plot_training_curves(records, str(tmp_path / "c.png"),
+                                 title=note),
+      plots.plot_seed_curves(records, str(tmp_path / "s.png"), title=note),
+      plots.plot_prompt(np.zeros((16, 16, 3)), 8, str(tmp_path / "p.png"),
+                        title=note),
+      plots.plot_prompted_examples(np.zeros((2, 16, 16, 3)),
+                                   str(tmp_path / "e.png"), title=note)]
+  for figure in figures:
+    # Long titles may wrap at a space; the words all stay.
+    assert " ".join(figure_text(figure).split()).count(note) == 1
+
+
+# Values whose tick labels matplotlib would by default write as small
+# differences from an offset in the corner ("+1e3", "1e-6+9e-1").
+LOSSES = [1000.1, 1000.2, 1000.3, 1000.4]
+ACCURACIES = [0.9000011, 0.9000022, 0.9000033, 0.9000044]
+
+
+def _labelled_ticks(axes):
+  """(tick position, the number its label shows) on the y axis."""
+  return [(position, float(label.get_text().replace("\u2212", "-")))
+          for position, label in zip(axes.get_yticks(),
+                                     axes.get_yticklabels())]
+
+
+def test_curves_have_plain_tick_labels(tmp_path):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  # The control: matplotlib's default draws these with an offset.
+  for values in (LOSSES, ACCURACIES):
+    default = Figure().add_subplot()
+    default.plot(range(4), values)
+    default.figure.savefig(io.BytesIO(), format="png")  # Draws the ticks.
+    assert default.yaxis.get_major_formatter().get_offset() != ""
+
+  records = [{"epoch": e, "seed": s, "test_acc": acc, "test_ece": acc - 0.8,
+              "train_loss": loss}
+             for e, (acc, loss) in enumerate(zip(ACCURACIES, LOSSES))
+             for s in (0, 1)]
+  curves = plots.plot_training_curves(
+      [r for r in records if r["seed"] == 0], str(tmp_path / "c.png"))
+  seeds = plots.plot_seed_curves(records, str(tmp_path / "s.png"))
+  for axes in curves.axes + seeds.axes:
+    for axis in (axes.xaxis, axes.yaxis):
+      assert axis.get_major_formatter().get_offset() == "", axes.get_title()
+    # Every label shows the value at its tick, not a difference from one.
+    ticks = _labelled_ticks(axes)
+    spacing = ticks[1][0] - ticks[0][0]
+    for position, shown in ticks:
+      assert abs(shown - position) < 0.01 * spacing, (axes.get_title(), ticks)
+    # Epochs are whole numbers.
+    assert all(float(x).is_integer() for x in axes.get_xticks())

@@ -35,17 +35,28 @@ def test_ci_runs_the_readme_test_command():
   assert "<!-- test-command -->" in script
 
 
-def test_main_command_runs_offline_and_says_the_network_is_random(tmp_path):
-  setup, rest = _steps(readme_command("main-command"))
-  assert setup[-1] == "pip install -e ."
-  # Run from a copy of the checkout's configs, so runs/ lands in tmp_path.
-  shutil.copytree(ROOT / "configs", tmp_path / "configs")
+def _run(command, cwd):
   env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}"
              f"{os.pathsep}{os.environ['PATH']}")
-  proc = subprocess.run(["bash", "-euo", "pipefail", "-c", " && ".join(rest)],
-                        cwd=tmp_path, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc
+
+
+def test_main_command_is_the_offline_demo():
+  # tests/test_demo.py runs this very command with --quick, end to end.
+  setup, rest = _steps(readme_command("main-command"))
+  assert setup[-1] == "pip install -e ."
+  assert rest == ["python -m reprog_jax.demo --workdir runs/demo"]
+
+
+def test_smoke_command_runs_offline_and_says_the_network_is_random(tmp_path):
+  command = readme_command("smoke-command")
+  assert command.startswith("python -m reprog_jax.main ")
+  # Run from a copy of the checkout's configs, so runs/ lands in tmp_path.
+  shutil.copytree(ROOT / "configs", tmp_path / "configs")
+  proc = _run(command, tmp_path)
   assert "RANDOMLY INITIALISED" in proc.stdout
   assert "best test accuracy" in proc.stdout
   summary = json.loads((tmp_path / "runs" / "smoke" / "summary.json").read_text())

@@ -156,13 +156,14 @@ def test_resumed_run_with_seeds_ends_identical(vp_runs, tmp_path):
 
 
 def test_a_second_epoch_decodes_no_image(vp_runs):
-  # Every image once: the seeds' training subsets (their union) and the
-  # test split, not once per epoch, label-mapping pass or seed.
+  # Every image once: the seeds' training subsets (their union), the test
+  # split and the seeds' calibration hold-outs (their union), not once per
+  # epoch, label-mapping pass or seed.
   name, _, _, _, decoded = vp_runs
   config = smoke_config(name, seeds=SEEDS)
   run_data = inputs.open_run_data(config, SEEDS)
   assert decoded == len(np.unique(run_data.pools)) + len(
-      run_data.test.labels)
+      run_data.test.labels) + len(np.unique(np.concatenate(run_data.holdout)))
 
 
 def test_full_split_seeds_share_examples_and_differ_in_order():

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprog_jax import checkpoints, methods, metric_writer, train
+from reprog_jax import checkpoints, errors, methods, metric_writer, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING = ("train_images_per_second", "epoch_seconds")
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_acc",
-               "test_ece", "test_nll", "test_brier", "test_mce"}
+               "test_ece", "test_nll", "test_brier", "test_mce",
+               "test_ece_adaptive", "test_pytorch_logged_quantity",
+               "temperature", "test_ece_ts", "test_ece_adaptive_ts",
+               "test_nll_ts"}
 
 
 def run_main(workdir, *overrides, config="configs/ilm_vp.py:smoke"):
@@ -71,6 +74,19 @@ def test_vp_smoke_run_writes_every_file(vp_run):
   assert saved["best"]["test_acc"][0] == pytest.approx(
       summary["best"]["test_acc"])
   assert saved["mapping_sequence"][0].tolist() == summary["mapping_sequence"]
+  # The best epoch's reliability diagram: every test example in one of 15
+  # equal-width bins, whose gaps add up to that epoch's ECE.
+  reliability = summary["per_seed"][0]["reliability"]
+  np.testing.assert_allclose(reliability["upper"], np.arange(1, 16) / 15)
+  counts = np.array(reliability["count"])
+  assert counts.sum() == summary["test_examples"]
+  gaps = counts * np.abs(np.subtract(reliability["accuracy"],
+                                     reliability["confidence"]))
+  assert gaps.sum() / counts.sum() == pytest.approx(
+      summary["best"]["test_ece"], abs=1e-6)
+  assert len({r["test_ece"] for r in records}) > 1  # The epoch matters.
+  np.testing.assert_array_equal(saved["best"]["reliability"]["count"][0],
+                                counts)
 
 
 def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path):
@@ -209,7 +225,9 @@ def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
   config.prompt_output_size = 64
   config.label_mapping = "ilm"
   config.mapping_interval = 1
-  with pytest.raises(ValueError, match="1001 classes; .* at most 1000"):
+  # A user error (one line from main), not a bug.
+  with pytest.raises(errors.ConfigError,
+                     match="1001 classes; .* at most .*1000"):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
@@ -221,6 +239,7 @@ def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
     (["--config.n_shot=many"], "flag --config.n_shot=many: invalid literal"),
     (["--config.label_mapping=best"], "Unknown label mapping 'best'"),
     (["--config.seeds=(1,2,1)"], "seeds (1, 2, 1) repeat [1]"),
+    (["--config.lr=nan"], "config: lr must be a finite number, got nan"),
     (["--distributed"], "--distributed: cannot reach the other processes"),
 ])
 def test_bad_input_is_one_line_and_exit_1(overrides, message, tmp_path):

@@ -1,7 +1,9 @@
 """The one exception the data package raises for bad input or missing data."""
 
+from reprog_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """A user-facing data problem, described in one line.
 
   Raised for an unknown dataset name, an invalid few-shot budget, data that

@@ -130,3 +130,51 @@ def stratified_holdout(
   test = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, int)
   train = np.setdiff1d(np.arange(len(labels)), test)
   return train.astype(np.int64), test.astype(np.int64)
+
+
+# The calibration hold-out is drawn with one fixed seed, not the run's: a
+# seed then gets the same held-out examples alone or among other seeds, and
+# the sets of several seeds overlap (fewer images to decode).
+CALIBRATION_HOLDOUT_SEED = 0
+
+
+def calibration_holdout_indices(
+    labels: np.ndarray,
+    per_class: int,
+    exclude: np.ndarray | Sequence[int] = (),
+    *,
+    keep_per_class: int = 0,
+    seed: int = CALIBRATION_HOLDOUT_SEED,
+) -> np.ndarray:
+  """Up to `per_class` examples of each class outside `exclude`, to fit a
+  temperature on.
+
+  For each class in label order, all of the class's indices are permuted
+  with one `RandomState(seed)` (the same permutations whatever `exclude`
+  is), and the first `per_class` of them not in `exclude` are held out; a
+  class with fewer such examples gives what it has, less `keep_per_class`.
+
+  Args:
+    labels: int array (N,), the label of every example of the split.
+    per_class: examples held out per class (at most).
+    exclude: indices never held out (a seed's few-shot subset).
+    keep_per_class: how many of each class's non-excluded examples stay out
+      of the held-out set (1 when carving it out of the training data, so
+      every class still trains).
+    seed: seed of the permutations.
+
+  Returns:
+    Sorted int64 indices into `labels`, disjoint from `exclude`.
+  """
+  labels = np.asarray(labels)
+  excluded = np.zeros(len(labels), bool)
+  excluded[np.asarray(exclude, np.int64)] = True
+  rng = np.random.RandomState(seed)
+  held_out = []
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    members = members[~excluded[members]]
+    take = min(per_class, max(len(members) - keep_per_class, 0))
+    held_out.append(members[:take])
+  return np.sort(np.concatenate(held_out or [np.zeros(0, np.int64)])).astype(
+      np.int64)

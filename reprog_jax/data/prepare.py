@@ -26,8 +26,11 @@ import csv
 import json
 import os
 import shutil
+import socket
 import sys
+import urllib.parse
 
+from absl import logging
 import tensorflow_datasets as tfds
 
 from reprog_jax.data import registry
@@ -81,15 +84,36 @@ def _coop_plan(name: str, split_json: str,
     raise DataError(f'{name}: cannot read {split_json}: {e}') from e
   plan = []
   for split in ('train', 'test'):
-    if split not in splits:
-      raise DataError(f'{name}: {split_json} has no {split!r} list.')
-    for image, label, class_name in splits[split]:
+    if not isinstance(splits, dict) or not isinstance(splits.get(split),
+                                                      list):
+      raise DataError(f'{name}: {split_json} has no {split!r} list; a CoOp '
+                      'split file is {"train": [[image, label, class], '
+                      '...], "test": [...]}.')
+    for i, entry in enumerate(splits[split]):
+      if not _is_coop_entry(entry, info.folder_classes):
+        raise DataError(
+            f'{name}: {split_json}: {split} entry {i} is {entry!r}, not '
+            f'[image path, label, class name]'
+            + (f' with a label in [0, {len(info.folder_classes)})'
+               if info.folder_classes else '') + '.')
+      image, label, class_name = entry
       # UCF101's folders keep the registry's (official) names; elsewhere
       # the CoOp class name is the directory.
-      class_dir = (info.folder_classes[int(label)] if info.folder_classes
+      class_dir = (info.folder_classes[label] if info.folder_classes
                    else class_name)
       plan.append((split, class_dir, os.path.join(image_dir, image)))
   return plan
+
+
+def _is_coop_entry(entry, folder_classes) -> bool:
+  """Whether `entry` is CoOp's [image path, label, class name]."""
+  if not (isinstance(entry, list) and len(entry) == 3):
+    return False
+  image, label, class_name = entry
+  return (isinstance(image, str) and isinstance(class_name, str)
+          and isinstance(label, int) and not isinstance(label, bool)
+          and label >= 0
+          and (not folder_classes or label < len(folder_classes)))
 
 
 def _write_folder(plan: list[tuple[str, str, str]], out: str, copy: bool):
@@ -122,10 +146,39 @@ def _write_folder(plan: list[tuple[str, str, str]], out: str, copy: bool):
       os.symlink(os.path.abspath(path), target)
 
 
+_PROXY_VARIABLES = ('https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY',
+                    'all_proxy', 'ALL_PROXY')
+_PORTS = {'https': 443, 'http': 80, 'ftp': 21}
+
+
+def _check_reachable(name: str, builder, data_dir: str):
+  """Fails at once when a host the builder downloads from is unreachable.
+
+  tfds would retry each file ten times with growing pauses (minutes), then
+  end in a long traceback. Behind a proxy the hosts need not be reachable
+  directly, so nothing is checked there.
+  """
+  if builder.is_prepared() or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+    return
+  hosts = sorted({(url.hostname, url.port or _PORTS.get(url.scheme, 443))
+                  for url in map(urllib.parse.urlparse,
+                                 builder.url_infos or ())})
+  for host, port in hosts:
+    try:
+      socket.create_connection((host, port), timeout=10).close()
+    except OSError as e:
+      raise DataError(
+          f'{name}: cannot reach {host}:{port} to download the data ({e}); '
+          f'run this command where the internet is reachable (or set '
+          f'HTTPS_PROXY), then copy its <data_dir>/{builder.name} folder to '
+          f'{os.path.join(data_dir, builder.name)}.') from e
+
+
 def _prepare_tfds(name: str, data_dir: str):
   info = registry.get_dataset_info(name)
   builder = tfds.builder(info.tfds_full_name, data_dir=data_dir,
                          file_format='array_record')
+  _check_reachable(name, builder, data_dir)
   try:
     builder.download_and_prepare()
   except ModuleNotFoundError as e:
@@ -151,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--copy', action='store_true',
                       help='copy images instead of symlinking them.')
   args = parser.parse_args(argv)
+  # Library chatter (tfds's missing-variant warnings) is not for users.
+  logging.set_verbosity(logging.ERROR)
   try:
     info = registry.get_dataset_info(args.name)
     data_dir = os.path.expanduser(args.data_dir or tfds.core.constants.DATA_DIR)

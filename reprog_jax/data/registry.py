@@ -168,6 +168,19 @@ _REGISTRY: dict[str, _Spec] = {
         "PyTorch version's .npz split is not published."),
 }
 
+# Not the paper's: targets of the offline demo (`python -m reprog_jax.demo`
+# writes their folder trees). `get_dataset_info` knows them too;
+# `dataset_names()` stays the paper's 13.
+_EXTRA: dict[str, _Spec] = {
+    'digits': _Spec(
+        None, None, 'train', 'test', 10, 16,
+        class_names=tuple(str(d) for d in range(10)),
+        folder_classes=tuple(str(d) for d in range(10)),
+        notes="Not one of the paper's: scikit-learn's 8x8 handwritten "
+        'digits (UCI), upsampled; folder layout written by '
+        '`python -m reprog_jax.demo`.'),
+}
+
 
 def dataset_names() -> tuple[str, ...]:
   """The registered dataset names, in the paper's order."""
@@ -179,7 +192,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
   """Returns the registry entry of a dataset.
 
   Args:
-    name: one of `dataset_names()`.
+    name: one of `dataset_names()`, or a demo target ('digits').
 
   Returns:
     The dataset's `DatasetInfo`; class names are read from the tfds builder
@@ -188,10 +201,11 @@ def get_dataset_info(name: str) -> DatasetInfo:
   Raises:
     DataError: if `name` is not registered.
   """
-  if name not in _REGISTRY:
+  if name not in _REGISTRY and name not in _EXTRA:
     raise DataError(f'Unknown dataset {name!r}; valid names: '
-                    f'{", ".join(_REGISTRY)}.')
-  spec = _REGISTRY[name]
+                    f'{", ".join(_REGISTRY)} (and the demo\'s '
+                    f'{", ".join(_EXTRA)}).')
+  spec = _REGISTRY.get(name) or _EXTRA[name]
   class_names, folder_classes = spec.class_names, spec.folder_classes
   if name == 'ucf101':
     class_names = folder_classes = _ucf101_classes()

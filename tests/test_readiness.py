@@ -1,0 +1,411 @@
+"""What a long training run needs besides the right numbers: divergence
+reported where it happens, bad input in one line before the slow work,
+readable results, and a summary that records how to reproduce it."""
+
+import importlib.metadata
+import json
+import os
+import pathlib
+import socket
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import smoke_config
+from reprog_jax import checkpoints
+from reprog_jax import errors
+from reprog_jax import methods
+from reprog_jax import metric_writer
+from reprog_jax import run_config
+from reprog_jax import train
+from reprog_jax.data import prepare
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The same run as `_lp_config()`, on the command line.
+LP_FLAGS = ("--config=configs/linear_probe.py:smoke", "--config.progress=False",
+            "--config.epochs=2", "--config.image_size=32")
+
+
+def _lp_config(**overrides):
+  return smoke_config("linear_probe", **{"epochs": 2, "image_size": 32,
+                                         **overrides})
+
+
+def _main(workdir, *flags):
+  """`python -m reprog_jax.main` on the linear-probing smoke run."""
+  return subprocess.run(
+      [sys.executable, "-m", "reprog_jax.main", f"--workdir={workdir}",
+       *LP_FLAGS, *flags],
+      cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+      timeout=300)
+
+
+def _assert_one_line_error(proc, *fragments):
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+  assert proc.stderr.startswith("reprog_jax.main: error: ")
+  for fragment in fragments:
+    assert fragment in proc.stderr
+
+
+# --------------------------------------------------------------------------
+# Divergence
+# --------------------------------------------------------------------------
+
+
+class _Batches:
+  """A sampler of `steps` batches for one seed."""
+
+  seeds = (7,)
+
+  def __init__(self, steps):
+    self.steps = steps
+
+  def __len__(self):
+    return self.steps
+
+  def epoch(self, epoch):
+    del epoch
+    return iter(range(self.steps))
+
+
+class _Layout:
+
+  seed_batch = None
+
+  def put_rows(self, store, index, sharding):
+    del store, sharding
+    return index
+
+  def to_host(self, tree):
+    return tree
+
+
+def test_epoch_sums_of_large_finite_losses_do_not_overflow():
+  # Three steps of 8 examples with a mean loss of 3e37: each step's sum
+  # (2.4e38) is a float32, their total (7.2e38) is not.
+  def train_step(state, network, mappings, step):
+    del network, mappings
+    loss = np.float32([3e37])
+    return state, {"loss": loss, "loss_sum": loss * np.float32(8),
+                   "correct": np.int32([step]), "count": np.float32([8])}
+
+  inputs = type("Inputs", (), {"train_batches": _Batches(3), "train": None})
+  config = type("Config", (), {"progress": False})
+  _, metrics = train.train_epoch(train_step, None, None, None, inputs,
+                                 _Layout(), 0, None, config)
+  assert metrics["train_loss"] == pytest.approx([3e37], rel=1e-6)
+  assert metrics["train_acc"] == pytest.approx([(0 + 1 + 2) / 24])
+
+
+def test_overflowing_metrics_are_divergence_not_infinity(tmp_path):
+  # lr 1e35: every step's loss is a finite float32, but the epoch's test
+  # NLL (and, summed in float32, its training loss) is not.
+  with pytest.raises(train.TrainingError,
+                     match=r"epoch 0\b.*\(seed 4\b.*; no checkpoint was "
+                     r"written; lower --config.lr$"):
+    train.train_and_evaluate(_lp_config(lr=1e35), str(tmp_path))
+  assert metric_writer.read_metrics(tmp_path) == []
+  assert checkpoints.latest_epoch(tmp_path) is None
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_non_finite_test_metric_keeps_the_last_good_epoch(tmp_path,
+                                                          monkeypatch):
+  train.train_and_evaluate(_lp_config(), str(tmp_path), stop_after_epoch=0)
+  real = train.evaluate
+
+  def overflowing(*args, **kwargs):
+    metrics, bins, counts = real(*args, **kwargs)
+    metrics[0]["test_nll"] = float("inf")
+    return metrics, bins, counts
+
+  monkeypatch.setattr(train, "evaluate", overflowing)
+  with pytest.raises(train.TrainingError,
+                     match=r"^the run diverged: test_nll is inf at epoch 1 "
+                     r"\(seed 4\); the last good checkpoint \(epoch 0\) is "
+                     r"kept; lower --config.lr$"):
+    train.train_and_evaluate(_lp_config(), str(tmp_path))
+  assert checkpoints.latest_epoch(tmp_path) == 0
+  assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0]
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_divergence_on_the_command_line_is_one_line(tmp_path):
+  proc = _main(tmp_path / "w", "--config.lr=1e35")
+  _assert_one_line_error(proc, "epoch 0", "seed 4", "lower --config.lr")
+
+
+@pytest.mark.parametrize("field", ["lr", "b1", "b2", "eps", "gamma",
+                                   "weight_decay"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_optimiser_settings_are_refused(field, value):
+  with pytest.raises(errors.ConfigError,
+                     match=rf"config: {field} must be a finite number, got "
+                     rf"{value}"):
+    run_config.check(_lp_config(**{field: value}))
+
+
+# --------------------------------------------------------------------------
+# Bad input: one line, before the slow work
+# --------------------------------------------------------------------------
+
+
+def test_workdir_that_is_a_file_is_refused_before_the_network_loads(
+    tmp_path):
+  afile = tmp_path / "results.txt"
+  afile.write_text("not a directory")
+  for workdir, where in ((afile, "is not a directory"),
+                         (afile / "run",
+                          f"is inside {afile}, which is not a directory")):
+    proc = _main(workdir)
+    _assert_one_line_error(proc, f"--workdir {workdir} {where}")
+    assert "RANDOMLY INITIALISED" not in proc.stdout  # Not loaded.
+  assert afile.read_text() == "not a directory"
+
+
+def test_unwritable_workdir_is_refused_before_the_network_loads(
+    tmp_path, monkeypatch):
+  # Tests may run as root, whom no permission bit stops: the check's own
+  # question to the system is answered "no" instead.
+  parent = tmp_path / "shared"
+  parent.mkdir()
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: (
+      str(path) != str(parent) and real_access(path, mode)))
+  monkeypatch.setattr(train, "load_network", lambda *a: pytest.fail(
+      "the network loaded before the workdir was checked"))
+  with pytest.raises(train.TrainingError,
+                     match=f"{parent} is not writable by this user"):
+    train.train_and_evaluate(_lp_config(), str(parent / "run"))
+  assert os.listdir(parent) == []
+
+
+def _stopped_after_epoch_0(workdir):
+  train.train_and_evaluate(_lp_config(), str(workdir), stop_after_epoch=0)
+  assert checkpoints.latest_epoch(workdir) == 0
+
+
+def test_corrupted_checkpoint_is_one_line_saying_how_to_recover(tmp_path):
+  workdir = tmp_path / "w"
+  _stopped_after_epoch_0(workdir)
+  data_files = sorted((workdir / "checkpoints" / "0").rglob("d/*"),
+                      key=lambda p: p.stat().st_size)
+  with open(data_files[-1], "r+b") as f:  # The largest: the trained values.
+    f.truncate(100)
+  proc = _main(workdir)
+  # All of stderr: no asyncio "Task exception was never retrieved" either.
+  _assert_one_line_error(proc, f"{workdir}/checkpoints/0: the checkpoint of "
+                         f"epoch 0 cannot be read", "delete that directory")
+  assert "resuming" not in proc.stdout
+
+
+def test_altered_checkpoint_bytes_are_refused_before_orbax_reads(tmp_path):
+  workdir = tmp_path / "w"
+  _stopped_after_epoch_0(workdir)
+  victim = max((workdir / "checkpoints" / "0").rglob("d/*"),
+               key=lambda p: p.stat().st_size)
+  with open(victim, "r+b") as f:  # Same size, other bytes.
+    f.seek(victim.stat().st_size // 2)
+    f.write(b"\xa5" * 64)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=rf"{victim}: content differs"):
+    train.train_and_evaluate(_lp_config(), str(workdir))
+  with pytest.raises(checkpoints.CheckpointError):  # The exporter's path.
+    checkpoints.read(workdir)
+
+
+def test_checkpoint_killed_before_its_file_record_resumes_exactly(tmp_path):
+  # kill -9 after Orbax committed epoch 0 but before its record was written.
+  whole = train.train_and_evaluate(_lp_config(), str(tmp_path / "whole"))
+  workdir = tmp_path / "w"
+  _stopped_after_epoch_0(workdir)
+  (workdir / "checkpoints" / "0" / checkpoints.MANIFEST).unlink()
+  resumed = train.train_and_evaluate(_lp_config(), str(workdir))
+  assert resumed["per_seed"][0]["last"] == whole["per_seed"][0]["last"]
+  assert (workdir / "checkpoints" / "1" / checkpoints.MANIFEST).exists()
+
+
+def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path):
+  _stopped_after_epoch_0(tmp_path)
+  (tmp_path / train.CONFIG_FILE).unlink()
+  with pytest.raises(train.TrainingError,
+                     match=r"holds a run with checkpoints but no config.json; "
+                     r".*--config.overwrite=True"):
+    train.train_and_evaluate(_lp_config(), str(tmp_path))
+  assert checkpoints.latest_epoch(tmp_path) == 0  # Nothing lost.
+  summary = train.train_and_evaluate(_lp_config(overwrite=True),
+                                     str(tmp_path))
+  assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0, 1]
+  assert summary["config"]["overwrite"] is True
+
+
+def test_a_bug_inside_training_keeps_its_traceback(tmp_path):
+  # Only `errors.UserError` becomes one line; a ValueError from deep inside
+  # (JAX, NumPy, our own code) is a bug and must show where it came from.
+  script = (
+      "import sys\n"
+      "from absl import app\n"
+      "from reprog_jax import main, train\n"
+      "def broken(*args, **kwargs):\n"
+      "  raise ValueError('deep inside an XLA kernel')\n"
+      "train.train_epoch = broken\n"
+      f"sys.argv = ['main', '--workdir={tmp_path / 'w'}', "
+      f"{', '.join(repr(f) for f in LP_FLAGS)}]\n"
+      "app.run(main.main, flags_parser=main.parse_flags)\n")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                        env=dict(os.environ), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0
+  assert "Traceback (most recent call last)" in proc.stderr
+  assert "in broken" in proc.stderr
+  assert proc.stderr.rstrip().endswith(
+      "ValueError: deep inside an XLA kernel")
+  assert "reprog_jax.main: error" not in proc.stderr
+
+
+def test_metric_files_are_closed_when_training_fails(tmp_path, monkeypatch):
+  opened = []
+  real_init = metric_writer.MetricWriter.__init__
+
+  def recording_init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    opened.append(self)
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("a bug")
+
+  monkeypatch.setattr(metric_writer.MetricWriter, "__init__", recording_init)
+  monkeypatch.setattr(train, "train_epoch", broken)
+  with pytest.raises(RuntimeError, match="a bug"):
+    train.train_and_evaluate(_lp_config(), str(tmp_path))
+  assert len(opened) == 1 and opened[0]._file.closed
+
+
+def test_unknown_label_mapping_and_method_are_config_errors():
+  config = smoke_config("ilm_vp", label_mapping="best")
+  with pytest.raises(errors.ConfigError, match="Unknown label mapping 'best'"):
+    run_config.check(config)
+  config = smoke_config("ilm_vp", method="ilm_pv")
+  with pytest.raises(errors.ConfigError, match="method 'ilm_pv' is not one"):
+    methods.build(config, None, 10, 32)
+
+
+# --------------------------------------------------------------------------
+# prepare: bad split files and no network
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("splits, message", [
+    ([["a.png", 0, "c"]], "has no 'train' list"),
+    ({"train": {"a.png": 0}, "test": []}, "has no 'train' list"),
+    ({"train": [["a.png", 0]], "test": []},
+     "train entry 0 is ['a.png', 0], not [image path, label, class name]"),
+    ({"train": [["a.png", 0, "c"]], "test": [["b.png", "3", "c"]]},
+     "test entry 0 is ['b.png', '3', 'c']"),
+    ({"train": [["a.png", 0, "c"], ["b.png", 101, "c"]], "test": []},
+     "train entry 1 is ['b.png', 101, 'c'], not [image path, label, class "
+     "name] with a label in [0, 101)"),
+])
+def test_prepare_malformed_split_json_is_one_line(splits, message, tmp_path,
+                                                  capsys):
+  split_json = tmp_path / "split_zhou_UCF101.json"
+  split_json.write_text(json.dumps(splits))
+  out = tmp_path / "out"
+  assert prepare.main(["ucf101", f"--split_json={split_json}",
+                       f"--image_dir={tmp_path}", f"--out={out}"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ucf101: ")
+  assert message in err
+  assert not out.exists()
+
+
+def test_prepare_without_network_fails_at_once_saying_what_to_do(
+    tmp_path, monkeypatch, capsys):
+  def no_network(host, *args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME,
+                          f"Name or service not known: {host}")
+
+  monkeypatch.setattr(socket, "getaddrinfo", no_network)
+  for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY",
+                   "all_proxy", "ALL_PROXY"):  # Else it does not ask.
+    monkeypatch.delenv(variable, raising=False)
+  data_dir = tmp_path / "tfds"
+  assert prepare.main(["cifar10", f"--data_dir={data_dir}"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1, err
+  assert err.startswith("error: cifar10: cannot reach www.cs.toronto.edu:443")
+  assert f"then copy its <data_dir>/cifar10 folder to {data_dir}/cifar10" in err
+
+
+# --------------------------------------------------------------------------
+# What a finished run leaves: readable files, a reproducible record
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A one-epoch linear-probing run under umask 022, with --config.n_shot=3."""
+  workdir = tmp_path_factory.mktemp("run")
+  previous = os.umask(0o022)
+  try:
+    summary = train.train_and_evaluate(_lp_config(epochs=1, n_shot=3),
+                                       str(workdir))
+  finally:
+    os.umask(previous)
+  return workdir, summary
+
+
+def test_results_are_readable_by_collaborators(finished_run):
+  workdir, _ = finished_run
+  results = [workdir / name for name in ("metrics.jsonl", "summary.json",
+                                         train.CONFIG_FILE)]
+  results += sorted((workdir / "plots").rglob("*.png"))
+  results += [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
+  assert len(results) > 5
+  for path in results:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode & 0o044 == 0o044, f"{path}: {oct(mode)}"
+  for directory in [workdir / "checkpoints", *(
+      p for p in (workdir / "checkpoints").rglob("*") if p.is_dir())]:
+    assert stat.S_IMODE(directory.stat().st_mode) & 0o055 == 0o055, directory
+
+
+def test_summary_records_every_package_that_changes_numbers(finished_run):
+  workdir, summary = finished_run
+  written = json.loads((workdir / "summary.json").read_text())
+  assert written == json.loads(json.dumps(summary))
+  packages = written["platform"]["packages"]
+  assert set(packages) == {"jax", "jaxlib", "flax", "optax",
+                           "orbax-checkpoint", "grain", "tensorflow-datasets",
+                           "numpy", "Pillow"}
+  for name, version in packages.items():
+    assert version == importlib.metadata.version(name)
+
+
+def test_n_shot_is_written_once(finished_run):
+  workdir, summary = finished_run
+  assert summary["train_examples"] == 3 * 10  # --config.n_shot=3 worked.
+  assert summary["config"]["n_shot"] == 3
+  assert "n_shot" not in summary["config"]["data"]
+  recorded = json.loads((workdir / train.CONFIG_FILE).read_text())
+  assert recorded["n_shot"] == 3 and "data.n_shot" not in recorded
+
+
+def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
+  config = _lp_config()
+  train.prepare_workdir(config, str(tmp_path), np.float32)
+  checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32)})
+  path = tmp_path / train.CONFIG_FILE
+  # What config.json held before: `data.n_shot` next to `n_shot`.
+  old = {**json.loads(path.read_text()), "data.n_shot": config.n_shot}
+  path.write_text(json.dumps(old))
+  train.prepare_workdir(config, str(tmp_path), np.float32)  # No error.
+  old["data.n_shot"] = 5  # But a real difference is still one.
+  old["n_shot"] = 5
+  path.write_text(json.dumps(old))
+  with pytest.raises(train.TrainingError, match=r"differs in n_shot\)"):
+    train.prepare_workdir(config, str(tmp_path), np.float32)
