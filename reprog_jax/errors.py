@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config field, or a combination of fields, that cannot run."""
+
+
+class TrainingError(UserError, RuntimeError):
+  """A run that cannot go on (its workdir, its network, divergence)."""

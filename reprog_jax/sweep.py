@@ -38,6 +38,7 @@ from reprog_jax import methods
 from reprog_jax import report
 from reprog_jax import run_config
 from reprog_jax import train
+from reprog_jax import workdir as workdir_lib
 
 # The files of a sweep directory (`reprog_jax.report` reads them).
 STUDY_FILE, CELL_FILE = report.STUDY_FILE, report.CELL_FILE
@@ -172,7 +173,7 @@ def _check_axes(study) -> None:
   for where, overrides in [("overrides", study["overrides"])] + [
       (f"method_overrides.{m}", o)
       for m, o in study["method_overrides"].items()]:
-    owned = sorted(set(dict(_flat(overrides))) & set(GRID_FIELDS))
+    owned = sorted(set(dict(workdir_lib.flatten(overrides))) & set(GRID_FIELDS))
     if owned:
       bad(f"{where} sets {', '.join(owned)}, which the grid sets per cell; "
           f"use networks, methods, datasets, n_shots and seeds")
@@ -227,21 +228,6 @@ def _override(config, overrides, name, where, prefix=""):
                        f"({str(e).splitlines()[0]})") from None
 
 
-def _flat(d, prefix=""):
-  for key, value in d.items():
-    if isinstance(value, dict):
-      yield from _flat(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
-
-
-def _comparable(config) -> dict:
-  """What must not change under a cell's existing runs (see
-  `train.NOT_COMPARED`)."""
-  flat = dict(_flat(run_config.to_dict(config)))
-  return {k: v for k, v in flat.items() if k not in train.NOT_COMPARED}
-
-
 # --------------------------------------------------------------------------
 # The sweep directory
 # --------------------------------------------------------------------------
@@ -268,8 +254,9 @@ def record_study(workdir, study, grid, extend=False) -> None:
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
-    old = {c.name: _comparable(c.config) for c in cells(recorded["study"])}
-    new = {c.name: _comparable(c.config) for c in grid}
+    old = {c.name: workdir_lib.comparable(c.config)
+           for c in cells(recorded["study"])}
+    new = {c.name: workdir_lib.comparable(c.config) for c in grid}
     changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
     removed = sorted(old.keys() - new.keys())
     added = sorted(new.keys() - old.keys())

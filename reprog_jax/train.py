@@ -11,9 +11,7 @@ uninterrupted run.
 """
 
 import contextlib
-import json
 import os
-import shutil
 import time
 
 import jax
@@ -23,7 +21,6 @@ import tqdm
 
 from reprog_jax import calibration
 from reprog_jax import checkpoints
-from reprog_jax import errors
 from reprog_jax import inputs as inputs_lib
 from reprog_jax import methods
 from reprog_jax import metric_writer
@@ -34,101 +31,12 @@ from reprog_jax import sharding
 from reprog_jax import steps
 from reprog_jax import summary as summary_lib
 from reprog_jax import wandb_log
-
-CONFIG_FILE = "config.json"
-# Fields that may differ between a run and its resumption: they change how
-# fast or where from, not what is computed.
-NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
-                "data.read_threads", "data.prefetch_batches", "data.data_dir",
-                "data.folder_root", "data.store_on_device",
-                # Where the run is mirrored to, not what it computes.
-                "wandb.project", "wandb.entity", "wandb.name", "wandb.group",
-                "wandb.tags", "wandb.mode")
-
-
-class TrainingError(errors.UserError, RuntimeError):
-  """A run that cannot go on; the message is one line."""
-
+from reprog_jax import workdir as workdir_lib
+from reprog_jax.errors import TrainingError
 
 # --------------------------------------------------------------------------
-# Workdir and network
+# Network
 # --------------------------------------------------------------------------
-
-
-def _flat(d, prefix=""):
-  for k, v in d.items():
-    if isinstance(v, dict):
-      yield from _flat(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
-
-
-def _comparable(config, dtype) -> dict:
-  flat = dict(_flat(run_config.to_dict(config)))
-  # 'auto' resolves per backend; a bfloat16 run resumed in float32 would not
-  # end as it would have.
-  flat["resolved_dtype"] = jnp.dtype(dtype).name
-  return {k: v for k, v in flat.items() if k not in NOT_COMPARED}
-
-
-def check_workdir(workdir) -> None:
-  """Raises `TrainingError` unless `workdir` is, or can become, a directory
-  this process can write; writes nothing, and costs nothing, so that a typo
-  is reported before the network loads and the steps compile."""
-  existing = os.path.abspath(workdir)
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    where = ("is not a directory" if existing == os.path.abspath(workdir)
-             else f"is inside {existing}, which is not a directory")
-    raise TrainingError(f"--workdir {workdir} {where}; pass a directory")
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise TrainingError(
-        f"--workdir {workdir}: {existing} is not writable by this user; pass "
-        f"a directory you can write to")
-
-
-def _mismatch(path, current) -> str | None:
-  """Why the run whose config `path` records cannot resume as `current`;
-  None if it can."""
-  if not os.path.exists(path):
-    return f"checkpoints but no {CONFIG_FILE}"
-  with open(path) as f:
-    previous = json.load(f)
-  # Runs written before n_shot was written once hold it twice.
-  previous = {k: v for k, v in previous.items()
-              if k not in NOT_COMPARED and k != "data.n_shot"}
-  diff = sorted(k for k in previous.keys() | current.keys()
-                if previous.get(k) != current.get(k))
-  return f"another config (differs in {', '.join(diff[:5])})" if diff else None
-
-
-def prepare_workdir(config, workdir, dtype) -> None:
-  """Creates `workdir`, or checks that its checkpointed run has this config.
-
-  Call it only once every input has been checked: it is the first thing
-  that writes. A workdir without a checkpoint has nothing to lose and is
-  simply reused; one holding a run of another config, or of a config it
-  does not record, is refused, or with `config.overwrite` emptied.
-  """
-  path = os.path.join(workdir, CONFIG_FILE)
-  current = _comparable(config, dtype)
-  if checkpoints.latest_epoch(workdir) is not None:
-    problem = _mismatch(path, current)
-    if problem:
-      if not config.overwrite:
-        raise TrainingError(
-            f"{workdir} holds a run with {problem}; use another --workdir, "
-            f"or pass --config.overwrite=True to delete that run and start "
-            f"over")
-      print(f"overwrite: deleting the run in {workdir} (it has {problem})")
-      for name in os.listdir(workdir):
-        target = os.path.join(workdir, name)
-        (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(current, f, indent=2, allow_nan=False)
-  os.replace(path + ".tmp", path)
 
 
 def load_network(config, dtype) -> networks.Network:
@@ -304,7 +212,7 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
   layout = sharding.Layout.create(len(seeds))
   is_lead = jax.process_index() == 0  # The process that writes files.
   if is_lead:
-    check_workdir(workdir)
+    workdir_lib.check(workdir)
 
   # Network: one frozen pytree, replicated on every device; evaluation and
   # label mapping run at `eval_dtype` (float32: the PyTorch version runs
@@ -324,7 +232,7 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
 
   # Workdir: every input is checked by now, so this is the first write.
   if is_lead:
-    prepare_workdir(config, workdir, dtype)
+    workdir_lib.prepare(config, workdir, dtype)
   inputs = inputs_lib.load(run_data, config, seeds=seeds,
                            image_size=image_size, method=method,
                            network=network, eval_network=eval_network,

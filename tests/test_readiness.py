@@ -21,6 +21,7 @@ from reprog_jax import methods
 from reprog_jax import metric_writer
 from reprog_jax import run_config
 from reprog_jax import train
+from reprog_jax import workdir as workdir_lib
 from reprog_jax.data import prepare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -231,7 +232,7 @@ def test_checkpoint_killed_before_its_file_record_resumes_exactly(tmp_path):
 
 def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path):
   _stopped_after_epoch_0(tmp_path)
-  (tmp_path / train.CONFIG_FILE).unlink()
+  (tmp_path / workdir_lib.CONFIG_FILE).unlink()
   with pytest.raises(train.TrainingError,
                      match=r"holds a run with checkpoints but no config.json; "
                      r".*--config.overwrite=True"):
@@ -362,7 +363,7 @@ def finished_run(tmp_path_factory):
 def test_results_are_readable_by_collaborators(finished_run):
   workdir, _ = finished_run
   results = [workdir / name for name in ("metrics.jsonl", "summary.json",
-                                         train.CONFIG_FILE)]
+                                         workdir_lib.CONFIG_FILE)]
   results += sorted((workdir / "plots").rglob("*.png"))
   results += [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
   assert len(results) > 5
@@ -391,21 +392,21 @@ def test_n_shot_is_written_once(finished_run):
   assert summary["train_examples"] == 3 * 10  # --config.n_shot=3 worked.
   assert summary["config"]["n_shot"] == 3
   assert "n_shot" not in summary["config"]["data"]
-  recorded = json.loads((workdir / train.CONFIG_FILE).read_text())
+  recorded = json.loads((workdir / workdir_lib.CONFIG_FILE).read_text())
   assert recorded["n_shot"] == 3 and "data.n_shot" not in recorded
 
 
 def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
   config = _lp_config()
-  train.prepare_workdir(config, str(tmp_path), np.float32)
+  workdir_lib.prepare(config, str(tmp_path), np.float32)
   checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32)})
-  path = tmp_path / train.CONFIG_FILE
+  path = tmp_path / workdir_lib.CONFIG_FILE
   # What config.json held before: `data.n_shot` next to `n_shot`.
   old = {**json.loads(path.read_text()), "data.n_shot": config.n_shot}
   path.write_text(json.dumps(old))
-  train.prepare_workdir(config, str(tmp_path), np.float32)  # No error.
+  workdir_lib.prepare(config, str(tmp_path), np.float32)  # No error.
   old["data.n_shot"] = 5  # But a real difference is still one.
   old["n_shot"] = 5
   path.write_text(json.dumps(old))
   with pytest.raises(train.TrainingError, match=r"differs in n_shot\)"):
-    train.prepare_workdir(config, str(tmp_path), np.float32)
+    workdir_lib.prepare(config, str(tmp_path), np.float32)

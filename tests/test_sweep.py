@@ -327,7 +327,7 @@ def test_changed_grid_is_refused_or_extended(tmp_path, fake_training):
       "lp/dense/cifar10/4-shot", "vp/dense/cifar10/4-shot"]
   assert [o["status"] for o in outcomes.values()].count("skipped") == 2
   assert json.loads((tmp_path / "study.json").read_text())["study"] == bigger
-  # What changes no result (train.NOT_COMPARED) is no other grid.
+  # What changes no result (workdir.NOT_COMPARED) is no other grid.
   faster = json.loads(json.dumps(bigger))
   faster["overrides"]["data"]["worker_count"] = 2
   fake_training.calls.clear()

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from reprog_jax import checkpoints, errors, methods, metric_writer, train
+from reprog_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING = ("train_images_per_second", "epoch_seconds")
@@ -167,26 +168,26 @@ def _fake_checkpoint(workdir):
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
   f32 = np.float32
-  train.prepare_workdir(_lp_smoke(), str(tmp_path), f32)
+  workdir_lib.prepare(_lp_smoke(), str(tmp_path), f32)
   # No checkpoint yet: nothing to lose, another config just takes over.
-  train.prepare_workdir(_lp_smoke(lr=0.5), str(tmp_path), f32)
+  workdir_lib.prepare(_lp_smoke(lr=0.5), str(tmp_path), f32)
   _fake_checkpoint(tmp_path)
   (tmp_path / "metrics.jsonl").write_text("{\"epoch\": 0}\n")
   with pytest.raises(train.TrainingError,
                      match=r"holds a run with another config \(differs in lr\)"):
-    train.prepare_workdir(_lp_smoke(lr=0.1), str(tmp_path), f32)
+    workdir_lib.prepare(_lp_smoke(lr=0.1), str(tmp_path), f32)
   # A run resumed in bfloat16 would not end as it would have in float32.
   with pytest.raises(train.TrainingError, match="differs in resolved_dtype"):
-    train.prepare_workdir(_lp_smoke(lr=0.5), str(tmp_path), jax.numpy.bfloat16)
+    workdir_lib.prepare(_lp_smoke(lr=0.5), str(tmp_path), jax.numpy.bfloat16)
   assert (tmp_path / "metrics.jsonl").exists()  # Nothing lost.
   # Loader knobs, progress bars and overwrite change nothing computed.
-  train.prepare_workdir(_lp_smoke(lr=0.5, progress=True, overwrite=True),
+  workdir_lib.prepare(_lp_smoke(lr=0.5, progress=True, overwrite=True),
                         str(tmp_path), f32)
   config = _lp_smoke(lr=0.5)
   config.data.worker_count = 7
-  train.prepare_workdir(config, str(tmp_path), f32)
+  workdir_lib.prepare(config, str(tmp_path), f32)
   assert checkpoints.latest_epoch(tmp_path) == 0
-  train.prepare_workdir(_lp_smoke(lr=0.1, overwrite=True), str(tmp_path), f32)
+  workdir_lib.prepare(_lp_smoke(lr=0.1, overwrite=True), str(tmp_path), f32)
   assert not (tmp_path / "metrics.jsonl").exists()
   assert checkpoints.latest_epoch(tmp_path) is None
 
@@ -198,7 +199,7 @@ def test_bad_input_writes_nothing_and_overwrite_loses_nothing(tmp_path):
   assert not (tmp_path / "new").exists()
   old = tmp_path / "old"
   old.mkdir()
-  train.prepare_workdir(_lp_smoke(), str(old), np.float32)
+  workdir_lib.prepare(_lp_smoke(), str(old), np.float32)
   _fake_checkpoint(old)
   before = sorted(os.listdir(old))
   config = _lp_smoke(overwrite=True, lr=0.5, random_network="",

@@ -16,6 +16,7 @@ from reprog_jax import metric_writer
 from reprog_jax import plots
 from reprog_jax import train
 from reprog_jax import wandb_log
+from reprog_jax import workdir as workdir_lib
 
 
 def test_off_unless_a_project_is_set(tmp_path, monkeypatch):
@@ -42,13 +43,13 @@ def test_missing_wandb_or_bad_mode_is_one_line(monkeypatch):
 
 def test_wandb_fields_are_not_a_config_change():
   dtype = "float32"
-  plain = train._comparable(smoke_config(), dtype)
-  logged = train._comparable(smoke_config(
+  plain = workdir_lib.comparable(smoke_config(), dtype)
+  logged = workdir_lib.comparable(smoke_config(
       wandb__project="reprog", wandb__entity="lab", wandb__name="a",
       wandb__group="g", wandb__tags=("x",), wandb__mode="offline"), dtype)
   assert logged == plain
   # A field that changes what is computed still counts.
-  assert train._comparable(smoke_config(lr=0.5), dtype) != plain
+  assert workdir_lib.comparable(smoke_config(lr=0.5), dtype) != plain
 
 
 def test_run_id_is_kept_for_a_resume_and_new_otherwise(tmp_path):

@@ -1,0 +1,107 @@
+"""A run's workdir: where it may go, and which config its checkpoints hold.
+
+`check` refuses a workdir that can never be written before anything slow
+happens; `prepare` creates it or checks that the run it holds has the same
+config (`config.json`, written atomically), refusing another one unless
+`config.overwrite`.
+"""
+
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+
+from reprog_jax import checkpoints
+from reprog_jax import run_config
+from reprog_jax.errors import TrainingError
+
+CONFIG_FILE = "config.json"
+# Fields that may differ between a run and its resumption: they change how
+# fast or where from, not what is computed.
+NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
+                "data.read_threads", "data.prefetch_batches", "data.data_dir",
+                "data.folder_root", "data.store_on_device",
+                # Where the run is mirrored to, not what it computes.
+                "wandb.project", "wandb.entity", "wandb.name", "wandb.group",
+                "wandb.tags", "wandb.mode")
+
+
+def flatten(d, prefix=""):
+  """Yields `('a.b.c', value)` for every leaf of a nested dict."""
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from flatten(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def comparable(config, dtype=None) -> dict:
+  """The flat fields of `config` that a resumed run must share, with the
+  compute `dtype` 'auto' resolved to (when given)."""
+  flat = dict(flatten(run_config.to_dict(config)))
+  if dtype is not None:
+    # 'auto' resolves per backend; a bfloat16 run resumed in float32 would
+    # not end as it would have.
+    flat["resolved_dtype"] = jnp.dtype(dtype).name
+  return {k: v for k, v in flat.items() if k not in NOT_COMPARED}
+
+
+def check(workdir) -> None:
+  """Raises `TrainingError` unless `workdir` is, or can become, a directory
+  this process can write; writes nothing, and costs nothing, so that a typo
+  is reported before the network loads and the steps compile."""
+  existing = os.path.abspath(workdir)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = ("is not a directory" if existing == os.path.abspath(workdir)
+             else f"is inside {existing}, which is not a directory")
+    raise TrainingError(f"--workdir {workdir} {where}; pass a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise TrainingError(
+        f"--workdir {workdir}: {existing} is not writable by this user; pass "
+        f"a directory you can write to")
+
+
+def _mismatch(path, current) -> str | None:
+  """Why the run whose config `path` records cannot resume as `current`;
+  None if it can."""
+  if not os.path.exists(path):
+    return f"checkpoints but no {CONFIG_FILE}"
+  with open(path) as f:
+    previous = json.load(f)
+  # Runs written before n_shot was written once hold it twice.
+  previous = {k: v for k, v in previous.items()
+              if k not in NOT_COMPARED and k != "data.n_shot"}
+  diff = sorted(k for k in previous.keys() | current.keys()
+                if previous.get(k) != current.get(k))
+  return f"another config (differs in {', '.join(diff[:5])})" if diff else None
+
+
+def prepare(config, workdir, dtype) -> None:
+  """Creates `workdir`, or checks that its checkpointed run has this config.
+
+  Call it only once every input has been checked: it is the first thing
+  that writes. A workdir without a checkpoint has nothing to lose and is
+  simply reused; one holding a run of another config, or of a config it
+  does not record, is refused, or with `config.overwrite` emptied.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = comparable(config, dtype)
+  if checkpoints.latest_epoch(workdir) is not None:
+    problem = _mismatch(path, current)
+    if problem:
+      if not config.overwrite:
+        raise TrainingError(
+            f"{workdir} holds a run with {problem}; use another --workdir, "
+            f"or pass --config.overwrite=True to delete that run and start "
+            f"over")
+      print(f"overwrite: deleting the run in {workdir} (it has {problem})")
+      for name in os.listdir(workdir):
+        target = os.path.join(workdir, name)
+        (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(current, f, indent=2, allow_nan=False)
+  os.replace(path + ".tmp", path)
