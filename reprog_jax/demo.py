@@ -41,6 +41,7 @@ from reprog_jax import report
 from reprog_jax import resnet
 from reprog_jax import source_task
 from reprog_jax import sweep
+from reprog_jax import workdir as workdir_lib
 
 DISCLAIMER = (
     "This is a MINIATURE of the paper's protocol (a small ResNet trained on "
@@ -286,6 +287,7 @@ def make_study(workdir, scale: Scale, nets: dict):
 
 def run(workdir, scale: Scale, progress=True) -> dict:
   """Runs (or resumes) every stage; returns the report's written paths."""
+  workdir_lib.check(workdir)
   os.makedirs(workdir, exist_ok=True)
   done = _done(workdir, "networks")
   if done is not None and done["scale"] != json.loads(json.dumps(

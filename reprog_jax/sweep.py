@@ -340,6 +340,7 @@ def run(study, workdir, task_index=0, num_tasks=1, extend=False) -> dict:
   """
   grid = cells(study)
   mine = task_cells(grid, task_index, num_tasks)
+  workdir_lib.check(workdir)
   os.makedirs(workdir, exist_ok=True)
   record_study(workdir, study, grid, extend)
   share = (f"task {task_index} of {num_tasks}: " if num_tasks > 1 else "")

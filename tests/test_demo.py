@@ -161,3 +161,12 @@ def test_a_workdir_of_another_size_is_refused(tmp_path, capsys):
     json.dump({"scale": {"source_classes": 1}, "networks": {}}, f)
   assert demo.main(["--workdir", str(workdir), "--quick"]) == 1
   assert "another size" in capsys.readouterr().err
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
+  path = tmp_path / "a_file"
+  path.write_text("not a directory")
+  assert demo.main(["--workdir", str(path), "--quick"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "is not a directory" in err
+  assert path.read_text() == "not a directory"

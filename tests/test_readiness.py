@@ -230,6 +230,17 @@ def test_checkpoint_killed_before_its_file_record_resumes_exactly(tmp_path):
   assert (workdir / "checkpoints" / "1" / checkpoints.MANIFEST).exists()
 
 
+def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path):
+  # kill -9 between the last epoch's checkpoint and summary.json: the re-run
+  # trains nothing and writes the same summary.
+  whole = train.train_and_evaluate(_lp_config(), str(tmp_path))
+  (tmp_path / "summary.json").unlink()
+  again = train.train_and_evaluate(_lp_config(), str(tmp_path))
+  assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0, 1]
+  for key in ("per_seed", "seeds_mean_std", "config"):
+    assert again[key] == whole[key]
+
+
 def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path):
   _stopped_after_epoch_0(tmp_path)
   (tmp_path / workdir_lib.CONFIG_FILE).unlink()

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from reprog_jax import errors
 from reprog_jax import networks
 from reprog_jax import report
 from reprog_jax import sweep
@@ -371,3 +372,11 @@ def test_command_line_task_out_of_range_is_one_line(tmp_path):
       "reprog_jax.sweep: error: task index 4 is not in [0, 2)")
   assert proc.stderr.count("\n") == 1
   assert not (tmp_path / "d").exists()
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
+  path = tmp_path / "a_file"
+  path.write_text("not a directory")
+  with pytest.raises(errors.UserError, match="is not a directory"):
+    sweep.run(study_preset("smoke"), str(path))
+  assert path.read_text() == "not a directory"
