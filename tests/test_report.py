@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reprog_jax import claims
 from reprog_jax import report
 
 # (network, kind, remaining %) -> method -> per-seed (accuracy, ECE).
@@ -128,8 +129,8 @@ def test_csv_numbers_equal_the_summaries(sweep_dir):
 def test_claims_follow_the_hand_computed_gaps(sweep_dir):
   directory, _ = sweep_dir
   rows = report.collect(directory)
-  cifar, svhn = sorted(report.comparisons(rows), key=lambda c: c.dataset)
-  one = report.claim_one(cifar)
+  cifar, svhn = sorted(claims.comparisons(rows), key=lambda c: c.dataset)
+  one = claims.claim_one(cifar)
   assert one["verdict"] == "held"
   assert one["vp_gap"] == pytest.approx(10.0)  # 50 % - 40 %
   assert one["lp_gap"] == pytest.approx(2.0)   # 80 % - 78 %
@@ -138,14 +139,14 @@ def test_claims_follow_the_hand_computed_gaps(sweep_dir):
   assert one["spread"] == pytest.approx(math.sqrt(1 + 1 + 4 + 4))
   assert one["vp_spread"] == pytest.approx(math.sqrt(8))
   assert one["note"] == ""  # 8 pp > 3.16 pp.
-  two = report.claim_two(cifar)
+  two = claims.claim_two(cifar)
   assert two["verdict"] == "not held"
   assert two["methods"]["linear_probe"]["held"]  # 0.05 < 0.08
   assert not two["methods"]["ilm_vp"]["held"]  # 0.10 > 0.07
-  assert report.claim_one(svhn)["verdict"] == "not testable"
-  assert "VP lt8 (failed)" in report.claim_one(svhn)["note"]
+  assert claims.claim_one(svhn)["verdict"] == "not testable"
+  assert "VP lt8 (failed)" in claims.claim_one(svhn)["note"]
   # LP's ECEs are equal (0.03): not below, so not held, VP missing or not.
-  assert report.claim_two(svhn)["verdict"] == "not held"
+  assert claims.claim_two(svhn)["verdict"] == "not held"
 
   text = open(report.write(directory)["report.md"]).read()
   claim1, claim2 = text.split("### 2.")
@@ -159,11 +160,11 @@ def test_claims_follow_the_hand_computed_gaps(sweep_dir):
 
 def test_overall_verdicts():
   # Claim 1 is existential, claim 2 universal.
-  assert report.overall(["held", "not held"], universal=False)[0] == "held"
-  assert report.overall(["held", "not held"], universal=True)[0] == "not held"
-  assert report.overall(["held", "not testable"], universal=True)[0] == "held"
-  assert report.overall(["not testable"], universal=False)[0] == "not testable"
-  assert report.overall([], universal=True)[0] == "not testable"
+  assert claims.overall(["held", "not held"], universal=False)[0] == "held"
+  assert claims.overall(["held", "not held"], universal=True)[0] == "not held"
+  assert claims.overall(["held", "not testable"], universal=True)[0] == "held"
+  assert claims.overall(["not testable"], universal=False)[0] == "not testable"
+  assert claims.overall([], universal=True)[0] == "not testable"
 
 
 def test_margin_within_spread_is_said(tmp_path):
@@ -176,11 +177,11 @@ def test_margin_within_spread_is_said(tmp_path):
     for method, seed_values in by_method.items():
       write_summary(tmp_path, f"{method}/{network}", fake_summary(
           method, network, kind, remaining, "dtd", 5, seed_values))
-  (comparison,) = report.comparisons(report.collect(tmp_path))
-  one = report.claim_one(comparison)
+  (comparison,) = claims.comparisons(report.collect(tmp_path))
+  one = claims.claim_one(comparison)
   assert one["verdict"] == "held" and one["margin"] == pytest.approx(1.0)
   assert one["note"] == "within the seeds' spread"  # 1 pp < 20 pp.
-  assert report.claim_two(comparison)["verdict"] == "held"
+  assert claims.claim_two(comparison)["verdict"] == "held"
 
 
 def test_figures_are_pngs_and_reliability_needs_bins(sweep_dir):

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from reprog_jax import claims
 from reprog_jax import errors
 from reprog_jax import networks
 from reprog_jax import report
@@ -137,14 +138,14 @@ def test_report_of_the_sweep_equals_its_summaries(swept, tmp_path):
   # Claim 1 for the ticket, recomputed from the summaries.
   acc = {name: s["seeds_mean_std"]["best"]["test_acc"]["mean"]
          for name, s in summaries.items()}
-  comparisons = {c.ticket: c for c in report.comparisons(
+  comparisons = {c.ticket: c for c in claims.comparisons(
       report.collect(str(copy)))}
-  one = report.claim_one(comparisons["lt"])
+  one = claims.claim_one(comparisons["lt"])
   assert one["vp_gap"] == pytest.approx(
       100 * (acc["vp/dense/cifar10/2-shot"] - acc["vp/lt/cifar10/2-shot"]))
   assert one["lp_gap"] == pytest.approx(
       100 * (acc["lp/dense/cifar10/2-shot"] - acc["lp/lt/cifar10/2-shot"]))
-  assert report.claim_one(comparisons["gone"])["verdict"] == "not testable"
+  assert claims.claim_one(comparisons["gone"])["verdict"] == "not testable"
   text = open(written["report.md"]).read()
   assert "**FAILED** `vp/gone/cifar10/2-shot`" in text
   assert text.count("**Overall: ") == 2
