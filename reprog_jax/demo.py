@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from reprog_jax import errors
+from reprog_jax import integrity
 from reprog_jax import masks as masks_lib
 from reprog_jax import networks
 from reprog_jax import pruning
@@ -235,6 +236,7 @@ def write_digits(root, size=SOURCE_SIZE, test_fraction=0.4, seed=0) -> dict:
   parent = os.path.dirname(os.path.abspath(root))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".digits.tmp-", dir=parent)
+  integrity.share(tmp)
   try:
     for i, (image, label) in enumerate(zip(pixels, digits.target)):
       split = "test" if is_test[i] else "train"

@@ -41,6 +41,7 @@ import numpy as np
 import tqdm
 
 from reprog_jax import data
+from reprog_jax import integrity
 from reprog_jax import steps
 from reprog_jax.data import fewshot
 
@@ -310,6 +311,7 @@ def _save_atomically(path, key, store) -> None:
                features=store.rows, labels=store.labels)
       f.flush()
       os.fsync(f.fileno())
+    integrity.share(tmp)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

@@ -3,11 +3,21 @@
 A network directory (`networks.save`) and every training checkpoint
 (`checkpoints.save`) record the size and sha256 of each file they hold;
 loading checks them first, so a truncated or altered file is refused in one
-line instead of being read (or half-read by background threads).
+line instead of being read (or half-read by background threads). `share`
+gives a file written through `tempfile` the user's umask.
 """
 
 import hashlib
 import os
+
+
+def share(path) -> None:
+  """Gives `path` the permissions a plain `open`/`mkdir` would have (the
+  user's umask): `tempfile` makes its files 0600 and directories 0700, and
+  results are for collaborators too."""
+  mask = os.umask(0o022)  # Reading the umask means setting it; set it back.
+  os.umask(mask)
+  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def file_sha256(path) -> str:

@@ -6,7 +6,6 @@ Only parses flags and calls `train.train_and_evaluate`; every bad input (an
 exception is a bug and keeps its traceback.
 """
 
-import re
 import sys
 
 from absl import app
@@ -15,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from reprog_jax import errors
+from reprog_jax import flag_errors
 from reprog_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -59,15 +59,17 @@ def main(argv):
       jax.distributed.initialize(**cluster)
     except (ValueError, RuntimeError) as e:
       print(f"reprog_jax.main: error: --distributed: cannot reach the other "
-            f"processes ({_one_line(e)}); launch under SLURM, Open MPI, "
-            f"Kubernetes or on Cloud TPU, or pass --coordinator_address, "
-            f"--num_processes and --process_id", file=sys.stderr)
+            f"processes ({flag_errors.one_line(e)}); launch under SLURM, "
+            f"Open MPI, Kubernetes or on Cloud TPU, or pass "
+            f"--coordinator_address, --num_processes and --process_id",
+            file=sys.stderr)
       return 1
   try:
     config = _CONFIG.value
     config.method  # A config file that failed to load raises on first use.
   except OSError as e:
-    print(f"reprog_jax.main: error: {_one_line(e)}", file=sys.stderr)
+    print(f"reprog_jax.main: error: {flag_errors.one_line(e)}",
+          file=sys.stderr)
     return 1
   try:
     train.train_and_evaluate(config, _WORKDIR.value,
@@ -82,30 +84,9 @@ def main(argv):
   return 0
 
 
-def _one_line(error) -> str:
-  """The informative line of a flag or config error (they can carry a whole
-  traceback or a multi-line did-you-mean)."""
-  text = str(error).replace("\\n", "\n").replace("\\'", "'")
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  if isinstance(error, (AttributeError, KeyError)):
-    return "unknown config field " + "; ".join(l.strip("'") for l in lines)
-  line = lines[-1] if lines else type(error).__name__
-  return re.sub(r"^[\w.]+(Error|Exception): ", "", line)
-
-
-def parse_flags(argv):
-  """absl's parsing, with every bad flag or override as one line, exit 1."""
-  try:
-    args = flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f"reprog_jax.main: error: {_one_line(e)}", file=sys.stderr)
-    sys.exit(1)
-  if len(args) > 1:
-    print(f"reprog_jax.main: error: unexpected arguments {' '.join(args[1:])}"
-          f" (every setting is a flag, e.g. --config.n_shot=10)",
-          file=sys.stderr)
-    sys.exit(1)
-  return args
+# absl's parsing, with every bad flag or override as one line, exit 1.
+parse_flags = flag_errors.parser("reprog_jax.main", "config",
+                                 "--config.n_shot=10")
 
 
 if __name__ == "__main__":

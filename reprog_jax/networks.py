@@ -178,13 +178,6 @@ def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
                       masks_lib.dense(params), meta)
 
 
-def _umask() -> int:
-  """The process umask (reading it means setting it; set back at once)."""
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def check_replaceable(directory) -> None:
   """Raises `NetworkDirError` unless `directory` is absent or a network
   directory (its `meta.json` has our `format`): `--force` replaces only
@@ -234,7 +227,7 @@ def save(directory, *, arch, params, batch_stats, masks, meta,
                          dir=parent)
   try:
     # mkdtemp makes it private (0700); a network is for sharing.
-    os.chmod(tmp, 0o777 & ~_umask())
+    integrity.share(tmp)
     tree = {"params": params, "batch_stats": batch_stats,
             "masks": masks_lib.to_storable(masks)}
     tree = jax.tree.map(np.asarray, tree)

@@ -468,6 +468,11 @@ def plot_training_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
     axes.set(title=panel, xlabel="epoch")
     axes.grid(alpha=0.3)
     _plain_ticks(axes)
+  return _save(figure, path, title)
+
+
+def _save(figure, path, title):
+  """Titles (if `title`), lays out and writes `figure` as PNG; returns it."""
   if title:
     figure.suptitle(title)
   figure.tight_layout()
@@ -509,8 +514,4 @@ def plot_seed_curves(metrics_list: Sequence[Mapping[str, Any]], path: str,
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     _plain_ticks(axes)
-  if title:
-    figure.suptitle(title)
-  figure.tight_layout()
-  figure.savefig(path, format="png")
-  return figure
+  return _save(figure, path, title)

@@ -34,6 +34,7 @@ import ml_collections
 
 from reprog_jax import data
 from reprog_jax import errors
+from reprog_jax import flag_errors
 from reprog_jax import methods
 from reprog_jax import report
 from reprog_jax import run_config
@@ -449,7 +450,7 @@ def main(flag_values) -> int:
     study = config.value
     study.networks  # A config file that failed to load raises on first use.
   except OSError as e:
-    return fail(_flag_error_line(e))
+    return fail(flag_errors.one_line(e, "study"))
   try:
     index, count = task_index.value, num_tasks.value
     if index is None or count is None:
@@ -477,34 +478,8 @@ def _first_set(*values):
   return next(v for v in values if v is not None)
 
 
-def _parse_flags(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  try:
-    args = flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f"reprog_jax.sweep: error: {_flag_error_line(e)}", file=sys.stderr)
-    sys.exit(1)
-  if len(args) > 1:
-    print(f"reprog_jax.sweep: error: unexpected arguments "
-          f"{' '.join(args[1:])} (every setting is a flag)", file=sys.stderr)
-    sys.exit(1)
-  return args
-
-
-def _flag_error_line(error) -> str:
-  """The informative line of a flag or study-override error (they can carry
-  a whole traceback, quoted; as `reprog_jax.main` does)."""
-  text = str(error).replace("\\n", "\n").replace("\\'", "'")
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  if isinstance(error, (AttributeError, KeyError)):
-    return "unknown study field " + "; ".join(l.strip("'\"") for l in lines)
-  line = lines[-1] if lines else type(error).__name__
-  if len(line) > 1 and line[0] == line[-1] and line[0] in "'\"":
-    line = line[1:-1]  # A repr of the message.
-  return re.sub(r"^[\w.]+(Error|Exception): ", "", line)
-
-
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _FLAGS = _define_flags()
-  app.run(lambda argv: main(_FLAGS), flags_parser=_parse_flags)
+  app.run(lambda argv: main(_FLAGS), flags_parser=flag_errors.parser(
+      "reprog_jax.sweep", "study", "--config.seeds='(0, 1)'"))

@@ -377,6 +377,9 @@ def test_results_are_readable_by_collaborators(finished_run):
                                          workdir_lib.CONFIG_FILE)]
   results += sorted((workdir / "plots").rglob("*.png"))
   results += [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
+  features = sorted((workdir / "features").glob("*.npz"))  # Linear probing.
+  assert features
+  results += features
   assert len(results) > 5
   for path in results:
     mode = stat.S_IMODE(path.stat().st_mode)
