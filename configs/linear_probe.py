@@ -1,30 +1,4 @@
-"""Linear probing: a new linear head on a frozen network's pooled features.
+"""See `reprog_jax/configs/linear_probe.py`: the presets live in the package, so an
+installed wheel has them too; this file keeps `--config=configs/linear_probe.py:...`."""
 
-  python -m convert torch --arch resnet50 --weights resnet50_v2.pth --out nets/dense
-  python -m reprog_jax.main --config=configs/linear_probe.py:cifar10 \
-      --workdir=runs/lp_cifar10 --config.network_dir=nets/dense
-
-The argument is a dataset name (`reprog_jax.data.dataset_names()`) or
-`smoke`. Images are resized to 224 and ImageNet-normalised, no augmentation;
-only the head (2048 x T + T) is trained. Writes metrics.jsonl,
-summary.json, checkpoints/, tensorboard/ and plots/ under the workdir. The
-ILM-VP paper reports 90.1 % on CIFAR-10 with a dense ResNet-50.
-
-Smoke run (mock data, a random ResNet-18, seconds on a CPU):
-
-  python -m reprog_jax.main --config=configs/linear_probe.py:smoke --workdir=/tmp/lp_smoke
-"""
-
-from reprog_jax import data
-from reprog_jax import run_config
-
-
-def get_config(arg=None):
-  dataset = "cifar10" if arg in (None, "", "smoke") else arg
-  data.get_dataset_info(dataset)  # An unknown name fails here, listing all.
-  config = run_config.base_config("linear_probe", dataset)
-  config.image_size = 224
-  if arg == "smoke":
-    run_config.shrink_for_smoke(config)
-    config.image_size = 64
-  return config.lock()
+from reprog_jax.configs.linear_probe import get_config  # pylint: disable=unused-import

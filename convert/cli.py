@@ -25,10 +25,10 @@ from convert import prune
 from convert import torch_io
 from convert.torch_to_flax import ConversionError, convert_masks, convert_state_dict
 from reprog_jax import errors
-from reprog_jax import masks as masks_lib
-from reprog_jax import networks
-from reprog_jax import pruning
-from reprog_jax import resnet
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import networks
+from reprog_jax.model import pruning
+from reprog_jax.model import resnet
 
 LT_WEIGHTS = "{arch}_dyn4_{k}_checkpoint.pth"
 LT_MASK = "{arch}_dyn4_{k}_mask.pth"
@@ -201,7 +201,7 @@ def run(args, parser) -> None:
                 })
   print(f"wrote {args.out} ({args.arch}, "
         f"{'dense' if dense else 'ticket'}); load it with "
-        f"reprog_jax.networks.load({args.out!r})")
+        f"reprog_jax.model.networks.load({args.out!r})")
 
 
 def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):

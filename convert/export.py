@@ -119,7 +119,7 @@ def _image_size(config) -> int:
 
 
 def _visual_prompt(config, params, mapping) -> dict:
-  from reprog_jax import prompts
+  from reprog_jax.model import prompts
   program = np.asarray(params["program"], np.float32)  # (H, W, 3)
   size = program.shape[0]
   mask = np.broadcast_to(
@@ -166,7 +166,7 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
     ExportError: not a run directory, no checkpoint, an unknown seed or
       method, or `out` exists.
   """
-  from reprog_jax import checkpoints  # Orbax: heavy, only export needs it.
+  from reprog_jax.train import checkpoints  # Orbax: heavy, only export needs it.
 
   if which not in WHICH:
     raise ExportError(f"--which {which!r} is not one of {', '.join(WHICH)}")

@@ -4,7 +4,7 @@
       --scope global --sparsity-state 8 --out nets/dense_mp8
 
 Loads a network directory (dense or a ticket), prunes its masked weights
-with `reprog_jax.pruning.prune` and writes a network directory in the format
+with `reprog_jax.model.pruning.prune` and writes a network directory in the format
 `convert torch` writes. One-shot pruning of a trained network is not a
 lottery ticket (no rewinding, no retraining); `meta.json` says so. Tickets
 come from iterative magnitude pruning with rewinding
@@ -20,9 +20,9 @@ import numpy as np
 
 from convert import torch_io
 from convert.torch_to_flax import ConversionError
-from reprog_jax import masks as masks_lib
-from reprog_jax import networks
-from reprog_jax import pruning
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import networks
+from reprog_jax.model import pruning
 
 NOT_A_TICKET = ("one-shot magnitude pruning of a trained network is not a "
                 "lottery ticket (no rewinding, no retraining)")
@@ -135,4 +135,4 @@ def run(args, parser, check_out) -> None:
                     "sparsity": report,
                 })
   print(f"wrote {args.out} ({source.arch}, one-shot pruned); load it with "
-        f"reprog_jax.networks.load({args.out!r})")
+        f"reprog_jax.model.networks.load({args.out!r})")

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from convert.torch_to_flax import ConversionError, strip_prefixes
-from reprog_jax import integrity
+from reprog_jax import fileio as integrity
 
 # Where a wrapped state dict may sit inside a checkpoint dict.
 CONTAINER_KEYS = ("state_dict", "model")

@@ -12,8 +12,8 @@ import flax.traverse_util
 import numpy as np
 
 from reprog_jax import errors
-from reprog_jax import masks as masks_lib
-from reprog_jax import networks
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import networks
 
 # Prefixes the PyTorch world wraps state-dict keys in: DataParallel's
 # `module.` and the lottery-ticket code's `model.`.
@@ -86,7 +86,7 @@ def convert_state_dict(state_dict, arch, num_classes=1000, source="weights"):
 
   Args:
     state_dict: `{key: np.ndarray}`, keys optionally prefixed (`PREFIXES`).
-    arch: a `reprog_jax.resnet` architecture name.
+    arch: a `reprog_jax.model.resnet` architecture name.
     num_classes: outputs of `fc`.
     source: the file name, for error messages.
 

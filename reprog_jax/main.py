@@ -14,8 +14,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from reprog_jax import errors
-from reprog_jax import flag_errors
-from reprog_jax import train
+from reprog_jax import cli as flag_errors
+from reprog_jax.train import loop as train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file and preset, e.g. configs/ilm_vp.py:cifar10.",

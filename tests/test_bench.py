@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from reprog_jax import bench
+from reprog_jax.tools import bench
 
 TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
         "1", "--rounds", "1", "--num-classes", "3"]

@@ -1,4 +1,4 @@
-"""Tests for reprog_jax.calibration: ECE (equal-width and equal-mass), MCE,
+"""Tests for reprog_jax.metrics.calibration: ECE (equal-width and equal-mass), MCE,
 NLL, Brier, accuracy, temperature scaling and the PyTorch version's logged
 quantity, against hand-computed values, plain loops and
 `uncertainty-calibration` (the library the PyTorch version imported, as
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from reprog_jax import calibration
+from reprog_jax.metrics import calibration
 
 
 def reference_ece_mce(probs, labels, n_bins):

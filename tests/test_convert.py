@@ -14,7 +14,7 @@ import torch
 
 from conftest import listing, random_mask, save_pth, torch_reference
 from convert import cli, torch_io
-from reprog_jax import networks
+from reprog_jax.model import networks
 
 
 def pytorch_remaining_percent(model):

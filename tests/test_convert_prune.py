@@ -12,8 +12,8 @@ import pytest
 
 from conftest import listing, random_mask, save_pth
 from convert import cli
-from reprog_jax import networks
-from reprog_jax import pruning
+from reprog_jax.model import networks
+from reprog_jax.model import pruning
 
 
 def _run(capsys, *args):

@@ -9,13 +9,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from reprog_jax import demo
+from reprog_jax.tools import demo
 from reprog_jax import errors
-from reprog_jax import label_mapping
+from reprog_jax.model import label_mapping
 from reprog_jax import methods
-from reprog_jax import networks
-from reprog_jax import resnet
-from reprog_jax import source_task
+from reprog_jax.model import networks
+from reprog_jax.model import resnet
+from reprog_jax.tools import source_task
 
 
 def test_source_images_are_deterministic_and_coloured_by_class():
@@ -65,7 +65,7 @@ def test_resnet_mini_has_torchvision_layout_at_a_quarter_width():
 
 def test_visual_prompt_maps_onto_a_small_networks_classes(tmp_path):
   names = [f"class {i}" for i in range(12)]
-  method = methods.visual_prompt(8, 10, 16, mapping="rlm",
+  method = methods.ilm_vp.visual_prompt(8, 10, 16, mapping="rlm",
                                  source_class_names=names)
   assert method.num_scores == 12
   mapping = method.epoch_mapping(0, None, [0, 1], None)
@@ -80,9 +80,9 @@ def test_visual_prompt_maps_onto_a_small_networks_classes(tmp_path):
                           [str(i) for i in range(10)], "a title")
   assert os.path.getsize(paths["label_mapping"]) > 0
   with pytest.raises(errors.UserError, match="at most the network's 12"):
-    methods.visual_prompt(8, 13, 16, source_class_names=names)
+    methods.ilm_vp.visual_prompt(8, 13, 16, source_class_names=names)
   # Without names, ImageNet's 1000 as before.
-  assert methods.visual_prompt(8, 10, 16).num_scores == (
+  assert methods.ilm_vp.visual_prompt(8, 10, 16).num_scores == (
       label_mapping.NUM_IMAGENET_CLASSES)
 
 

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 
 from conftest import assert_records_close, per_seed_records, smoke_config
-from reprog_jax import checkpoints, inputs, networks, run_config, sharding
-from reprog_jax import methods, train
+from reprog_jax.train import checkpoints
+from reprog_jax.train import inputs
+from reprog_jax.model import networks
+from reprog_jax.train import run_config
+from reprog_jax.train import sharding
+from reprog_jax import methods
+from reprog_jax.train import loop as train
 from reprog_jax.data import pipeline
 
 
@@ -98,7 +103,7 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
 
 
 def test_bfloat16_run_maps_and_evaluates_in_float32(tmp_path, monkeypatch):
-  from reprog_jax import steps
+  from reprog_jax.train import steps
   seen = {}
   for name in ("make_train_step", "make_count_step", "make_eval_step"):
     real = getattr(steps, name)

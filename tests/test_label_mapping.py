@@ -1,11 +1,11 @@
-"""Tests for reprog_jax.label_mapping: ILM/FLM/RLM label mappings."""
+"""Tests for reprog_jax.model.label_mapping: ILM/FLM/RLM label mappings."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reprog_jax import label_mapping
+from reprog_jax.model import label_mapping
 
 
 def reference_mapping(dist_matrix):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reprog_jax import masks
+from reprog_jax.model import masks
 
 
 def _tree():

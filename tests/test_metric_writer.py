@@ -1,4 +1,4 @@
-"""metrics.jsonl and TensorBoard events (`reprog_jax.metric_writer`)."""
+"""metrics.jsonl and TensorBoard events (`reprog_jax.metrics.metric_writer`)."""
 
 import glob
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprog_jax import metric_writer
+from reprog_jax.metrics import metric_writer
 
 
 def read_events(workdir):
@@ -201,7 +201,7 @@ def test_image_goes_to_tensorboard(tmp_path):
 
 
 def test_import_is_cheap():
-  code = ("import sys, reprog_jax.metric_writer, reprog_jax.plots; "
+  code = ("import sys, reprog_jax.metrics.metric_writer, reprog_jax.metrics.plots; "
           "print(sorted(m for m in ('matplotlib', 'tensorboardX', 'PIL', "
           "'jax') if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], check=True,

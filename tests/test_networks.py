@@ -13,8 +13,8 @@ import pytest
 
 from conftest import random_mask, run_torch, save_pth, torch_reference
 from convert import cli, torch_io
-from reprog_jax import masks as masks_lib
-from reprog_jax import networks
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import networks
 
 TOLERANCE = 1e-4  # max |logit difference| in float32
 
@@ -87,7 +87,7 @@ def test_ticket_and_dense_share_one_code_path(case):
 
 def test_bfloat16_compute_keeps_float32_params_and_is_close(resnet18_state):
   from convert.torch_to_flax import convert_state_dict
-  from reprog_jax import resnet
+  from reprog_jax.model import resnet
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks = masks_lib.dense(tree["params"])
   x = np.random.default_rng(9).standard_normal((2, 64, 64, 3)).astype(np.float32)
@@ -219,7 +219,7 @@ def test_truncated_checkpoint_is_one_line_without_tracebacks(
   victim = _largest_file(net)
   os.truncate(victim, victim.stat().st_size // 3)
   env = dict(os.environ, **{networks.VERIFY_ENV: "0"})  # Sizes still count.
-  proc = subprocess.run([sys.executable, "-m", "reprog_jax.networks", str(net)],
+  proc = subprocess.run([sys.executable, "-m", "reprog_jax.model.networks", str(net)],
                         capture_output=True, text=True, timeout=120, env=env)
   assert proc.returncode == 1
   assert proc.stderr.count("\n") == 1, proc.stderr

@@ -1,4 +1,4 @@
-"""The PNGs (`reprog_jax.plots`): heatmap, prompt, reliability, curves."""
+"""The PNGs (`reprog_jax.metrics.plots`): heatmap, prompt, reliability, curves."""
 
 import io
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprog_jax import calibration
-from reprog_jax import plots
+from reprog_jax.metrics import calibration
+from reprog_jax.metrics import plots
 
 
 # ---------------------------------------------------------------------------

@@ -1,11 +1,11 @@
-"""Tests for reprog_jax.prompts: the ILM-VP expansive prompt."""
+"""Tests for reprog_jax.model.prompts: the ILM-VP expansive prompt."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reprog_jax import prompts
+from reprog_jax.model import prompts
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from reprog_jax import masks as masks_lib
-from reprog_jax import pruning
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import pruning
 
 
 def tiny_resnet_params(seed=0):

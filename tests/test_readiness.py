@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from conftest import smoke_config
-from reprog_jax import checkpoints
+from reprog_jax.train import checkpoints
 from reprog_jax import errors
 from reprog_jax import methods
-from reprog_jax import metric_writer
-from reprog_jax import run_config
-from reprog_jax import train
-from reprog_jax import workdir as workdir_lib
+from reprog_jax.metrics import metric_writer
+from reprog_jax.train import run_config
+from reprog_jax.train import loop as train
+from reprog_jax.train import workdir as workdir_lib
 from reprog_jax.data import prepare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -261,7 +261,8 @@ def test_a_bug_inside_training_keeps_its_traceback(tmp_path):
   script = (
       "import sys\n"
       "from absl import app\n"
-      "from reprog_jax import main, train\n"
+      "from reprog_jax import main\n"
+      "from reprog_jax.train import loop as train\n"
       "def broken(*args, **kwargs):\n"
       "  raise ValueError('deep inside an XLA kernel')\n"
       "train.train_epoch = broken\n"

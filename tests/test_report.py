@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprog_jax import claims
-from reprog_jax import report
+from reprog_jax.study import claims
+from reprog_jax.study import report
 
 # (network, kind, remaining %) -> method -> per-seed (accuracy, ECE).
 # Hand-chosen so that on cifar10 2-shot: LP gap 2 pp, VP gap 10 pp (claim 1

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reprog_jax import resnet
+from reprog_jax.model import resnet
 
 TOLERANCE = 1e-4  # max |difference| in float32, as test_networks.py
 

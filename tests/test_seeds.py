@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import assert_records_close, per_seed_records, smoke_config
-from reprog_jax import checkpoints, inputs, run_config, train
+from reprog_jax.train import checkpoints
+from reprog_jax.train import inputs
+from reprog_jax.train import run_config
+from reprog_jax.train import loop as train
 from reprog_jax.data import pipeline
 
 TOLERANCE = 1e-4
@@ -86,15 +89,18 @@ def test_each_vmapped_seed_equals_its_run_alone(runs):
 def test_vmapped_gradient_equals_each_seeds_own():
   import jax
   import optax
-  from reprog_jax import methods, networks, sharding, steps
+  from reprog_jax import methods
+  from reprog_jax.model import networks
+  from reprog_jax.train import sharding
+  from reprog_jax.train import steps
   network = networks.random_network("resnet18")
   sgd = optax.sgd(1.0)  # One step from zero: minus the gradient.
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (3, 5, 16, 16, 3), np.uint8),
            "label": rng.integers(0, 10, (3, 5)).astype(np.int32),
            "mask": np.arange(5) < np.array([[5], [3], [4]])}
-  for method in (methods.visual_prompt(16, 10, 48),
-                 methods.linear_probe(512, 10)):
+  for method in (methods.ilm_vp.visual_prompt(16, 10, 48),
+                 methods.linear_probe.linear_probe(512, 10)):
     mappings = np.tile(method.initial_mapping, (3, 1))
     if method.name == "ilm_vp":
       mappings = rng.permutation(1000)[:30].reshape(3, 10)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_records_close, per_seed_records, smoke_config
-from reprog_jax import checkpoints, sharding, train
+from reprog_jax.train import checkpoints
+from reprog_jax.train import sharding
+from reprog_jax.train import loop as train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # (method, overrides): 4 seeds split over 4 devices (one each; the images
@@ -31,7 +33,7 @@ import jax
 import numpy as np
 from conftest import smoke_config
 from test_sharding import one_step_gradients
-from reprog_jax import train
+from reprog_jax.train import loop as train
 assert jax.device_count() == 4, jax.devices()
 for name, (method, overrides) in json.loads({cases!r}).items():
   overrides = {{k: tuple(v) if isinstance(v, list) else v
@@ -46,9 +48,11 @@ def one_step_gradients() -> dict:
   """ILM-VP's gradient of one step, every seed, on all devices: (S, B) =
   (4, 8) (seeds split over 4 devices) and (1, 6) (batch split, padded)."""
   import optax
-  from reprog_jax import methods, networks, steps
+  from reprog_jax import methods
+  from reprog_jax.model import networks
+  from reprog_jax.train import steps
   network = networks.random_network("resnet18")
-  method = methods.visual_prompt(32, 10, 64)
+  method = methods.ilm_vp.visual_prompt(32, 10, 64)
   sgd = optax.sgd(1.0)  # One step of it from zero: minus the gradient.
   out = {}
   for num_seeds, batch_size in ((4, 8), (1, 6)):
@@ -111,9 +115,10 @@ def test_four_devices_equal_one(case, four_devices, tmp_path):
 
 def test_four_devices_compute_one_devices_gradient(four_devices):
   import jax
-  from reprog_jax import methods, networks
+  from reprog_jax import methods
+  from reprog_jax.model import networks
   network = networks.random_network("resnet18")
-  method = methods.visual_prompt(32, 10, 64)
+  method = methods.ilm_vp.visual_prompt(32, 10, 64)
   saved = np.load(four_devices / "gradients.npz")
   for case in ("4x8", "1x6"):
     images, labels = saved[f"{case}_images"], saved[f"{case}_labels"]

@@ -6,8 +6,12 @@ import pytest
 
 from conftest import random_mask, torch_reference
 from convert.torch_to_flax import convert_masks, convert_state_dict
-from reprog_jax import methods, networks, resnet, sharding, steps
-from reprog_jax import torch_reference as ref_lib
+from reprog_jax import methods
+from reprog_jax.model import networks
+from reprog_jax.model import resnet
+from reprog_jax.train import sharding
+from reprog_jax.train import steps
+from reprog_jax.tools import torch_reference as ref_lib
 
 TOLERANCE = 1e-4
 EPOCHS, STEPS_PER_EPOCH, BATCH = 5, 2, 6
@@ -83,7 +87,7 @@ def test_ilm_vp_step_matches_pytorch_after_10_adam_steps(ticket):
   reference = ref_lib.VisualPromptReference(
       torch_reference("resnet18", state_dict, mask), image_size, mapping,
       output_size=output_size, lr=0.01, milestones=[2, 3], gamma=0.1)
-  method = methods.visual_prompt(image_size, num_classes, output_size)
+  method = methods.ilm_vp.visual_prompt(image_size, num_classes, output_size)
   program, = _run(
       method, reference, network, image_size, num_classes,
       lambda p: (p["program"],) if isinstance(p, dict) else (p.program_nhwc(),))
@@ -106,7 +110,7 @@ def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket,
       rng.uniform(-bound, bound, num_classes).astype(np.float32),
       lr=0.01, milestones=[2, 3], gamma=0.1)
   start = reference.head()
-  method = methods.linear_probe(512, num_classes)
+  method = methods.linear_probe.linear_probe(512, num_classes)
   kernel, _ = _run(
       method, reference, network, image_size, num_classes,
       lambda p: (p["kernel"], p["bias"]) if isinstance(p, dict) else p.head(),
@@ -115,7 +119,7 @@ def test_linear_probe_step_matches_pytorch_after_10_adam_steps(ticket,
 
 
 def test_linear_probe_init_is_pytorch_default_distribution():
-  method = methods.linear_probe(resnet.ResNet50().num_features, 10)
+  method = methods.linear_probe.linear_probe(resnet.ResNet50().num_features, 10)
   head = method.init(jax.random.key(0))
   bound = 1 / np.sqrt(2048)
   assert head["kernel"].shape == (2048, 10) and head["bias"].shape == (10,)
@@ -138,7 +142,7 @@ def test_optimizer_schedule_is_multistep_per_epoch():
 
 def test_bfloat16_compute_keeps_float32_master_values(ticket):
   network, _ = ticket
-  method = methods.visual_prompt(24, 10, 48)
+  method = methods.ilm_vp.visual_prompt(24, 10, 48)
   optimizer, _ = steps.make_optimizer(0.01, EPOCHS, STEPS_PER_EPOCH)
   train_step = steps.make_train_step(method, optimizer,
                                      sharding.Layout.create(1))

@@ -18,11 +18,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from reprog_jax import claims
+from reprog_jax.study import claims
 from reprog_jax import errors
-from reprog_jax import networks
-from reprog_jax import report
-from reprog_jax import sweep
+from reprog_jax.model import networks
+from reprog_jax.study import report
+from reprog_jax.study import sweep
 from test_report import fake_summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

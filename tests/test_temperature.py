@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import per_seed_records, smoke_config
-from reprog_jax import calibration, inputs, train
+from reprog_jax.metrics import calibration
+from reprog_jax.train import inputs
+from reprog_jax.train import loop as train
 from reprog_jax.data import fewshot
 
 TS_FIELDS = {"temperature", "test_ece_ts", "test_ece_adaptive_ts",
@@ -90,7 +92,8 @@ def test_full_split_has_no_holdout_unless_carved(capsys):
 
 
 def test_bad_calibration_holdout_is_refused():
-  from reprog_jax import errors, run_config
+  from reprog_jax import errors
+  from reprog_jax.train import run_config
   with pytest.raises(errors.UserError, match="calibration_holdout must be"):
     run_config.check(smoke_config("ilm_vp", calibration_holdout=-1))
 

@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reprog_jax import checkpoints, errors, methods, metric_writer, train
-from reprog_jax import workdir as workdir_lib
+from reprog_jax.train import checkpoints
+from reprog_jax import errors
+from reprog_jax import methods
+from reprog_jax.metrics import metric_writer
+from reprog_jax.train import loop as train
+from reprog_jax.train import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING = ("train_images_per_second", "epoch_seconds")
@@ -146,14 +150,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch):
   config = _lp_smoke(epochs=2)
   train.train_and_evaluate(config, str(tmp_path), stop_after_epoch=0)
-  real = methods.linear_probe
+  real = methods.linear_probe.linear_probe
 
   def poisoned(*args, **kwargs):
     method = real(*args, **kwargs)
     return method.__class__(**{**method.__dict__, "scores": lambda *a: (
         method.scores(*a) * np.nan)})
 
-  monkeypatch.setattr(methods, "linear_probe", poisoned)
+  monkeypatch.setattr(methods.linear_probe, "linear_probe", poisoned)
   with pytest.raises(train.TrainingError,
                      match=r"non-finite loss at epoch 1 step 0 .*checkpoint "
                      r"\(epoch 0\) is kept"):
@@ -204,7 +208,7 @@ def test_bad_input_writes_nothing_and_overwrite_loses_nothing(tmp_path):
   before = sorted(os.listdir(old))
   config = _lp_smoke(overwrite=True, lr=0.5, random_network="",
                      network_dir=str(tmp_path / "typo"))
-  from reprog_jax import networks
+  from reprog_jax.model import networks
   with pytest.raises(networks.NetworkDirError):
     train.train_and_evaluate(config, str(old))
   assert sorted(os.listdir(old)) == before
@@ -212,7 +216,7 @@ def test_bad_input_writes_nothing_and_overwrite_loses_nothing(tmp_path):
 
 
 def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
-  from reprog_jax import inputs
+  from reprog_jax.train import inputs
   real = inputs.open_run_data
 
   def many_classes(*args):
@@ -255,6 +259,6 @@ def test_network_dir_that_is_not_a_convert_output(tmp_path):
   (tmp_path / "net").mkdir()
   (tmp_path / "net" / "weights.pth").write_text("x")
   config = _lp_smoke(random_network=None, network_dir=str(tmp_path / "net"))
-  from reprog_jax import networks
+  from reprog_jax.model import networks
   with pytest.raises(networks.NetworkDirError, match="not a `convert` output"):
     train.train_and_evaluate(config, str(tmp_path / "w"))

@@ -1,4 +1,4 @@
-"""Weights & Biases (`reprog_jax.wandb_log`): off by default, a one-line
+"""Weights & Biases (`reprog_jax.metrics.wandb_log`): off by default, a one-line
 error without wandb, and a smoke run (two seeds, stopped and resumed)
 logged in W&B's offline mode, read back from its local run files."""
 
@@ -12,11 +12,11 @@ import pytest
 
 from conftest import smoke_config
 from reprog_jax import errors
-from reprog_jax import metric_writer
-from reprog_jax import plots
-from reprog_jax import train
-from reprog_jax import wandb_log
-from reprog_jax import workdir as workdir_lib
+from reprog_jax.metrics import metric_writer
+from reprog_jax.metrics import plots
+from reprog_jax.train import loop as train
+from reprog_jax.metrics import wandb_log
+from reprog_jax.train import workdir as workdir_lib
 
 
 def test_off_unless_a_project_is_set(tmp_path, monkeypatch):

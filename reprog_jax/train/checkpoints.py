@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reprog_jax import errors
-from reprog_jax import integrity
+from reprog_jax import fileio as integrity
 
 LAST = "checkpoints"
 # In each checkpoint: its files' sizes and sha256, written after Orbax's.

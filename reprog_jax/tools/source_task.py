@@ -24,8 +24,8 @@ import numpy as np
 import optax
 import tqdm
 
-from reprog_jax import masks as masks_lib
-from reprog_jax import prompts
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import prompts
 
 # Shape name -> inside test on the shape's own coordinates (u, v), unit size.
 _SHAPES = {

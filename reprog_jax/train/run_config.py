@@ -14,7 +14,7 @@ from ml_collections import config_dict
 
 from reprog_jax import data
 from reprog_jax import errors
-from reprog_jax import label_mapping
+from reprog_jax.model import label_mapping
 from reprog_jax import methods
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reprog_jax import calibration
-from reprog_jax import metric_writer
-from reprog_jax import run_config
+from reprog_jax.metrics import calibration
+from reprog_jax.metrics import metric_writer
+from reprog_jax.train import run_config
 
 
 # Every installed package whose version can change a run's numbers (kernels,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from reprog_jax import label_mapping
+from reprog_jax.model import label_mapping
 
 
 @flax.struct.dataclass

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from reprog_jax import errors
-from reprog_jax import masks as masks_lib
+from reprog_jax.model import masks as masks_lib
 
 Params = Any
 Masks = Any

@@ -19,19 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from reprog_jax import calibration
-from reprog_jax import checkpoints
-from reprog_jax import inputs as inputs_lib
+from reprog_jax.metrics import calibration
+from reprog_jax.train import checkpoints
+from reprog_jax.train import inputs as inputs_lib
 from reprog_jax import methods
-from reprog_jax import metric_writer
-from reprog_jax import networks
-from reprog_jax import plots
-from reprog_jax import run_config
-from reprog_jax import sharding
-from reprog_jax import steps
-from reprog_jax import summary as summary_lib
-from reprog_jax import wandb_log
-from reprog_jax import workdir as workdir_lib
+from reprog_jax.metrics import metric_writer
+from reprog_jax.model import networks
+from reprog_jax.metrics import plots
+from reprog_jax.train import run_config
+from reprog_jax.train import sharding
+from reprog_jax.train import steps
+from reprog_jax.train import summary as summary_lib
+from reprog_jax.metrics import wandb_log
+from reprog_jax.train import workdir as workdir_lib
 from reprog_jax.errors import TrainingError
 
 # --------------------------------------------------------------------------

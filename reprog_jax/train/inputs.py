@@ -41,8 +41,8 @@ import numpy as np
 import tqdm
 
 from reprog_jax import data
-from reprog_jax import integrity
-from reprog_jax import steps
+from reprog_jax import fileio as integrity
+from reprog_jax.train import steps
 from reprog_jax.data import fewshot
 
 FEATURES_DIR = "features"

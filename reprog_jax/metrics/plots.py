@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from reprog_jax import metric_writer
+from reprog_jax.metrics import metric_writer
 
 # Pixel values of the checkerboard drawn over the image area of a prompt.
 # Two greys rather than one because an untrained program (zeros) is
@@ -158,7 +158,7 @@ def plot_label_mapping(counts: np.ndarray, mapping_sequence: Sequence[int],
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   counts = np.asarray(counts)
   if source_names is None:
-    from reprog_jax import networks  # pylint: disable=g-import-not-at-top
+    from reprog_jax.model import networks  # pylint: disable=g-import-not-at-top
     source_names = networks.imagenet_classes()
   num_sources, num_targets = counts.shape
   if len(source_names) != num_sources or len(target_names) != num_targets:
@@ -261,7 +261,7 @@ def prompt_picture(program: np.ndarray, image_size: int) -> np.ndarray:
   Returns:
     Uint8 `(H, H, 3)` RGB.
   """
-  from reprog_jax import prompts  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import prompts  # pylint: disable=g-import-not-at-top
   program = np.asarray(program, np.float64)
   output_size = program.shape[0]
   if program.shape != (output_size, output_size, 3):
@@ -313,7 +313,7 @@ def prompted_grid(prompted_images_normalised: np.ndarray,
   Returns:
     Uint8 `(rows * (H + 2) - 2, columns * (W + 2) - 2, 3)` RGB.
   """
-  from reprog_jax import prompts  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import prompts  # pylint: disable=g-import-not-at-top
   images = np.asarray(prompted_images_normalised, np.float64)
   if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
     raise ValueError(f"Need (N, H, W, 3) with N > 0, got {images.shape}.")
@@ -373,7 +373,7 @@ def plot_reliability(bins, path: str, title: str | None = None):
     The saved `matplotlib.figure.Figure`.
   """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  from reprog_jax import calibration  # pylint: disable=g-import-not-at-top
+  from reprog_jax.metrics import calibration  # pylint: disable=g-import-not-at-top
   stats = calibration.bin_statistics(bins)
   ece = float(calibration.ece_from_bins(bins))
   count = np.asarray(stats.count, np.float64)

@@ -12,8 +12,8 @@ import shutil
 
 import jax.numpy as jnp
 
-from reprog_jax import checkpoints
-from reprog_jax import run_config
+from reprog_jax.train import checkpoints
+from reprog_jax.train import run_config
 from reprog_jax.errors import TrainingError
 
 CONFIG_FILE = "config.json"

@@ -13,7 +13,7 @@ damaged copy is refused rather than silently loaded; set
 `REPROG_JAX_VERIFY_NETWORKS=0` (or pass `verify=False`) to skip the hashes
 (sizes are still checked).
 
-    from reprog_jax import networks
+    from reprog_jax.model import networks
     net = networks.load("runs/resnet50")
     logits = net.logits(x)        # x: float32 NHWC, ImageNet-normalised
     feats = net.features(x)       # (N, 2048) pooled features for LP
@@ -22,7 +22,7 @@ damaged copy is refused rather than silently loaded; set
 A `Network` is one pytree (the module static, the frozen `params`,
 `batch_stats` and `masks` as leaves), kept apart from anything trained:
 training code passes it whole to its jitted steps.
-Run `python -m reprog_jax.networks DIR [--image PATH]` for a summary and a
+Run `python -m reprog_jax.model.networks DIR [--image PATH]` for a summary and a
 prediction.
 """
 
@@ -42,11 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from reprog_jax import errors
-from reprog_jax import integrity
-from reprog_jax import masks as masks_lib
-from reprog_jax import prompts
-from reprog_jax import resnet
-from reprog_jax.integrity import file_sha256
+from reprog_jax import fileio as integrity
+from reprog_jax.model import masks as masks_lib
+from reprog_jax.model import prompts
+from reprog_jax.model import resnet
+from reprog_jax.fileio import file_sha256
 
 FORMAT = "reprog-jax-network"
 FORMAT_VERSION = 1
@@ -63,7 +63,7 @@ class NetworkDirError(errors.UserError, ValueError):
 
 def imagenet_classes() -> list[str]:
   """The 1000 ImageNet class names, in torchvision's index order."""
-  text = resources.files("reprog_jax").joinpath("imagenet_classes.txt")
+  text = resources.files("reprog_jax.model").joinpath("imagenet_classes.txt")
   return text.read_text().splitlines()
 
 
@@ -426,12 +426,12 @@ def _kind(meta) -> str:
 
 
 def main(argv=None) -> int:
-  """`python -m reprog_jax.networks DIR [--image PATH]`."""
+  """`python -m reprog_jax.model.networks DIR [--image PATH]`."""
   import argparse
   import sys
 
   parser = argparse.ArgumentParser(
-      prog="python -m reprog_jax.networks",
+      prog="python -m reprog_jax.model.networks",
       description="Summarise a converted network and show a prediction.")
   parser.add_argument("directory", help="a directory written by `convert`")
   parser.add_argument("--image", help="an image file (default: a synthetic "

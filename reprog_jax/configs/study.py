@@ -1,0 +1,77 @@
+"""A study: the grid of runs behind the paper's figures, for `reprog_jax.sweep`.
+
+  python -m reprog_jax.sweep --config=configs/study.py:smoke --workdir=runs/study_smoke
+  python -m reprog_jax.report runs/study_smoke
+
+One cell per network x method x dataset x n_shot, each in its own
+sub-workdir (`<lp|vp>/<network>/<dataset>/<n>-shot|full`); all `seeds` of a
+cell train in one run (`config.seeds`). Then `reprog_jax.report` writes
+report.md, report.csv and figures, and tests the paper's two claims.
+
+Fields:
+  networks: {name: {dir, random, kind}}: `dir` a `python -m convert` output,
+    or (smoke only) `random` an architecture to initialise randomly;
+    `kind` 'dense' or 'ticket' (checked against the directory).
+  methods: 'linear_probe' and/or 'ilm_vp' (`configs/<method>.py`).
+  datasets: `reprog_jax.data.dataset_names()`.
+  n_shots: training examples per class; -1 is the full split.
+  seeds: trained together in each cell.
+  overrides: a partial nested dict of the training config, applied to
+    every cell, e.g. {'epochs': 2, 'data': {'mock': True}}.
+  method_overrides: {method: partial nested dict}, applied after.
+
+Presets:
+  smoke: mock CIFAR-10, a random ResNet-18, both methods, 2 shots, 2
+    seeds, 1 epoch: seconds per cell on a CPU; its numbers mean nothing.
+    (Random networks are dense: a smoke study has no ticket, so the
+    report's claims say "not testable".)
+  paper: the paper's grid: a dense ResNet-50 and its lottery tickets at
+    several sparsity states, LP and ILM-VP, few-shot budgets and full data,
+    3 seeds. Fill in the network directories, e.g.
+    --config.networks.dense.dir=nets/dense --config.networks.lt8.dir=nets/lt8;
+    a network left without a directory is refused in one line.
+"""
+
+from ml_collections import config_dict
+
+# The tickets of the paper's grid: iterative magnitude pruning keeps 0.8**k
+# of the weights at sparsity state k (k=8: 16.8 %, k=9: 13.4 %).
+PAPER_SPARSITY_STATES = (2, 4, 6, 8, 9)
+PAPER_DATASETS = ("cifar10", "cifar100", "svhn", "gtsrb", "dtd", "flowers102",
+                  "oxfordpets", "eurosat", "food101")
+
+
+def _network(kind, random=None):
+  return {"dir": config_dict.placeholder(str),
+          "random": config_dict.placeholder(str) if random is None else random,
+          "kind": kind}
+
+
+def get_config(preset=None):
+  preset = preset or "smoke"
+  study = config_dict.ConfigDict()
+  if preset == "smoke":
+    study.networks = {"dense": _network("dense", random="resnet18")}
+    study.methods = ("linear_probe", "ilm_vp")
+    study.datasets = ("cifar10",)
+    study.n_shots = (2,)
+    study.seeds = (0, 1)
+    # What `run_config.shrink_for_smoke` does, plus tiny images.
+    study.overrides = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16,
+                       "data": {"mock": True, "worker_count": 0}}
+    study.method_overrides = {"linear_probe": {"image_size": 32},
+                              "ilm_vp": {"prompt_output_size": 64}}
+  elif preset == "paper":
+    study.networks = {"dense": _network("dense"),
+                      **{f"lt{k}": _network("ticket")
+                         for k in PAPER_SPARSITY_STATES}}
+    study.methods = ("linear_probe", "ilm_vp")
+    study.datasets = PAPER_DATASETS
+    study.n_shots = (1, 5, 10, -1)
+    study.seeds = (0, 1, 2)
+    study.overrides = {}  # The PyTorch version's defaults (100 epochs).
+    study.method_overrides = {}
+  else:
+    raise ValueError(f"configs/study.py: unknown preset {preset!r}; use "
+                     f"smoke or paper")
+  return study.lock()

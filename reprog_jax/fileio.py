@@ -1,0 +1,157 @@
+"""Every file the package writes goes through here: atomically, with the
+user's umask, and with a content record where a later run relies on it.
+
+- `write_text`, `write_bytes`, `write_json`: a temporary sibling, fsync, then
+  `os.replace`, so a `kill -9` at any instant leaves the old file or the new
+  one, never a torn one. JSON is written without NaN or infinity.
+- `atomic_directory`: a directory built under a temporary sibling and
+  renamed into place (replacing an old one only once the new is complete).
+- `share`: the user's umask on what `tempfile` made private.
+- Content records: a network directory and every training checkpoint record
+  the size and sha256 of each file they hold; loading checks them first, so
+  a truncated or altered file is refused in one line instead of being read
+  (or half-read by background threads).
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+# Temporary files and directories start with this; a reader that lists a
+# directory skips them, and a crash leaves nothing else behind.
+TMP_PREFIX = ".tmp-"
+
+
+def share(path) -> None:
+  """Gives `path` the permissions a plain `open`/`mkdir` would have (the
+  user's umask): `tempfile` makes its files 0600 and directories 0700, and
+  results are for collaborators too."""
+  mask = os.umask(0o022)  # Reading the umask means setting it; set it back.
+  os.umask(mask)
+  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
+def file_sha256(path) -> str:
+  """The sha256 of a file's bytes, read in 1 MiB chunks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def file_records(root, under, skip=()) -> dict:
+  """`{path relative to root: {'sha256', 'bytes'}}` of every file below
+  `root/under` (`skip`: relative paths left out)."""
+  records = {}
+  for folder, dirs, names in os.walk(os.path.join(root, under)):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      relative = os.path.relpath(path, root)
+      if relative not in skip:
+        records[relative] = {"sha256": file_sha256(path),
+                             "bytes": os.path.getsize(path)}
+  return records
+
+
+def is_wellformed(records) -> bool:
+  """Whether `records` (as read from JSON) is a non-empty record dict of
+  relative paths inside their root."""
+  return isinstance(records, dict) and bool(records) and all(
+      isinstance(name, str) and not os.path.isabs(name)
+      and ".." not in name.split(os.sep) and isinstance(record, dict)
+      and isinstance(record.get("sha256"), str)
+      and isinstance(record.get("bytes"), int)
+      for name, record in records.items())
+
+
+def first_difference(root, records, hashes=True) -> str | None:
+  """What is wrong with the first file under `root` that differs from its
+  record (missing, another size, or with `hashes` other bytes), or None."""
+  for name, record in sorted(records.items()):
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+      return f"{path}: missing"
+    size = os.path.getsize(path)
+    if size != record["bytes"]:
+      return (f"{path}: {size} bytes where {record['bytes']} were written "
+              f"(truncated or altered)")
+    if hashes and file_sha256(path) != record["sha256"]:
+      return f"{path}: content differs from what was written (sha256)"
+  return None
+
+
+# --------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Writes `data` to `path` atomically: a crash leaves the old file (or
+  none) or the new one. The file gets the user's umask."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory,
+                             prefix=f"{TMP_PREFIX}{os.path.basename(path)}-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    share(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def write_text(path, text: str) -> None:
+  """`write_bytes` of `text` in UTF-8."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, value: Any, *, indent=2, sort_keys=False) -> None:
+  """Writes `value` as JSON (a trailing newline; NaN and infinity refused
+  with ValueError, since no JSON reader takes them) atomically."""
+  write_text(path, json.dumps(value, indent=indent, sort_keys=sort_keys,
+                              allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(path, *, replace=False) -> Iterator[str]:
+  """Yields a temporary sibling directory to fill; renamed to `path` when
+  the block ends without an error, removed when it raises.
+
+  Args:
+    path: the directory to create.
+    replace: whether an existing `path` is replaced (only once the new one
+      is complete; the caller checks that it may be). Without it an
+      existing `path` raises FileExistsError before anything is written.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if os.path.lexists(path) and not replace:
+    raise FileExistsError(f"{path} exists")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.path.basename(path)}-",
+                         dir=parent)
+  try:
+    share(tmp)  # mkdtemp makes it private (0700).
+    yield tmp
+    if os.path.lexists(path):
+      old = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.path.basename(path)}"
+                             f"-old-", dir=parent)
+      os.rename(path, os.path.join(old, "x"))
+      os.rename(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

@@ -1,0 +1,56 @@
+"""Linear probing (`linear_probe`): a new linear head on the frozen
+network's pooled features. Those features depend on nothing trained
+(`encode`), so the loop may compute them once and train on them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reprog_jax.methods.base import Method, MethodSpec
+from reprog_jax.model import networks
+from reprog_jax.model import prompts
+
+
+def linear_probe(num_features: int, num_classes: int) -> Method:
+  """Linear probing: a new `num_classes`-way head on pooled features.
+
+  The head starts as PyTorch's `nn.Linear` default: kernel and bias uniform
+  in +-1/sqrt(num_features).
+  """
+
+  def init(rng):
+    bound = 1.0 / jnp.sqrt(num_features)
+    k_kernel, k_bias = jax.random.split(rng)
+    return {"kernel": jax.random.uniform(k_kernel, (num_features, num_classes),
+                                         jnp.float32, -bound, bound),
+            "bias": jax.random.uniform(k_bias, (num_classes,), jnp.float32,
+                                       -bound, bound)}
+
+  def encode(network, images):
+    return networks.forward(network, prompts.imagenet_normalize(images),
+                            features_only=True)
+
+  def scores(trainable, network, features):
+    del network  # Everything frozen happened in `encode`.
+    return features @ trainable["kernel"] + trainable["bias"]
+
+  def epoch_mapping(epoch, current, seeds, count_pass):
+    del epoch, seeds, count_pass  # LP maps nothing: the identity throughout.
+    return current
+
+  def pictures(*args):
+    del args  # Reliability and curves (the loop's) say it all.
+    return {}
+
+  return Method("linear_probe", init, scores, num_classes,
+                np.arange(num_classes, dtype=np.int32), epoch_mapping,
+                pictures, encode)
+
+
+def _build(config, network, num_classes, image_size):
+  del config, image_size  # Only the feature width matters.
+  return linear_probe(network.model.num_features, num_classes)
+
+
+SPEC = MethodSpec(name="linear_probe", short="lp", label="LP",
+                  family="probe", build=_build)

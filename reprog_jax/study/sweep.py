@@ -1,0 +1,485 @@
+"""Sweeps: a study's grid of runs, one sub-workdir per cell, resumable.
+
+  python -m reprog_jax.sweep --config=configs/study.py:smoke --workdir=runs/study
+  python -m reprog_jax.report runs/study
+
+A study (`configs/study.py`) names networks, methods, datasets, n_shots and
+seeds; a cell is one network x method x dataset x n_shot, and all seeds of
+a cell train in one run (`config.seeds`) in `<workdir>/<cell name>/`.
+Re-running skips finished cells (their `summary.json` exists) and resumes
+an interrupted one from its last epoch. A cell that fails gets an
+`error.txt` (its traceback) and the sweep goes on; the command then exits
+with status 1.
+
+On a cluster, a job array shares the cells: task i of n runs the cells
+whose index in the study's order is i modulo n (`--task_index`,
+`--num_tasks`, by default from SLURM_ARRAY_TASK_ID / _MIN / _STEP / _COUNT),
+all writing to one workdir on a shared filesystem. The grid is recorded in
+`<workdir>/study.json`: a later sweep with another grid is refused, or with
+`--extend`, when it only adds cells, runs the new ones.
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import sys
+import time
+import traceback
+from typing import NamedTuple
+
+import ml_collections
+
+from reprog_jax import data
+from reprog_jax import errors
+from reprog_jax import cli as flag_errors
+from reprog_jax import methods
+from reprog_jax.study import report
+from reprog_jax.train import run_config
+from reprog_jax.train import loop as train
+from reprog_jax.train import workdir as workdir_lib
+
+# The files of a sweep directory (`reprog_jax.report` reads them).
+STUDY_FILE, CELL_FILE = report.STUDY_FILE, report.CELL_FILE
+ERROR_FILE, SUMMARY_FILE = report.ERROR_FILE, report.SUMMARY_FILE
+FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
+          "method_overrides")
+SHORT_METHOD = {"linear_probe": "lp", "ilm_vp": "vp"}
+# Training-config fields a study's grid sets per cell; overrides may not.
+GRID_FIELDS = ("method", "n_shot", "data.n_shot", "data.name", "seed", "seeds",
+               "network", "network_dir", "random_network")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+class SweepError(errors.UserError, ValueError):
+  """A study, a sweep directory or a task index that cannot run; one line."""
+
+
+class Cell(NamedTuple):
+  """One run of a study.
+
+  Attributes:
+    name: e.g. 'lp/dense/cifar10/10-shot' (method/network/dataset/shots).
+    workdir_rel: its directory, relative to the sweep's workdir.
+    config: its locked training config (all seeds in `config.seeds`).
+    network: the study's name of its network.
+  """
+  name: str
+  workdir_rel: str
+  config: ml_collections.ConfigDict
+  network: str = ""
+
+
+# --------------------------------------------------------------------------
+# The grid
+# --------------------------------------------------------------------------
+
+
+def plain_study(study) -> dict:
+  """A study (ConfigDict or dict) as study.json holds it: plain JSON values,
+  every field present."""
+  if isinstance(study, ml_collections.ConfigDict):
+    study = study.to_dict()
+  study = json.loads(json.dumps(study))
+  missing = [f for f in FIELDS[:5] if f not in study]
+  unknown = sorted(set(study) - set(FIELDS))
+  if missing or unknown:
+    raise SweepError(
+        f"study: {'missing ' + ', '.join(missing) if missing else ''}"
+        f"{'; ' if missing and unknown else ''}"
+        f"{'unknown ' + ', '.join(unknown) if unknown else ''}; a study has "
+        f"exactly {', '.join(FIELDS)} (see configs/study.py)")
+  study.setdefault("overrides", {})
+  study.setdefault("method_overrides", {})
+  return study
+
+
+def shot_name(n_shot: int) -> str:
+  """'10-shot', or 'full' for the whole training split (-1)."""
+  return "full" if n_shot == -1 else f"{n_shot}-shot"
+
+
+def cells(study) -> list[Cell]:
+  """Every cell of `study`, in a fixed order (networks, then datasets,
+  n_shots, methods), each with its checked training config.
+
+  Raises:
+    SweepError: a malformed study, or a cell whose config cannot run.
+  """
+  study = plain_study(study)
+  _check_axes(study)
+  grid = []
+  for network, entry in study["networks"].items():
+    for dataset in study["datasets"]:
+      for n_shot in study["n_shots"]:
+        for method in study["methods"]:
+          name = "/".join((SHORT_METHOD.get(method, method), network, dataset,
+                           shot_name(n_shot)))
+          config = _cell_config(study, name, network, entry, method, dataset,
+                                n_shot)
+          grid.append(Cell(name, name, config, network))
+  return grid
+
+
+def _check_axes(study) -> None:
+  def bad(message):
+    raise SweepError(f"study: {message} (see configs/study.py)")
+
+  networks = study["networks"]
+  if not isinstance(networks, dict) or not networks:
+    bad("networks is empty; name at least one, e.g. "
+        "{'dense': {'dir': 'nets/dense', 'kind': 'dense'}}")
+  for name, entry in networks.items():
+    if not _NAME.match(name):
+      bad(f"network name {name!r} may only hold letters, digits, '_', '.' "
+          f"and '-' (it names directories)")
+    extra = sorted(set(entry) - {"dir", "random", "kind"})
+    if extra:
+      bad(f"networks.{name} has unknown field(s) {', '.join(extra)}; use "
+          f"dir, random and kind")
+    if entry.get("kind") not in ("dense", "ticket"):
+      bad(f"networks.{name}.kind is {entry.get('kind')!r}, not 'dense' or "
+          f"'ticket'")
+    if bool(entry.get("dir")) == bool(entry.get("random")):
+      bad(f"networks.{name} needs exactly one of dir (a `python -m convert` "
+          f"output) and random (smoke runs), e.g. "
+          f"--config.networks.{name}.dir=nets/{name}")
+    if entry.get("random") and entry["kind"] != "dense":
+      bad(f"networks.{name}: a random network is dense, not a "
+          f"{entry['kind']}; give its dir instead")
+  for axis in ("methods", "datasets", "n_shots", "seeds"):
+    values = study[axis]
+    if not isinstance(values, list) or not values:
+      bad(f"{axis} is empty; give at least one")
+    if len(set(map(str, values))) != len(values):
+      bad(f"{axis} {values} has repeats")
+  for method in study["methods"]:
+    if method not in methods.METHODS:
+      bad(f"method {method!r} is not one of {', '.join(methods.METHODS)}")
+  for n_shot in study["n_shots"]:
+    if not isinstance(n_shot, int) or not (n_shot == -1 or n_shot >= 1):
+      bad(f"n_shots holds {n_shot!r}; use positive integers, or -1 for "
+          f"the full training split")
+  for dataset in study["datasets"]:
+    data.get_dataset_info(dataset)  # A DataError listing every name.
+  # Overrides of a method the study does not run are kept, unused: a
+  # preset's methods can then be narrowed from the command line.
+  unknown = sorted(set(study["method_overrides"]) - set(methods.METHODS))
+  if unknown:
+    bad(f"method_overrides names {', '.join(unknown)}, not one of "
+        f"{', '.join(methods.METHODS)}")
+  for where, overrides in [("overrides", study["overrides"])] + [
+      (f"method_overrides.{m}", o)
+      for m, o in study["method_overrides"].items()]:
+    owned = sorted(set(dict(workdir_lib.flatten(overrides))) & set(GRID_FIELDS))
+    if owned:
+      bad(f"{where} sets {', '.join(owned)}, which the grid sets per cell; "
+          f"use networks, methods, datasets, n_shots and seeds")
+
+
+@functools.cache
+def _config_module(method):
+  path = _CONFIGS_DIR / f"{method}.py"
+  if not path.exists():
+    raise SweepError(f"{path}: no such config file; run the sweep from a "
+                     f"checkout of reprog-jax (pip install -e .)")
+  spec = importlib.util.spec_from_file_location(f"{method}_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _cell_config(study, name, network, entry, method, dataset, n_shot):
+  config = _config_module(method).get_config(dataset)
+  config.progress = False  # The sweep prints a line per cell instead.
+  _override(config, study["overrides"], name, "overrides")
+  _override(config, study["method_overrides"].get(method, {}), name,
+            f"method_overrides.{method}")
+  config.n_shot = n_shot
+  config.seeds = tuple(study["seeds"])
+  config.network = entry["kind"]
+  config.network_dir = entry.get("dir") or None
+  config.random_network = entry.get("random") or None
+  try:
+    run_config.check(config)
+  except ValueError as e:  # check's one-line message.
+    raise SweepError(f"cell {name}: {e}") from None
+  return config
+
+
+def _override(config, overrides, name, where, prefix=""):
+  for key, value in overrides.items():
+    field = f"{prefix}{key}"
+    if isinstance(value, dict):
+      if not isinstance(config.get(key), ml_collections.ConfigDict):
+        raise SweepError(f"study {where}: {field} is not a group of the "
+                         f"training config (cell {name})")
+      _override(config[key], value, name, where, f"{field}.")
+      continue
+    try:
+      config[key] = tuple(value) if isinstance(value, list) else value
+    except (AttributeError, KeyError):
+      raise SweepError(f"study {where}: {field} is not a field of the "
+                       f"training config (cell {name})") from None
+    except TypeError as e:
+      raise SweepError(f"study {where}: {field}={value!r} has the wrong type "
+                       f"({str(e).splitlines()[0]})") from None
+
+
+# --------------------------------------------------------------------------
+# The sweep directory
+# --------------------------------------------------------------------------
+
+
+def write_atomically(path, text) -> None:
+  """Writes `text` to `path` through a temporary file and a rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def record_study(workdir, study, grid, extend=False) -> None:
+  """Records `study` in `workdir/study.json`, or checks it against the one
+  recorded there.
+
+  A grid with the same cells and cell configs (up to fields that do not
+  change results) is accepted; one that only adds cells needs `extend`;
+  any other is refused.
+  """
+  path = os.path.join(workdir, STUDY_FILE)
+  study = plain_study(study)
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    old = {c.name: workdir_lib.comparable(c.config)
+           for c in cells(recorded["study"])}
+    new = {c.name: workdir_lib.comparable(c.config) for c in grid}
+    changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+    removed = sorted(old.keys() - new.keys())
+    added = sorted(new.keys() - old.keys())
+    if changed or removed:
+      what = (f"changes cell {changed[0]} (in "
+              f"{', '.join(_differences(old[changed[0]], new[changed[0]]))})"
+              if changed else
+              f"drops {len(removed)} of its cells (e.g. {removed[0]})")
+      raise SweepError(
+          f"{workdir} holds a sweep of another grid: this study {what}; use "
+          f"another --workdir, or the study recorded in {path}")
+    if added and not extend:
+      raise SweepError(
+          f"{workdir} holds a sweep of another grid: this study adds "
+          f"{len(added)} cell(s) (e.g. {added[0]}); pass --extend to run "
+          f"them too, or use another --workdir")
+    if recorded["study"] == study:
+      return
+  write_atomically(path, json.dumps(
+      {"study": study, "cells": [c.name for c in grid]}, indent=2) + "\n")
+
+
+def _differences(old, new) -> list[str]:
+  return sorted(k for k in old.keys() | new.keys()
+                if old.get(k) != new.get(k))[:5]
+
+
+def task_from_environment(environ=None) -> tuple[int | None, int | None]:
+  """(task index from 0, number of tasks) of a SLURM job array, or
+  (None, None) outside one.
+
+  SLURM numbers tasks as given to --array (often from 1, possibly with a
+  step: --array=1-9:2); the index is their rank, (ID - MIN) / STEP.
+  """
+  environ = os.environ if environ is None else environ
+  if "SLURM_ARRAY_TASK_ID" not in environ:
+    return None, None
+  try:
+    task_id = int(environ["SLURM_ARRAY_TASK_ID"])
+    first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    step = int(environ.get("SLURM_ARRAY_TASK_STEP", 1))
+    count = int(environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+  except ValueError:
+    raise SweepError("SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT are not integers;"
+                     " pass --task_index and --num_tasks") from None
+  return (task_id - first) // max(step, 1), count
+
+
+def task_cells(grid, task_index, num_tasks) -> list[Cell]:
+  """Task `task_index`'s share of `grid`: every `num_tasks`-th cell."""
+  if num_tasks < 1 or not 0 <= task_index < num_tasks:
+    raise SweepError(
+        f"task index {task_index} is not in [0, {num_tasks}) (--num_tasks="
+        f"{num_tasks}); pass --task_index from 0 to {num_tasks - 1} (under a "
+        f"SLURM job array, leave both flags unset)")
+  return [c for i, c in enumerate(grid) if i % num_tasks == task_index]
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+
+def run(study, workdir, task_index=0, num_tasks=1, extend=False) -> dict:
+  """Runs this task's cells of `study` under `workdir`.
+
+  Args:
+    study: a study (`configs/study.py`), ConfigDict or dict.
+    workdir: the sweep directory (shared by every task).
+    task_index: this task, in [0, num_tasks).
+    num_tasks: how many tasks share the cells.
+    extend: accept a study that adds cells to the one recorded in workdir.
+
+  Returns:
+    {cell name: {'status': 'done'|'skipped'|'failed', 'seconds': float,
+    'message': str, 'workdir': str}} for this task's cells, in order.
+
+  Raises:
+    SweepError: a bad study or task index, or a workdir of another grid;
+      nothing has run then. A failing cell raises nothing: it is recorded.
+  """
+  grid = cells(study)
+  mine = task_cells(grid, task_index, num_tasks)
+  workdir_lib.check(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  record_study(workdir, study, grid, extend)
+  share = (f"task {task_index} of {num_tasks}: " if num_tasks > 1 else "")
+  print(f"sweep: {share}{len(mine)} of {len(grid)} cells in {workdir}",
+        flush=True)
+  outcomes = {}
+  for k, cell in enumerate(mine, 1):
+    outcomes[cell.name] = run_cell(cell, workdir, f"[{k}/{len(mine)}]")
+  counts = {s: sum(o["status"] == s for o in outcomes.values())
+            for s in ("done", "skipped", "failed")}
+  print(f"sweep: {counts['done']} done, {counts['skipped']} finished before, "
+        f"{counts['failed']} failed; report: python -m reprog_jax.report "
+        f"{workdir}", flush=True)
+  return outcomes
+
+
+def run_cell(cell, workdir, prefix="") -> dict:
+  """Runs (or resumes, or skips when finished) one cell; never raises for a
+  failing run: its traceback goes to the cell's error.txt."""
+  cell_dir = os.path.join(workdir, cell.workdir_rel)
+  outcome = {"workdir": cell_dir, "seconds": 0.0, "message": ""}
+  head = f"{prefix} {cell.name} ..."
+  if os.path.exists(os.path.join(cell_dir, SUMMARY_FILE)):
+    print(f"{head} finished before, skipped", flush=True)
+    return {**outcome, "status": "skipped", "message": "finished before"}
+  os.makedirs(cell_dir, exist_ok=True)
+  config = cell.config
+  write_atomically(os.path.join(cell_dir, CELL_FILE), json.dumps({
+      "name": cell.name, "network": cell.network, "kind": config.network,
+      "method": config.method, "dataset": config.data.name,
+      "n_shot": config.n_shot, "seeds": list(config.seeds)}, indent=2) + "\n")
+  started = time.time()
+  try:
+    summary = train.train_and_evaluate(config, cell_dir)
+  # Deliberately broad: whatever stops one cell (a bad input, running out
+  # of memory, a bug) is recorded with its traceback, and the others run.
+  except Exception as e:  # pylint: disable=broad-except
+    seconds = time.time() - started
+    write_atomically(os.path.join(cell_dir, ERROR_FILE),
+                     traceback.format_exc())
+    message = _one_line(e)
+    print(f"{head} FAILED after {seconds:.0f} s: {message} (traceback in "
+          f"{os.path.join(cell_dir, ERROR_FILE)})", flush=True)
+    return {**outcome, "status": "failed", "seconds": seconds,
+            "message": message}
+  seconds = time.time() - started
+  if os.path.exists(os.path.join(cell_dir, ERROR_FILE)):
+    os.remove(os.path.join(cell_dir, ERROR_FILE))  # An earlier try's.
+  best = summary["seeds_mean_std"]["best"] if summary else None
+  message = (f"best acc {best['test_acc']['mean']:.2%} +- "
+             f"{best['test_acc']['std']:.2%}, ece "
+             f"{best['test_ece']['mean']:.4f} +- {best['test_ece']['std']:.4f}"
+             if best else "no summary from this process")
+  print(f"{head} done in {seconds:.0f} s, {message}", flush=True)
+  return {**outcome, "status": "done", "seconds": seconds, "message": message}
+
+
+def _one_line(error) -> str:
+  lines = [l for l in str(error).splitlines() if l.strip()]
+  text = lines[0] if lines else ""
+  if isinstance(error, errors.UserError):
+    return text
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def _define_flags():
+  # Defined only when run as a program, so that importing this module next
+  # to `reprog_jax.main` (which has flags of the same names) is harmless.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config = config_flags.DEFINE_config_file(
+      "config", None, "A study and preset, e.g. configs/study.py:smoke.",
+      lock_config=True)
+  workdir = flags.DEFINE_string(
+      "workdir", None, "The sweep directory: one sub-directory per cell; "
+      "re-running skips finished cells and resumes the others.")
+  extend = flags.DEFINE_bool(
+      "extend", False, "Accept a study that adds cells to the one recorded "
+      "in --workdir (study.json), and run the new cells.")
+  task_index = flags.DEFINE_integer(
+      "task_index", None, "This task of a job array, from 0 (default: from "
+      "SLURM_ARRAY_TASK_ID, else 0).")
+  num_tasks = flags.DEFINE_integer(
+      "num_tasks", None, "How many tasks share the cells (default: "
+      "SLURM_ARRAY_TASK_COUNT, else 1).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  return config, workdir, extend, task_index, num_tasks
+
+
+def main(flag_values) -> int:
+  """Runs the sweep the flags describe; returns the exit status."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  config, workdir, extend, task_index, num_tasks = flag_values
+  logging.set_verbosity(logging.ERROR)
+
+  def fail(message):
+    print(f"reprog_jax.sweep: error: {message}", file=sys.stderr)
+    return 1
+
+  try:
+    study = config.value
+    study.networks  # A config file that failed to load raises on first use.
+  except OSError as e:
+    return fail(flag_errors.one_line(e, "study"))
+  try:
+    index, count = task_index.value, num_tasks.value
+    if index is None or count is None:
+      env_index, env_count = task_from_environment()
+      index = _first_set(index, env_index, 0)
+      count = _first_set(count, env_count, 1)
+    outcomes = run(study, workdir.value, index, count, extend.value)
+  except errors.UserError as e:
+    return fail(str(e))
+  except KeyboardInterrupt:
+    print("interrupted; finished cells are kept and the interrupted one "
+          "resumes from its last epoch: run the same command again",
+          file=sys.stderr)
+    return 130
+  failed = [name for name, o in outcomes.items() if o["status"] == "failed"]
+  if failed:
+    return fail(f"{len(failed)} of {len(outcomes)} cells failed ("
+                f"{', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''});"
+                f" each one's traceback is in its error.txt; fix and re-run "
+                f"the same command (finished cells are skipped)")
+  return 0
+
+
+def _first_set(*values):
+  return next(v for v in values if v is not None)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(_FLAGS), flags_parser=flag_errors.parser(
+      "reprog_jax.sweep", "study", "--config.seeds='(0, 1)'"))

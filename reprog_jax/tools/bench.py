@@ -1,0 +1,482 @@
+"""Benchmark: our training step against the PyTorch version's, in one process.
+
+    python -m reprog_jax.bench --method ilm_vp              # ResNet-50, batch 16
+    python -m reprog_jax.bench --method linear_probe --batch 32
+    python -m reprog_jax.bench --method ilm_vp --seeds 5    # vmapped vs 5 runs
+    python -m reprog_jax.bench --method linear_probe --whole-lp
+    python -m reprog_jax.bench --method ilm_vp --device gpu
+
+Both sides train the same thing on the same shapes: the frozen network
+(ours: `networks.random_network`; theirs: torchvision's, randomly
+initialised: speed does not depend on the weights), the same prompt or head,
+Adam. The PyTorch side is `torch_reference` (the parity tests' transcription
+of the PyTorch version's step), in float32 on a CPU and, on a GPU, with fp16
+autocast and a gradient scaler as the PyTorch version; ours computes in
+float32 on a CPU and bfloat16 on a GPU. Batches are already on the device
+on both sides. After warm-up the two alternate, `--rounds` times
+`--steps` steps each, and the medians are reported; the last line is
+`ratio ours/pytorch = X.XX` (> 1: ours is faster).
+
+Modes:
+- default: images/s of one training step, and achieved FLOP/s (XLA's count
+  of our step's FLOPs) against the device's peak where known;
+- `--seeds S`: S seeds in one vmapped step against S sequential steps (ours
+  and PyTorch's), the same examples per seed;
+- `--whole-lp`: linear probing over `--epochs` epochs of `--examples`
+  examples: ours computes the features once and trains the head on them,
+  the PyTorch version (and our recomputing mode) runs the network every
+  step; whole-run time from measured parts (one epoch of recomputing, times
+  the epochs).
+Every mode also reports the images/s the input side feeds: batches gathered
+from the decoded uint8 store and put on the device, as training does.
+"""
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reprog_jax import data
+from reprog_jax import errors
+from reprog_jax.model import label_mapping
+from reprog_jax import methods
+from reprog_jax.model import networks
+from reprog_jax.train import sharding
+from reprog_jax.train import steps
+
+# Dense bfloat16 peak FLOP/s by device kind (substring match).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12,
+             "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v4": 275e12}
+
+
+class BenchError(errors.UserError, ValueError):
+  """A bad argument or an unavailable device, in one line."""
+
+
+def parse(argv):
+  parser = argparse.ArgumentParser(prog="python -m reprog_jax.bench",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--method", choices=sorted(methods.METHODS),
+                      default="ilm_vp")
+  parser.add_argument("--arch", default="resnet50",
+                      choices=("resnet18", "resnet34", "resnet50"))
+  parser.add_argument("--batch", type=int, default=16,
+                      help="examples per step (and per seed)")
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="target image side (default: 32 for ilm_vp, "
+                      "224 for linear_probe)")
+  parser.add_argument("--output-size", type=int, default=224,
+                      help="ilm_vp's canvas side")
+  parser.add_argument("--num-classes", type=int, default=10)
+  parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+  parser.add_argument("--steps", type=int, default=5,
+                      help="steps per timed round")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--rounds", type=int, default=4)
+  parser.add_argument("--seeds", type=int, default=0,
+                      help="time S seeds vmapped against S sequential runs")
+  parser.add_argument("--whole-lp", action="store_true",
+                      help="whole linear-probing runs: cached features "
+                      "against recomputing them every epoch")
+  parser.add_argument("--examples", type=int, default=512,
+                      help="--whole-lp: training examples")
+  parser.add_argument("--epochs", type=int, default=100,
+                      help="--whole-lp: epochs")
+  parser.add_argument("--profile", action="store_true",
+                      help="also print where our step's time goes, by kind "
+                      "of operation (an XLA profile of --steps steps)")
+  args = parser.parse_args(argv)
+  if args.image_size is None:
+    args.image_size = 32 if args.method == "ilm_vp" else 224
+  for name in ("batch", "image_size", "output_size", "num_classes", "steps",
+               "rounds", "examples", "epochs"):
+    if getattr(args, name) < 1:
+      raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
+  if args.warmup < 0 or args.seeds < 0:
+    raise BenchError("--warmup and --seeds must be >= 0")
+  if args.whole_lp and (args.method != "linear_probe" or args.seeds):
+    raise BenchError("--whole-lp needs --method linear_probe and no --seeds")
+  if args.method == "ilm_vp" and args.image_size > args.output_size:
+    raise BenchError(f"--image-size {args.image_size} exceeds "
+                     f"--output-size {args.output_size}")
+  return args
+
+
+# --------------------------------------------------------------------------
+# The two sides
+# --------------------------------------------------------------------------
+
+
+class Ours:
+  """Our jitted step of `num_seeds` seeds on device-resident batches."""
+
+  def __init__(self, args, network, num_seeds, encoded=False):
+    self.layout = sharding.Layout.create(num_seeds)
+    self.network = self.layout.put(network, self.layout.replicated)
+    size = args.image_size
+    if args.method == "ilm_vp":
+      self.method = methods.ilm_vp.visual_prompt(size, args.num_classes,
+                                          args.output_size)
+    else:
+      self.method = methods.linear_probe.linear_probe(network.model.num_features,
+                                         args.num_classes)
+    optimizer, _ = steps.make_optimizer(0.01, 100, 10)
+    self.step = steps.make_train_step(self.method, optimizer, self.layout,
+                                      encoded)
+    self.state = self.layout.put(
+        steps.init_state(self.method, optimizer, range(num_seeds)),
+        self.layout.per_seed)
+    mapping = (np.arange(args.num_classes) if args.method == "linear_probe"
+               else np.random.default_rng(0).permutation(
+                   label_mapping.NUM_IMAGENET_CLASSES)[:args.num_classes])
+    self.mappings = self.layout.put(np.tile(mapping, (num_seeds, 1)),
+                                    self.layout.per_seed)
+    self.flops = None
+
+  def put(self, host_batch):
+    return self.layout.put(host_batch, self.layout.seed_batch)
+
+  def run(self, batch, count):
+    """`count` steps; returns the seconds, waiting for the device."""
+    started = time.perf_counter()
+    for _ in range(count):
+      self.state, metrics = self.step(self.state, self.network,
+                                      self.mappings, batch)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - started
+
+  def count_flops(self, batch):
+    compiled = self.step.lower(self.state, self.network, self.mappings,
+                               batch).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0] if analysis else None
+    self.flops = (analysis or {}).get("flops")
+    return self.flops
+
+
+class Theirs:
+  """`torch_reference`'s step, as the PyTorch version runs it."""
+
+  def __init__(self, args, device):
+    import torch  # pylint: disable=g-import-not-at-top
+    import torchvision  # pylint: disable=g-import-not-at-top
+    from reprog_jax.tools import torch_reference  # pylint: disable=g-import-not-at-top
+    self.torch = torch
+    network = getattr(torchvision.models, args.arch)(weights=None)
+    amp = device == "cuda"
+    if args.method == "ilm_vp":
+      mapping = np.random.default_rng(0).permutation(1000)[:args.num_classes]
+      self.reference = torch_reference.VisualPromptReference(
+          network, args.image_size, mapping, args.output_size, device=device,
+          amp=amp)
+    else:
+      width = network.fc.in_features
+      rng = np.random.default_rng(0)
+      self.reference = torch_reference.LinearProbeReference(
+          network, rng.uniform(-0.02, 0.02, (width, args.num_classes)),
+          rng.uniform(-0.02, 0.02, args.num_classes), device=device, amp=amp)
+    self.device = device
+
+  def put(self, host_batch):
+    images = host_batch["image"].astype(np.float32) / np.float32(255)
+    return self.reference.to_device(images, host_batch["label"])
+
+  def run(self, batch, count):
+    started = time.perf_counter()
+    for _ in range(count):
+      loss = self.reference.step_tensors(*batch)
+    float(loss)  # Waits for the device.
+    if self.device == "cuda":
+      self.torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------
+
+
+def _host_batch(args, num_seeds=None, seed=0):
+  rng = np.random.default_rng(seed)
+  lead = (args.batch,) if num_seeds is None else (num_seeds, args.batch)
+  return {"image": rng.integers(0, 256, lead + (args.image_size,) * 2 + (3,),
+                                np.uint8),
+          "label": rng.integers(0, args.num_classes, lead).astype(np.int32),
+          "mask": np.ones(lead, bool)}
+
+
+def interleaved(timers, args):
+  """Runs each `(name, run)` for warm-up, then alternates `--rounds` timed
+  rounds of `--steps` steps; returns name -> median seconds per step."""
+  for _, run in timers:
+    run(max(args.warmup, 1))  # Compiles; the first step is never timed.
+  seconds = {name: [] for name, _ in timers}
+  for _ in range(args.rounds):
+    for name, run in timers:
+      seconds[name].append(run(args.steps) / args.steps)
+  return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def input_images_per_second(args, num_seeds, layout, seconds=1.0):
+  """Images/s the input side feeds: gathering batches from a decoded uint8
+  store and putting them on the device, as `train.train_epoch` does."""
+  count = max(4 * args.batch, 256)
+  positions = np.arange(count)
+  host = _host_batch(args, seed=1)
+  rows = np.resize(host["image"], (count,) + host["image"].shape[1:])
+  store = data.RowStore(rows, positions % args.num_classes, positions)
+  sampler = data.Sampler(np.tile(positions, (num_seeds, 1)),
+                         range(num_seeds), batch_size=args.batch,
+                         shuffle=True, pad_to=layout.batch_pad)
+  served, epoch, started = 0, 0, time.perf_counter()
+  while time.perf_counter() - started < seconds:
+    for index in sampler.epoch(epoch):
+      jax.block_until_ready(layout.put_rows(store, index, layout.seed_batch))
+      served += index.size
+    epoch += 1
+  return served / (time.perf_counter() - started)
+
+
+def _peak(dtype) -> float | None:
+  if jnp.dtype(dtype) != jnp.bfloat16:
+    return None
+  kind = jax.devices()[0].device_kind
+  return next((peak for name, peak in PEAK_BF16.items() if name in kind),
+              None)
+
+
+def _flops_line(name, flops, seconds, dtype) -> str:
+  if not flops:
+    return f"{name}: FLOP count unavailable"
+  achieved = flops / seconds
+  peak = _peak(dtype)
+  versus = (f" = {achieved / peak:.1%} of the {jax.devices()[0].device_kind} "
+            f"bf16 peak ({peak / 1e12:.0f} TFLOP/s)" if peak
+            else " (device peak unknown)")
+  return f"{name}: {achieved / 1e12:.3f} TFLOP/s achieved{versus}"
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def describe(args, dtype) -> None:
+  import os  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  print(f"machine: {_cpu_model()} ({os.cpu_count()} cores), "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()}); python {platform.python_version()}, "
+        f"jax {jax.__version__}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} CPU threads)")
+  print(f"setting: {args.method}, {args.arch}, batch {args.batch}, image "
+        f"{args.image_size}"
+        + (f" framed to {args.output_size}" if args.method == "ilm_vp" else "")
+        + f", ours {jnp.dtype(dtype).name}, PyTorch "
+        + ("fp16 autocast + grad scaler" if args.device == "gpu"
+           else "float32"))
+
+
+def main(argv=None) -> int:
+  try:
+    args = parse(argv)
+    device = "cuda" if args.device == "gpu" else "cpu"
+    if args.device == "gpu" and jax.default_backend() != "gpu":
+      raise BenchError("--device gpu: JAX sees no GPU (install jax[cuda12])")
+    if args.device == "cpu" and jax.default_backend() != "cpu":
+      raise BenchError("--device cpu: JAX runs on "
+                       f"{jax.default_backend()}; set JAX_PLATFORMS=cpu")
+    import torch  # pylint: disable=g-import-not-at-top
+    if device == "cuda" and not torch.cuda.is_available():
+      raise BenchError("--device gpu: PyTorch sees no GPU")
+  except ImportError as e:
+    print(f"bench: error: {e.name} is missing; pip install -e '.[torch]'",
+          file=sys.stderr)
+    return 1
+  except BenchError as e:
+    print(f"bench: error: {e}", file=sys.stderr)
+    return 1
+  dtype = jnp.bfloat16 if args.device == "gpu" else jnp.float32
+  describe(args, dtype)
+  network = networks.random_network(args.arch, dtype=dtype)
+  theirs = Theirs(args, device)
+  if args.whole_lp:
+    ratio = _whole_lp(args, network, theirs, dtype)
+  elif args.seeds:
+    ratio = _seeds(args, network, theirs, dtype)
+  else:
+    ratio = _one_step(args, network, theirs, dtype)
+  print(f"ratio ours/pytorch = {ratio:.2f}")
+  return 0
+
+
+def _one_step(args, network, theirs, dtype) -> float:
+  ours = Ours(args, network, 1)
+  host = _host_batch(args)
+  our_batch = ours.put(jax.tree.map(lambda x: x[None], host))
+  their_batch = theirs.put(host)
+  ours.count_flops(our_batch)
+  seconds = interleaved([("ours", lambda n: ours.run(our_batch, n)),
+                         ("pytorch", lambda n: theirs.run(their_batch, n))],
+                        args)
+  feed = input_images_per_second(args, 1, ours.layout)
+  for name in ("ours", "pytorch"):
+    print(f"{name}: {args.batch / seconds[name]:,.1f} images/s "
+          f"({seconds[name] * 1e3:.1f} ms per step)")
+  print(_flops_line("ours", ours.flops, seconds["ours"], dtype))
+  print(_flops_line("pytorch (same FLOPs)", ours.flops, seconds["pytorch"],
+                    jnp.float16 if args.device == "gpu" else jnp.float32))
+  print(f"input side: {feed:,.0f} images/s from the decoded store")
+  if args.profile:
+    _profile(ours, our_batch, args.steps)
+  return seconds["pytorch"] / seconds["ours"]
+
+
+def _profile(ours, batch, count) -> None:
+  """Prints the device time of our step by (forward/backward, kind of op),
+  summed over threads (CPU) or streams, from a `jax.profiler` trace."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  hlo = ours.step.lower(ours.state, ours.network, ours.mappings,
+                        batch).compile().as_text()
+  op_names = {}  # HLO instruction -> the JAX op it came from.
+  for line in hlo.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*", line)
+    if match:
+      found = re.search(r'op_name="([^"]*)"', line)
+      op_names.setdefault(match.group(1), found.group(1) if found else "")
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      ours.run(batch, count)
+    trace, = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    profile = jax.profiler.ProfileData.from_file(trace)
+  cpu = jax.default_backend() == "cpu"
+  totals = collections.Counter()
+  for plane in profile.planes:
+    if not cpu and not plane.name.startswith("/device:"):
+      continue
+    for line in plane.lines:
+      if cpu and not line.name.startswith("tf_XLAEigen"):
+        continue  # XLA's CPU worker threads run the ops.
+      for event in line.events:
+        if event.name in op_names:
+          op = op_names[event.name]
+          kind = ("matmul" if "dot_general" in op else
+                  "convolution" if "conv_general" in op else
+                  "pooling" if "pool" in op or "reduce_window" in op else
+                  "element-wise and other")
+          side = "backward" if "transpose(" in op else "forward"
+          totals[f"{side} {kind}"] += event.duration_ns / 1e6 / count
+  print(f"profile of our step ({sum(totals.values()):,.0f} ms of device "
+        f"time per step, summed over {'threads' if cpu else 'streams'}):")
+  for name, ms in totals.most_common():
+    print(f"  {name}: {ms:,.1f} ms")
+
+
+def _seeds(args, network, theirs, dtype) -> float:
+  count = args.seeds
+  # Linear probing with seeds trains the heads on shared cached features.
+  encoded = args.method == "linear_probe"
+  together = Ours(args, network, count, encoded=encoded)
+  alone = Ours(args, network, 1, encoded=encoded)
+  images = _host_batch(args, num_seeds=count)
+  hosts = (dict(images, image=_features(together, images["image"]))
+           if encoded else images)
+  batch_together = together.put(hosts)
+  batches_alone = [alone.put(jax.tree.map(lambda x: x[k:k + 1], hosts))
+                   for k in range(count)]
+  batches_theirs = [theirs.put(jax.tree.map(lambda x: x[k], images))
+                    for k in range(count)]
+
+  def sequential(side, batches):
+    return lambda n: sum(side.run(b, n) for b in batches)
+
+  seconds = interleaved(
+      [("vmapped", lambda n: together.run(batch_together, n)),
+       ("sequential", sequential(alone, batches_alone)),
+       ("pytorch", sequential(theirs, batches_theirs))], args)
+  feed = input_images_per_second(args, count, together.layout)
+  served = count * args.batch
+  on = (" on cached features (computed once, not timed)" if encoded
+        else "")
+  for name, what in (("vmapped", f"ours, {count} seeds in one step{on}"),
+                     ("sequential",
+                      f"ours, {count} seeds one after another{on}"),
+                     ("pytorch", f"PyTorch, {count} runs one after another")):
+    print(f"{what}: {served / seconds[name]:,.1f} images/s")
+  print(f"vmapped / sequential wall time = "
+        f"{seconds['vmapped'] / seconds['sequential']:.2f}")
+  print(f"input side: {feed:,.0f} images/s from the decoded store")
+  return seconds["pytorch"] / seconds["vmapped"]
+
+
+def _features(ours, images):
+  """Pooled features of uint8 `images` (..., H, W, 3), as cached."""
+  encode = steps.make_encode_step(ours.method, ours.layout)
+  flat = images.reshape((-1,) + images.shape[-3:])
+  features = encode(ours.network, ours.layout.put(flat, ours.layout.batch))
+  return np.asarray(features).reshape(images.shape[:-3] + (-1,))
+
+
+def _whole_lp(args, network, theirs, dtype) -> float:
+  cached = Ours(args, network, 1, encoded=True)
+  recompute = Ours(args, network, 1)
+  host = _host_batch(args)
+  images = recompute.put(jax.tree.map(lambda x: x[None], host))
+  encode = steps.make_encode_step(cached.method, cached.layout)
+  image_batch = cached.layout.put(host["image"], cached.layout.batch)
+  features = encode(cached.network, image_batch)
+  feature_batch = cached.put({"image": np.asarray(features)[None],
+                              "label": host["label"][None],
+                              "mask": host["mask"][None]})
+  their_batch = theirs.put(host)
+
+  def encode_run(n):
+    started = time.perf_counter()
+    for _ in range(n):
+      out = encode(cached.network, image_batch)
+    jax.block_until_ready(out)
+    return time.perf_counter() - started
+
+  seconds = interleaved(
+      [("features", encode_run),
+       ("head", lambda n: cached.run(feature_batch, n)),
+       ("recompute", lambda n: recompute.run(images, n)),
+       ("pytorch", lambda n: theirs.run(their_batch, n))], args)
+  steps_per_epoch = -(-args.examples // args.batch)
+  whole = {
+      "ours, cached features": steps_per_epoch * (
+          seconds["features"] + args.epochs * seconds["head"]),
+      "ours, recomputing": args.epochs * steps_per_epoch * seconds["recompute"],
+      "PyTorch, recomputing": args.epochs * steps_per_epoch * seconds[
+          "pytorch"]}
+  print(f"{args.epochs} epochs of {args.examples} examples (from per-step "
+        f"medians: features {seconds['features'] * 1e3:.1f} ms, head "
+        f"{seconds['head'] * 1e3:.2f} ms, recomputing step "
+        f"{seconds['recompute'] * 1e3:.1f} ms, PyTorch step "
+        f"{seconds['pytorch'] * 1e3:.1f} ms per batch of {args.batch}):")
+  for name, total in whole.items():
+    print(f"  {name}: {total:,.1f} s "
+          f"({args.epochs * args.examples / total:,.0f} images/s)")
+  print(f"cached / recomputing: "
+        f"{whole['ours, recomputing'] / whole['ours, cached features']:.1f}x"
+        f" faster")
+  return whole["PyTorch, recomputing"] / whole["ours, cached features"]
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
