@@ -96,3 +96,24 @@ def test_decode_once_decodes_each_image_once(monkeypatch):
     for index in sampler.epoch(epoch):
       store.gather(index)
   assert sorted(calls) == list(range(0, 30, 2))
+
+
+def test_a_pool_smaller_than_the_batch_is_one_step_of_its_own_size():
+  # 1-shot CIFAR-10 at the paper's batch 128: PyTorch's DataLoader hands
+  # over one batch of the 10 images; so do we, in the same order (the
+  # permutation of the pool), with no blank slots beyond the device
+  # multiple.
+  pools = np.array([np.arange(10), np.arange(10, 20)])
+  wide = data.Sampler(pools, (3, 4), batch_size=128, shuffle=True)
+  assert (wide.batch_size, wide.padded_batch_size, len(wide)) == (10, 10, 1)
+  for epoch in range(3):
+    (index,) = list(wide.epoch(epoch))
+    assert index.shape == (2, 10)
+    for k, seed in enumerate((3, 4)):
+      order = np.random.default_rng([seed, epoch]).permutation(10)
+      np.testing.assert_array_equal(index[k], pools[k][order])
+  on_devices = data.Sampler(pools, (3, 4), batch_size=128, shuffle=True,
+                            pad_to=4)
+  (index,) = list(on_devices.epoch(0))
+  assert index.shape == (2, 12) and (index[:, 10:] == -1).all()
+  np.testing.assert_array_equal(index[:, :10], next(wide.epoch(0)))

@@ -125,7 +125,10 @@ class Sampler:
   Attributes:
     pools: int64 (S, K): seed s's rows, in pool order.
     seeds: the S seeds (each seed's shuffling comes from its own).
-    batch_size: B, examples per step and seed.
+    batch_size: B, examples per step and seed: the `batch_size` asked
+      for, or K when the pools are smaller. A 10-image few-shot set at
+      batch 128 is one step of 10, as PyTorch's DataLoader hands it over
+      (same examples, order and gradient), not 10 images among 118 blanks.
     padded_batch_size: B rounded up to a multiple of `pad_to` (so a batch
       splits evenly over devices); the extra slots are blank.
     steps_per_epoch: ceil(K / B).
@@ -137,10 +140,11 @@ class Sampler:
     self.seeds = tuple(int(s) for s in seeds)
     if len(self.seeds) != len(self.pools):
       raise ValueError(f'{len(self.pools)} pools for {len(self.seeds)} seeds')
+    self.num_examples = self.pools.shape[1]
+    batch_size = max(1, min(batch_size, self.num_examples))
     self.batch_size = batch_size
     self.padded_batch_size = math.ceil(batch_size / pad_to) * pad_to
     self.shuffle = shuffle
-    self.num_examples = self.pools.shape[1]
     self.steps_per_epoch = max(1, math.ceil(self.num_examples / batch_size))
 
   def __len__(self) -> int:
