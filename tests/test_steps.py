@@ -1,6 +1,7 @@
 """Our jitted train steps against the PyTorch reference, step for step."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -159,3 +160,29 @@ def test_bfloat16_compute_keeps_float32_master_values(ticket):
   # bfloat16 keeps ~3 significant digits of the float32 loss.
   assert losses[0] == pytest.approx(losses[1], rel=2e-2)
   assert losses[0] != losses[1]  # It did compute in bfloat16.
+
+
+@pytest.mark.parametrize("precision", ["highest", None])
+def test_eval_and_count_steps_compile_at_the_precision_asked(precision):
+  # On an H100, XLA's default runs float32 matmuls and convolutions as
+  # TF32; `eval_precision='highest'` must reach every one of them.
+  network = networks.random_network("resnet18")
+  method = methods.ilm_vp.visual_prompt(8, 10, 32)
+  params = jax.vmap(method.init)(jnp.stack([jax.random.key(0)]))
+  layout = sharding.Layout.create(1)
+  counts = np.zeros((1, 1000, 10), np.int32)
+  batch = {"image": np.zeros((2, 8, 8, 3), np.uint8),
+           "label": np.zeros(2, np.int32), "mask": np.ones(2, bool)}
+  mappings = np.arange(10, dtype=np.int32)[None]
+  eval_text = steps.make_eval_step(method, layout, precision=precision).lower(
+      counts, params, network, mappings, batch).as_text()
+  count_text = steps.make_count_step(method, layout,
+                                     precision=precision).lower(
+      counts, params, network, jax.tree.map(lambda x: x[None], batch)
+  ).as_text()
+  for text in (eval_text, count_text):
+    ops = [line for line in text.splitlines()
+           if "stablehlo.convolution" in line or "stablehlo.dot_general" in line]
+    assert len(ops) > 20  # ResNet-18's convolutions and the 1x1 matmuls.
+    highest = [op for op in ops if "HIGHEST" in op]
+    assert len(highest) == (len(ops) if precision else 0)

@@ -351,13 +351,15 @@ class ResNet(nn.Module):
     for i, (planes, size) in enumerate(zip(self.widths, self.stage_sizes)):
       x = Stage(self.block, planes, size, 1 if i == 0 else 2, self.dtype,
                 self.conv_impl, name=f"layer{i + 1}")(x, train=train)
-    x = jnp.mean(x, axis=(1, 2))
+    # Pooling and the head in float32 whatever the compute dtype: a bf16
+    # mean of 49 activations and bf16 logits (steps of 0.0625 near 10)
+    # would round what losses, label mapping and calibration read, and
+    # linear probing's features (cached or not) are float32 either way.
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if features_only:
-      return x.astype(jnp.float32)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 name="fc")(x)
-    # Losses and calibration want float32 logits whatever the compute dtype.
-    return x.astype(jnp.float32)
+      return x
+    return nn.Dense(self.num_classes, dtype=jnp.float32,
+                    param_dtype=jnp.float32, name="fc")(x)
 
 
 ResNet18 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2))

@@ -8,6 +8,7 @@ is donated. The evaluation, label-count and feature steps follow the same
 pattern, and all keep their outputs where a `sharding.Layout` says.
 """
 
+import contextlib
 from typing import Any, Sequence
 
 import flax.struct
@@ -167,12 +168,24 @@ def _scores_and_counts(method, encoded, counts, params, network, batch):
       scores, batch["label"], counts.shape[-1], batch["mask"]), scores
 
 
-def make_eval_step(method, layout, encoded: bool = False):
+def _at_precision(precision: str | None):
+  """The matmul/convolution precision of what is traced inside: 'highest'
+  is true float32 (on an H100 the default runs float32 matmuls as TF32);
+  None leaves XLA's default."""
+  if precision is None:
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(precision)
+
+
+def make_eval_step(method, layout, encoded: bool = False,
+                   precision: str | None = None):
   """`(counts, params, network, mappings, batch) -> (counts, logits)`, jitted.
 
   One batch shared by every seed ((B, ...)): `logits` (S, B, T) are each
   seed's target logits, and `counts` (S, K, T) accumulates each seed's
   (argmax score, label) pairs (ILM-VP's label-mapping picture).
+  `precision` ('highest', 'default', ...; None: XLA's default) is the
+  matmul and convolution precision of the whole step.
   """
 
   def one_seed(counts, params, network, mapping_sequence, batch):
@@ -181,25 +194,28 @@ def make_eval_step(method, layout, encoded: bool = False):
     return counts, label_mapping.apply_mapping(scores, mapping_sequence)
 
   def eval_step(counts, params, network, mappings, batch):
-    counts, logits = jax.vmap(one_seed, in_axes=(0, 0, None, 0, None))(
-        counts, params, network, mappings, batch)
+    with _at_precision(precision):
+      counts, logits = jax.vmap(one_seed, in_axes=(0, 0, None, 0, None))(
+          counts, params, network, mappings, batch)
     return layout.constrain(counts, layout.per_seed), logits
 
   return jax.jit(eval_step, donate_argnums=0)
 
 
-def make_count_step(method, layout, encoded: bool = False):
+def make_count_step(method, layout, encoded: bool = False,
+                    precision: str | None = None):
   """`(counts, params, network, batch) -> counts`, jitted: adds each seed's
   (argmax score, label) counts over its own batch ((S, B, ...)), the input
-  of label mapping."""
+  of label mapping; `precision` as in `make_eval_step`."""
 
   def one_seed(counts, params, network, batch):
     return _scores_and_counts(method, encoded, counts, params, network,
                               batch)[0]
 
   def count_step(counts, params, network, batch):
-    counts = jax.vmap(one_seed, in_axes=(0, 0, None, 0))(
-        counts, params, network, batch)
+    with _at_precision(precision):
+      counts = jax.vmap(one_seed, in_axes=(0, 0, None, 0))(
+          counts, params, network, batch)
     return layout.constrain(counts, layout.per_seed)
 
   return jax.jit(count_step, donate_argnums=0)
