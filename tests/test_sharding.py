@@ -53,7 +53,7 @@ def one_step_gradients() -> dict:
   from reprog_jax.train import steps
   network = networks.random_network("resnet18")
   method = methods.ilm_vp.visual_prompt(32, 10, 64)
-  sgd = optax.sgd(1.0)  # One step of it from zero: minus the gradient.
+  sgd = optax.sgd(1.0)  # One step: the program minus the gradient.
   out = {}
   for num_seeds, batch_size in ((4, 8), (1, 6)):
     rng = np.random.default_rng(num_seeds)
@@ -63,15 +63,22 @@ def one_step_gradients() -> dict:
     batch = {"image": rng.integers(0, 256, shape + (32, 32, 3), np.uint8),
              "label": rng.integers(0, 10, shape).astype(np.int32),
              "mask": np.broadcast_to(np.arange(padded) < batch_size, shape)}
-    state = layout.put(steps.init_state(method, sgd, range(num_seeds)),
+    # A random program, not the zero one: a constant frame puts exact ties
+    # in the max-pool windows, where a 1-ulp change of summation order
+    # (4 devices vs 1) may route the subgradient elsewhere on some CPUs.
+    state = steps.init_state(method, sgd, range(num_seeds))
+    programs = rng.normal(0, 1, state.params["program"].shape).astype(
+        np.float32)
+    state = layout.put(state.replace(params={"program": programs}),
                        layout.per_seed)
     step = steps.make_train_step(method, sgd, layout)
     state, _ = step(state, layout.put(network, layout.replicated),
                     layout.put(np.tile(np.arange(10), (num_seeds, 1)),
                                layout.per_seed),
                     layout.put(batch, layout.seed_batch))
-    out[f"{num_seeds}x{batch_size}"] = -layout.to_host(
+    out[f"{num_seeds}x{batch_size}"] = programs - layout.to_host(
         state.params["program"])
+    out[f"{num_seeds}x{batch_size}_programs"] = programs
     out[f"{num_seeds}x{batch_size}_images"] = batch["image"][:, :batch_size]
     out[f"{num_seeds}x{batch_size}_labels"] = batch["label"][:, :batch_size]
   return out
@@ -127,9 +134,9 @@ def test_four_devices_compute_one_devices_gradient(four_devices):
         logits = method.scores(params, network,
                                images[k].astype(np.float32) / 255)[:, :10]
         return optax_loss(logits, labels[k])
-      params = method.init(jax.random.split(jax.random.key(k))[1])
+      params = {"program": saved[f"{case}_programs"][k]}
       expected = jax.grad(loss)(params)["program"]
-      np.testing.assert_allclose(saved[case][k], expected, rtol=0, atol=1e-7)
+      np.testing.assert_allclose(saved[case][k], expected, rtol=0, atol=1e-6)
       assert np.abs(expected).max() > 1e-3  # A real gradient.
 
 

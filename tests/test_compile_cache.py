@@ -1,0 +1,57 @@
+"""The persistent compilation cache (`reprog_jax/compile_cache.py`): a
+second run of the same shapes compiles nothing."""
+
+import os
+import subprocess
+import sys
+
+from reprog_jax import compile_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs main in-process and prints how many XLA compilations it made.
+COUNTING = """
+import sys
+from absl import app
+from jax import monitoring
+compiles = []
+monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kwargs: compiles.append(event)
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+from reprog_jax import main
+sys.argv = ["main"] + sys.argv[1:]
+try:
+  app.run(main.main, flags_parser=main.parse_flags)
+except SystemExit as e:
+  assert not e.code, e.code
+print("COMPILES", len(compiles))
+"""
+
+
+def _run(workdir, cache):
+  env = {k: v for k, v in os.environ.items()
+         if k != compile_cache.ENV and not k.startswith("JAX_PERSISTENT")}
+  proc = subprocess.run(
+      [sys.executable, "-c", COUNTING, f"--workdir={workdir}",
+       "--config=configs/linear_probe.py:smoke", "--config.epochs=1",
+       "--config.progress=False", f"--config.compile_cache={cache}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = [l for l in proc.stdout.splitlines() if l.startswith("COMPILES")]
+  return int(line.split()[1])
+
+
+def test_a_second_run_of_the_same_shapes_compiles_nothing(tmp_path):
+  cache = tmp_path / "cache"
+  assert _run(tmp_path / "first", cache) > 0
+  assert any(cache.iterdir())
+  assert _run(tmp_path / "second", cache) == 0
+
+
+def test_default_directory_follows_xdg(monkeypatch, tmp_path):
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert compile_cache.default_directory() == str(
+      tmp_path / "reprog_jax" / "xla")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  assert compile_cache.default_directory() == os.path.join(
+      os.path.expanduser("~"), ".cache", "reprog_jax", "xla")
