@@ -114,16 +114,27 @@ def _unpickle(path: str, name: str):
                     f'({type(e).__name__}); download it again.') from e
 
 
-def _cifar(info: DatasetInfo, split: str, base: str) -> RootSplit:
-  # torchvision.datasets.CIFAR10/100: the python pickles, in file order.
+def read_cifar(info: DatasetInfo, split: str,
+               base: str) -> tuple[np.ndarray, dict, dict]:
+  """torchvision.datasets.CIFAR10/100's data: the python pickles, in order.
+
+  Args:
+    info: the registry entry of 'cifar10' or 'cifar100'.
+    split: 'train' or 'test'.
+    base: the folder holding `cifar-10-batches-py` / `cifar-100-python`.
+
+  Returns:
+    (images, labels, meta): uint8 (N, 32, 32, 3); every label list of the
+    pickles by its key ('labels', or 'fine_labels' and 'coarse_labels') as
+    int64 arrays; the meta pickle (class names).
+  """
   if info.name == 'cifar10':
-    folder, meta, names_key, label_key = (
-        'cifar-10-batches-py', 'batches.meta', 'label_names', 'labels')
+    folder, meta, names_key = 'cifar-10-batches-py', 'batches.meta', (
+        'label_names')
     files = ([f'data_batch_{i}' for i in range(1, 6)] if split == 'train'
              else ['test_batch'])
   else:
-    folder, meta, names_key, label_key = (
-        'cifar-100-python', 'meta', 'fine_label_names', 'fine_labels')
+    folder, meta, names_key = 'cifar-100-python', 'meta', 'fine_label_names'
     files = ['train' if split == 'train' else 'test']
   directory = os.path.join(base, folder)
   meta_path = _require(os.path.join(directory, meta), info.name)
@@ -133,21 +144,33 @@ def _cifar(info: DatasetInfo, split: str, base: str) -> RootSplit:
                     'download it again.')
   _check_class_count(info.name, len(meta_entry[names_key]), info.num_classes,
                      meta_path)
-  images, labels = [], []
+  images, labels = [], {}
   for file_name in files:
     path = _require(os.path.join(directory, file_name), info.name)
     entry = _unpickle(path, info.name)
-    if not isinstance(entry, dict) or 'data' not in entry or (
-        label_key not in entry):
-      raise DataError(f'{info.name}: {path} has no data/{label_key}; '
-                      'download it again.')
+    keys = [k for k in ('labels', 'fine_labels', 'coarse_labels')
+            if isinstance(entry, dict) and k in entry]
+    if not isinstance(entry, dict) or 'data' not in entry or not keys:
+      raise DataError(f'{info.name}: {path} has no data/labels; download it '
+                      'again.')
     # Rows are 3072 bytes, channel-major (R plane, G, B): torchvision's
     # reshape to (N, 3, 32, 32) then transpose to HWC.
     images.append(np.asarray(entry['data'], np.uint8).reshape(
         -1, 3, 32, 32).transpose(0, 2, 3, 1))
-    labels.extend(entry[label_key])
-  labels = _check_labels(info.name, labels, info.num_classes, directory)
-  return RootSplit(ArraySource(np.concatenate(images), labels))
+    for key in keys:
+      labels.setdefault(key, []).extend(entry[key])
+  labels = {k: np.asarray(v, np.int64) for k, v in labels.items()}
+  return np.concatenate(images), labels, meta_entry
+
+
+def _cifar(info: DatasetInfo, split: str, base: str) -> RootSplit:
+  images, labels, _ = read_cifar(info, split, base)
+  key = 'labels' if info.name == 'cifar10' else 'fine_labels'
+  if key not in labels:
+    raise DataError(f'{info.name}: {base} pickles have no {key!r}; is this '
+                    'the right dataset?')
+  return RootSplit(ArraySource(images, _check_labels(
+      info.name, labels[key], info.num_classes, base)))
 
 
 def read_svhn_mat(path: str, name: str = 'svhn') -> tuple[np.ndarray,

@@ -1,0 +1,98 @@
+"""`prepare --archive`: tfds files for CIFAR and SVHN without TensorFlow."""
+
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from reprog_jax import data
+from reprog_jax.data import prepare
+from reprog_jax.data import sources
+
+import torchvision_files
+
+
+def _by_id(data_source):
+  """{id: (image, labels...)} of a tfds split, whatever its shuffled order."""
+  out = {}
+  for i in range(len(data_source)):
+    example = data_source[i]
+    identifier = example["id"]
+    identifier = (identifier.decode() if isinstance(identifier, bytes)
+                  else str(identifier))
+    out[identifier] = example
+  return out
+
+
+def test_tensorflow_is_not_installed():
+  # What the next tests prove depends on it.
+  with pytest.raises(ModuleNotFoundError):
+    __import__("tensorflow")
+
+
+@pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"),
+                                         ("cifar100", "cifar-100-python")])
+def test_prepare_cifar_archive_reads_back_through_tfds(tmp_path, name,
+                                                       folder):
+  written = torchvision_files.write_cifar(str(tmp_path / "src"), name)
+  archive = tmp_path / f"{folder}.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "src" / name / folder, arcname=folder)
+  data_dir = tmp_path / "tfds"
+  assert prepare.main([name, f"--data_dir={data_dir}",
+                       f"--archive={archive}"]) == 0
+  info = data.get_dataset_info(name)
+  for split in ("train", "test"):
+    source = tfds.data_source(info.tfds_full_name, split=split,
+                              data_dir=str(data_dir))
+    images, labels = written[split]
+    examples = _by_id(source)
+    assert len(examples) == len(labels)
+    for index in range(len(labels)):
+      example = examples[f"{split}_{index:05d}"]
+      np.testing.assert_array_equal(example["image"], images[index])
+      assert int(example["label"]) == labels[index]
+      if name == "cifar100":
+        assert int(example["coarse_label"]) == labels[index] // 5
+    # Our tfds reader opens what was written, no TensorFlow anywhere.
+    split_data = sources.open_split(info, split, data_dir=str(data_dir))
+    np.testing.assert_array_equal(np.sort(split_data.labels), np.sort(labels))
+  builder = tfds.builder(info.tfds_full_name, data_dir=str(data_dir))
+  expected = ([f"c{i}" for i in range(10)] if name == "cifar10"
+              else [f"f{i}" for i in range(100)])
+  assert builder.info.features["label"].names == expected
+
+
+def test_prepare_svhn_from_torchvision_root(tmp_path):
+  torchvision_files.write_svhn(str(tmp_path / "root"))
+  data_dir = tmp_path / "tfds"
+  assert prepare.main(["svhn", f"--data_dir={data_dir}",
+                       f"--archive={tmp_path / 'root' / 'svhn'}"]) == 0
+  ours = sources.open_split(data.get_dataset_info("svhn"), "test",
+                            data_dir=str(tmp_path / "root"),
+                            source="torchvision")
+  examples = _by_id(tfds.data_source("svhn_cropped", split="test",
+                                     data_dir=str(data_dir)))
+  assert len(examples) == len(ours.labels)
+  for index in range(len(ours.labels)):
+    example = examples[f"test_{index:06d}"]
+    np.testing.assert_array_equal(example["image"],
+                                  ours.source[index]["image"])
+    assert int(example["label"]) == ours.labels[index]
+
+
+def test_truncated_archive_is_one_line(tmp_path, capsys):
+  archive = tmp_path / "cifar-10-python.tar.gz"
+  torchvision_files.write_cifar(str(tmp_path / "src"), "cifar10")
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "src" / "cifar10" / "cifar-10-batches-py",
+            arcname="cifar-10-batches-py")
+  with open(archive, "r+b") as f:
+    f.truncate(os.path.getsize(archive) // 2)
+  assert prepare.main(["cifar10", f"--data_dir={tmp_path / 'tfds'}",
+                       f"--archive={archive}"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and str(archive) in err and "truncated" in err
+  assert not os.path.exists(tmp_path / "tfds" / "cifar10")
