@@ -19,6 +19,7 @@ from torchvision import transforms
 from PIL import Image
 
 from reprog_jax import data
+from reprog_jax import layout
 from reprog_jax.data import sources
 from reprog_jax.data.preprocess import load_image
 
@@ -234,3 +235,27 @@ def test_data_dir_is_required(root):
   with pytest.raises(data.DataError, match="needs data_dir"):
     sources.open_split(data.get_dataset_info("cifar10"), "train",
                        source="torchvision")
+
+
+def test_smoke_run_reads_a_torchvision_root(tmp_path):
+  import json
+  import subprocess
+  import sys
+  torchvision_files.write_cifar(str(tmp_path / "root"), "cifar10",
+                                per_split=(4, 6), cycle_labels=True)
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "reprog_jax.main",
+       "--config=configs/ilm_vp.py:smoke", f"--workdir={workdir}",
+       "--config.progress=False", "--config.epochs=1",
+       "--config.data.mock=False", "--config.data.source=torchvision",
+       f"--config.data.data_dir={tmp_path / 'root'}"],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      env=dict(os.environ), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(workdir / layout.CONFIG_FILE) as f:
+    recorded = json.load(f)
+  assert recorded["data.source"] == "torchvision"
+  assert recorded["data.mock"] is False
+  with open(workdir / layout.METRICS_FILE) as f:
+    assert len(f.read().splitlines()) == 1

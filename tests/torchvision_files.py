@@ -29,7 +29,8 @@ def _save(image, path, fmt):
   image.save(path, format=fmt)
 
 
-def write_cifar(root, name, per_split=(7, 5), seed=0):
+def write_cifar(root, name, per_split=(7, 5), seed=0, cycle_labels=False):
+  """CIFAR pickles; `cycle_labels` gives every class its share (few-shot)."""
   rng = np.random.default_rng(seed)
   base = os.path.join(root, name)
   if name == "cifar10":
@@ -53,6 +54,8 @@ def write_cifar(root, name, per_split=(7, 5), seed=0):
     for file_name in files[split]:
       data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
       batch_labels = rng.integers(0, num_classes, size=count).tolist()
+      if cycle_labels:
+        batch_labels = [(len(labels) + i) % num_classes for i in range(count)]
       entry = {"data": data, label_key: batch_labels}
       if name == "cifar100":
         entry["coarse_labels"] = (np.asarray(batch_labels) // 5).tolist()
