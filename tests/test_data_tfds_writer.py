@@ -96,3 +96,65 @@ def test_truncated_archive_is_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert "\n" not in err and str(archive) in err and "truncated" in err
   assert not os.path.exists(tmp_path / "tfds" / "cifar10")
+
+
+def _dtd_archive(tmp_path):
+  """A tiny dtd-r1.0.1.tar.gz (a plain tar, as DTD's own) with partition 1
+  lists over a few of the real class names."""
+  classes = data.get_dataset_info("dtd").class_names[:3]
+  folder = tmp_path / "dtd_src"
+  rng = np.random.default_rng(0)
+  lists = {"train1": [], "test1": [], "val1": []}
+  for c in classes:
+    for i, split in enumerate(lists):
+      path = folder / "dtd" / "images" / c / f"{c}_{i}.jpg"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      from PIL import Image
+      Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).save(
+          path, "JPEG")
+      lists[split].append(f"{c}/{c}_{i}.jpg")
+  (folder / "dtd" / "labels").mkdir()
+  for split, lines in lists.items():
+    (folder / "dtd" / "labels" / f"{split}.txt").write_text(
+        "\n".join(lines) + "\n")
+  archive = tmp_path / "dtd-r1.0.1.tar.gz"
+  with tarfile.open(archive, "w") as tar:
+    tar.add(folder / "dtd", arcname="dtd")
+  return archive, folder, lists
+
+
+def test_prepare_dtd_from_its_archive_without_tensorflow(tmp_path):
+  archive, folder, lists = _dtd_archive(tmp_path)
+  data_dir = tmp_path / "tfds"
+  assert prepare.main(["dtd", f"--data_dir={data_dir}",
+                       f"--archive={archive}"]) == 0
+  names = data.get_dataset_info("dtd").class_names
+  source = tfds.data_source("dtd", split="train", data_dir=str(data_dir))
+  assert len(source) == len(lists["train1"])
+  for i in range(len(source)):
+    example = source[i]
+    file_name = example["file_name"]
+    file_name = (file_name.decode() if isinstance(file_name, bytes)
+                 else str(file_name))
+    from PIL import Image
+    expected = np.asarray(Image.open(folder / "dtd" / "images" / file_name))
+    np.testing.assert_array_equal(example["image"], expected)
+    assert names[int(example["label"])] == file_name.split("/")[0]
+
+
+def test_archive_the_builder_does_not_download_is_one_line(tmp_path, capsys):
+  wrong = tmp_path / "something.tar.gz"
+  wrong.write_bytes(b"")
+  assert prepare.main(["dtd", f"--data_dir={tmp_path / 'tfds'}",
+                       f"--archive={wrong}"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "dtd-r1.0.1.tar.gz" in err
+
+
+def test_builder_needing_more_tensorflow_is_one_line():
+  from reprog_jax.data import tfds_writer
+  tf = tfds_writer._GfileOnly("sun397")  # pylint: disable=protected-access
+  assert tf.io.gfile.exists(os.getcwd())
+  with pytest.raises(data.DataError, match=r"^sun397: .*tf\.image") as error:
+    tf.image.decode_image(b"")
+  assert "\n" not in str(error.value)

@@ -4,11 +4,11 @@
 
 - tfds datasets: runs the tfds builder with `file_format=array_record` (the
   format `tfds.data_source` reads), no TensorFlow needed.
-- cifar10, cifar100, svhn: their tfds builders need TensorFlow to encode
-  images, so `--archive` (the downloaded `cifar-10-python.tar.gz` /
-  `cifar-100-python.tar.gz`, or a folder: the PyTorch version's
-  `<ROOT>/<name>`, SVHN's `.mat` files) is written in tfds's own format by
-  `tfds_writer.py`, without TensorFlow or internet.
+- `--archive` (repeatable): write from files already downloaded, without
+  TensorFlow or internet (`tfds_writer.py`): for cifar10/cifar100 the python
+  archive (`cifar-10-python.tar.gz`) or the PyTorch root's `<ROOT>/<name>`,
+  for svhn the folder of its `.mat` files; for other tfds datasets the
+  files its builder downloads, matched by file name.
 - gtsrb: `--src` is torchvision's GTSRB folder (`<root>/gtsrb` after
   `torchvision.datasets.GTSRB(root, split=..., download=True)` for both
   splits); its 26,640 training and 12,630 test images are linked into
@@ -209,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--src', help="gtsrb: torchvision's gtsrb folder.")
   parser.add_argument('--split_json', help="CoOp's split_zhou_*.json.")
   parser.add_argument('--image_dir', help="CoOp's image folder.")
-  parser.add_argument('--archive', help='cifar10/cifar100/svhn: the '
-                      'downloaded archive (or folder) to write tfds files '
-                      'from, without TensorFlow or internet.')
+  parser.add_argument('--archive', action='append', default=[],
+                      help='a file the tfds builder downloads (repeat for '
+                      'several; cifar10/cifar100: the python archive or '
+                      'folder, svhn: the .mat folder), to write its files '
+                      'without TensorFlow or internet.')
   parser.add_argument('--copy', action='store_true',
                       help='copy images instead of symlinking them.')
   args = parser.parse_args(argv)
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.path.expanduser(args.data_dir or tfds.core.constants.DATA_DIR)
     out = args.out or os.path.join(data_dir, 'folders', args.name)
     if args.archive:
-      print(tfds_writer.write_tfds(args.name, data_dir, args.archive))
+      print(tfds_writer.write_from_archives(args.name, data_dir,
+                                            args.archive))
     elif args.name == 'gtsrb':
       if not args.src:
         raise DataError('gtsrb needs --src (torchvision\'s gtsrb folder).')

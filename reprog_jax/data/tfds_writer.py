@@ -1,4 +1,4 @@
-"""tfds files for CIFAR-10/100 and SVHN, written without TensorFlow.
+"""tfds files written from downloaded archives, without TensorFlow.
 
 tfds's builders for these datasets hand NumPy images to `Image` features,
 which encode them with TensorFlow. Everything else of tfds's writing path
@@ -10,15 +10,33 @@ the PyTorch version's torchvision root) and yield the same examples, under
 the same keys and ids, with images PNG-encoded by PIL (lossless: decoding
 gives the same pixels). `tfds.data_source` then reads the result as if tfds
 had written it.
+
+The other builders (DTD, Flowers102, EuroSAT, Food-101, Cars196, Caltech101,
+...) yield file paths, but read their lists through `tf.io.gfile` and get
+their files from tfds's download manager (whose extractor calls TensorFlow
+too). For them `write_from_archives` runs the builder's own split
+generators with the builder module's `tf` replaced by `_GfileOnly` (the
+standard library behind `tf.io.gfile`) and a download manager that serves
+the given archives by file name and extracts them with tarfile/zipfile.
+A builder that needs more of TensorFlow (SUN397 and Oxford-IIIT Pet decode
+and re-encode images with it) fails in one line naming what it asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
+import shutil
+import sys
 import tarfile
 import tempfile
+import types
+import urllib.parse
+import zipfile
+
+from etils import epath
 
 import numpy as np
 from PIL import Image
@@ -151,3 +169,129 @@ def write_tfds(name: str, data_dir: str, archive: str) -> str:
     builder.download_and_prepare()
   return str(builder.data_dir)
 
+
+class _GfileOnly:
+  """What tfds builders use of TensorFlow to read files, without it."""
+
+  def __init__(self, name: str):
+    self._name = name
+    self.io = types.SimpleNamespace(gfile=types.SimpleNamespace(
+        GFile=lambda path, mode='r': open(os.fspath(path), mode),  # pylint: disable=unspecified-encoding
+        exists=lambda path: os.path.exists(os.fspath(path)),
+        isdir=lambda path: os.path.isdir(os.fspath(path)),
+        listdir=lambda path: os.listdir(os.fspath(path)),
+        glob=lambda pattern: sorted(glob.glob(os.fspath(pattern))),
+        walk=lambda path: os.walk(os.fspath(path)),
+        makedirs=lambda path: os.makedirs(os.fspath(path), exist_ok=True)))
+
+  def __getattr__(self, attribute):
+    raise DataError(f'{self._name}: its tfds builder needs TensorFlow '
+                    f'(tf.{attribute}) to write its files; run prepare once '
+                    'where `pip install tensorflow` is allowed, or use '
+                    '--config.data.source=torchvision / folder.')
+
+
+class _LocalDownloads:
+  """tfds's download manager, serving the given archives by file name."""
+
+  def __init__(self, name: str, archives: list[str], extract_dir: str):
+    self._name, self._extract_dir = name, extract_dir
+    self._by_name = {}
+    for archive in archives:
+      archive = os.path.expanduser(archive)
+      if not os.path.exists(archive):
+        raise DataError(f'{name}: --archive {archive} not found.')
+      self._by_name[os.path.basename(os.path.normpath(archive))] = archive
+
+  def _local(self, url) -> epath.Path:
+    url = str(getattr(url, 'url', url))
+    file_name = os.path.basename(urllib.parse.urlparse(url).path)
+    if file_name not in self._by_name:
+      raise DataError(f'{self._name}: the tfds builder needs {url}; download '
+                      f'it and pass --archive=<folder>/{file_name} (given: '
+                      f'{", ".join(self._by_name) or "none"}).')
+    return epath.Path(self._by_name[file_name])
+
+  def _extracted(self, path: epath.Path) -> epath.Path:
+    if path.is_dir():
+      return path
+    target = os.path.join(self._extract_dir, path.name)
+    if os.path.isdir(target):
+      return epath.Path(target)
+    partial = target + '.incomplete'
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+      if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+          archive.extractall(partial)
+      elif tarfile.is_tarfile(path):
+        with tarfile.open(path) as archive:
+          archive.extractall(partial, filter='data')
+      else:
+        return path  # A plain file (.mat, .txt, ...): used as it is.
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+      raise DataError(f'{self._name}: {path} is truncated or not an archive '
+                      f'({type(e).__name__}); download it again.') from e
+    os.replace(partial, target)
+    return epath.Path(target)
+
+  def download(self, urls):
+    return tfds.core.utils.map_nested(self._local, urls)
+
+  def extract(self, paths):
+    return tfds.core.utils.map_nested(
+        lambda p: self._extracted(epath.Path(getattr(p, 'path', p))), paths)
+
+  def download_and_extract(self, urls):
+    return self.extract(self.download(urls))
+
+  @property
+  def manual_dir(self):
+    return epath.Path(self._extract_dir)
+
+
+def write_from_archives(name: str, data_dir: str,
+                        archives: list[str]) -> str:
+  """Writes a tfds builder's files from downloaded archives, no TensorFlow.
+
+  Args:
+    name: a registry name whose data is in tfds.
+    data_dir: the tfds data directory to write into.
+    archives: the files the builder downloads (matched by file name), or
+      folders already extracted under those names.
+
+  Returns:
+    The folder written.
+
+  Raises:
+    DataError: a missing or bad archive, or a builder that needs TensorFlow
+      for more than reading files.
+  """
+  if name in ARCHIVES:
+    if len(archives) != 1:
+      raise DataError(f'{name}: give one --archive: {ARCHIVES[name]}.')
+    return write_tfds(name, data_dir, archives[0])
+  info = registry.get_dataset_info(name)
+  if info.tfds_name is None:
+    raise DataError(f'{name} is not in tfds; --archive does not apply.')
+  builder = tfds.builder(info.tfds_full_name, data_dir=data_dir,
+                         file_format='array_record')
+  if builder.is_prepared():
+    return str(builder.data_dir)
+  extract_dir = os.path.join(data_dir, 'downloads', 'extracted', name)
+  os.makedirs(extract_dir, exist_ok=True)
+  downloads = _LocalDownloads(name, archives, extract_dir)
+  # Every module of the builder's class hierarchy that imported `tf`.
+  modules = [sys.modules[c.__module__] for c in type(builder).__mro__
+             if hasattr(sys.modules.get(c.__module__), 'tf')]
+  saved = [(module, module.tf) for module in modules]
+  original = type(builder)._split_generators  # pylint: disable=protected-access
+  builder._split_generators = lambda dl_manager: original(builder, downloads)  # pylint: disable=protected-access
+  try:
+    for module in modules:
+      module.tf = _GfileOnly(name)
+    builder.download_and_prepare()
+  finally:
+    for module, tf in saved:
+      module.tf = tf
+  return str(builder.data_dir)
