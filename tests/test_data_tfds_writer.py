@@ -158,3 +158,21 @@ def test_builder_needing_more_tensorflow_is_one_line():
   with pytest.raises(data.DataError, match=r"^sun397: .*tf\.image") as error:
     tf.image.decode_image(b"")
   assert "\n" not in str(error.value)
+
+
+def test_without_archives_the_builders_download_is_used(tmp_path):
+  # What plain `prepare dtd` does without TensorFlow: tfds's manager
+  # downloads (here: hands back a local file), we extract.
+  from reprog_jax.data import tfds_writer
+  archive, _, _ = _dtd_archive(tmp_path)
+
+  class Manager:
+    def download(self, url):
+      assert url.endswith("dtd-r1.0.1.tar.gz")
+      return str(archive)
+
+  downloads = tfds_writer._LocalDownloads(  # pylint: disable=protected-access
+      "dtd", [], str(tmp_path / "x"), Manager())
+  extracted = downloads.download_and_extract(
+      "https://example.org/dtd/dtd-r1.0.1.tar.gz")
+  assert (extracted / "dtd" / "labels" / "train1.txt").exists()

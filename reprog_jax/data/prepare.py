@@ -3,7 +3,8 @@
     python -m reprog_jax.data.prepare NAME [--data_dir=DIR] [source flags]
 
 - tfds datasets: runs the tfds builder with `file_format=array_record` (the
-  format `tfds.data_source` reads), no TensorFlow needed.
+  format `tfds.data_source` reads); without TensorFlow installed, through
+  `tfds_writer.py` (its builder code, `tf.io.gfile` stood in for).
 - `--archive` (repeatable): write from files already downloaded, without
   TensorFlow or internet (`tfds_writer.py`): for cifar10/cifar100 the python
   archive (`cifar-10-python.tar.gz`) or the PyTorch root's `<ROOT>/<name>`,
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -184,6 +186,11 @@ def _prepare_tfds(name: str, data_dir: str):
   builder = tfds.builder(info.tfds_full_name, data_dir=data_dir,
                          file_format='array_record')
   _check_reachable(name, builder, data_dir)
+  if (name not in tfds_writer.ARCHIVES
+      and importlib.util.find_spec('tensorflow') is None):
+    # Without TensorFlow: the builder's own code, tf.io.gfile stood in for.
+    tfds_writer.write_from_archives(name, data_dir, [])
+    return
   try:
     builder.download_and_prepare()
   except ModuleNotFoundError as e:

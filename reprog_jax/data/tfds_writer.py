@@ -194,8 +194,11 @@ class _GfileOnly:
 class _LocalDownloads:
   """tfds's download manager, serving the given archives by file name."""
 
-  def __init__(self, name: str, archives: list[str], extract_dir: str):
-    self._name, self._extract_dir = name, extract_dir
+  def __init__(self, name: str, archives: list[str], extract_dir: str,
+               manager=None):
+    """Serves `archives`; with none given, downloads through `manager`
+    (tfds's own: its HTTP download needs no TensorFlow)."""
+    self._name, self._extract_dir, self._manager = name, extract_dir, manager
     self._by_name = {}
     for archive in archives:
       archive = os.path.expanduser(archive)
@@ -206,6 +209,8 @@ class _LocalDownloads:
   def _local(self, url) -> epath.Path:
     url = str(getattr(url, 'url', url))
     file_name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not self._by_name and self._manager is not None:
+      return epath.Path(self._manager.download(url))
     if file_name not in self._by_name:
       raise DataError(f'{self._name}: the tfds builder needs {url}; download '
                       f'it and pass --archive=<folder>/{file_name} (given: '
@@ -258,7 +263,8 @@ def write_from_archives(name: str, data_dir: str,
     name: a registry name whose data is in tfds.
     data_dir: the tfds data directory to write into.
     archives: the files the builder downloads (matched by file name), or
-      folders already extracted under those names.
+      folders already extracted under those names; none: tfds downloads
+      them (over HTTP, which needs no TensorFlow).
 
   Returns:
     The folder written.
@@ -280,13 +286,13 @@ def write_from_archives(name: str, data_dir: str,
     return str(builder.data_dir)
   extract_dir = os.path.join(data_dir, 'downloads', 'extracted', name)
   os.makedirs(extract_dir, exist_ok=True)
-  downloads = _LocalDownloads(name, archives, extract_dir)
   # Every module of the builder's class hierarchy that imported `tf`.
   modules = [sys.modules[c.__module__] for c in type(builder).__mro__
              if hasattr(sys.modules.get(c.__module__), 'tf')]
   saved = [(module, module.tf) for module in modules]
   original = type(builder)._split_generators  # pylint: disable=protected-access
-  builder._split_generators = lambda dl_manager: original(builder, downloads)  # pylint: disable=protected-access
+  builder._split_generators = lambda dl_manager: original(  # pylint: disable=protected-access
+      builder, _LocalDownloads(name, archives, extract_dir, dl_manager))
   try:
     for module in modules:
       module.tf = _GfileOnly(name)
