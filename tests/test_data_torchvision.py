@@ -231,6 +231,20 @@ def test_class_count_differing_from_registry(root, tmp_path):
     _ours("cifar10", "test", str(other))
 
 
+def test_lmdb_class_count_differing_from_registry(root, tmp_path):
+  import json
+  location = _copy(root, tmp_path, "stanfordcars")
+  path = os.path.join(location, "stanfordcars", "split.json")
+  with open(path) as f:
+    split_file = json.load(f)
+  split_file["test"] = split_file["test"][:-1]
+  with open(path, "w") as f:
+    json.dump(split_file, f)
+  with pytest.raises(data.DataError, match=r"split.json defines 195 classes"
+                     r", the registry expects 196"):
+    _ours("stanfordcars", "train", location)
+
+
 def test_data_dir_is_required(root):
   with pytest.raises(data.DataError, match="needs data_dir"):
     sources.open_split(data.get_dataset_info("cifar10"), "train",
