@@ -13,6 +13,9 @@ Public API:
 - `decode_once`, `RowStore`, `Sampler`: decode a run's images once into
   memory and serve every epoch from there, per seed (`store.py`).
 - `prefetch_to_device`: keeps batches in flight to the accelerator.
+- `config.data.source='torchvision'` reads the PyTorch version's data root
+  as it is (`torchvision_root.py`, `coop_lmdb.py`); `prepare --archive`
+  writes tfds files without TensorFlow (`tfds_writer.py`).
 - `DataError`: the one exception, a one-line message.
 """
 

@@ -30,8 +30,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   Fields:
     name: registry name of the target dataset.
     data_dir: tfds data directory; None means tfds's default
-      ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-    source: 'auto' (the registry's), 'tfds' or 'folder' (e.g. CoOp splits).
+      ($TFDS_DATA_DIR or ~/tensorflow_datasets). With source='torchvision',
+      the PyTorch scripts' data root (their --data_path).
+    source: 'auto' (the registry's), 'tfds', 'folder' (e.g. CoOp splits) or
+      'torchvision' (the PyTorch version's files, read as they are).
     folder_root: folder dataset location; None means
       `<data_dir>/folders/<name>`.
     mock: serve tfds mock examples (no data needed) for smoke runs.

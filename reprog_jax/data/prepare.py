@@ -3,10 +3,13 @@
     python -m reprog_jax.data.prepare NAME [--data_dir=DIR] [source flags]
 
 - tfds datasets: runs the tfds builder with `file_format=array_record` (the
-  format `tfds.data_source` reads). Builders that encode images from arrays
-  (CIFAR, SVHN) need TensorFlow for this one step: run it in any environment
-  with `pip install tensorflow tensorflow-datasets` and point `--data_dir` at
-  the same directory; reading afterwards needs no TensorFlow.
+  format `tfds.data_source` reads); without TensorFlow installed, through
+  `tfds_writer.py` (its builder code, `tf.io.gfile` stood in for).
+- `--archive` (repeatable): write from files already downloaded, without
+  TensorFlow or internet (`tfds_writer.py`): for cifar10/cifar100 the python
+  archive (`cifar-10-python.tar.gz`) or the PyTorch root's `<ROOT>/<name>`,
+  for svhn the folder of its `.mat` files; for other tfds datasets the
+  files its builder downloads, matched by file name.
 - gtsrb: `--src` is torchvision's GTSRB folder (`<root>/gtsrb` after
   `torchvision.datasets.GTSRB(root, split=..., download=True)` for both
   splits); its 26,640 training and 12,630 test images are linked into
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -34,6 +38,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from reprog_jax.data import registry
+from reprog_jax.data import tfds_writer
 from reprog_jax.data.errors import DataError
 
 _MODULE = 'python -m reprog_jax.data.prepare'
@@ -48,6 +53,8 @@ def prepare_command(name: str, data_dir: str, root: str | None = None) -> str:
   if info.source == 'folder' or root is not None:
     return (f'{_MODULE} {name} --split_json=<split_zhou_*.json> '
             f'--image_dir=<CoOp images> --out={out}')
+  if name in tfds_writer.ARCHIVES:
+    return f'{_MODULE} {name} --data_dir={data_dir} --archive=<archive>'
   return f'{_MODULE} {name} --data_dir={data_dir}'
 
 
@@ -179,15 +186,23 @@ def _prepare_tfds(name: str, data_dir: str):
   builder = tfds.builder(info.tfds_full_name, data_dir=data_dir,
                          file_format='array_record')
   _check_reachable(name, builder, data_dir)
+  if (name not in tfds_writer.ARCHIVES
+      and importlib.util.find_spec('tensorflow') is None):
+    # Without TensorFlow: the builder's own code, tf.io.gfile stood in for.
+    tfds_writer.write_from_archives(name, data_dir, [])
+    return
   try:
     builder.download_and_prepare()
   except ModuleNotFoundError as e:
     # tfds re-raises with its own message, which may drop `e.name`.
     missing = 'tensorflow' if 'tensorflow' in str(e) else (e.name or str(e))
+    hint = (f'; or, without it, pass --archive: {tfds_writer.ARCHIVES[name]}'
+            if name in tfds_writer.ARCHIVES else '')
     raise DataError(
         f'{name}: the tfds builder needs {missing} to write the files; run '
         f'this command once where `pip install {missing}` is allowed, with '
-        f'the same --data_dir (reading them needs no TensorFlow).') from e
+        f'the same --data_dir (reading them needs no TensorFlow){hint}.'
+    ) from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--src', help="gtsrb: torchvision's gtsrb folder.")
   parser.add_argument('--split_json', help="CoOp's split_zhou_*.json.")
   parser.add_argument('--image_dir', help="CoOp's image folder.")
+  parser.add_argument('--archive', action='append', default=[],
+                      help='a file the tfds builder downloads (repeat for '
+                      'several; cifar10/cifar100: the python archive or '
+                      'folder, svhn: the .mat folder), to write its files '
+                      'without TensorFlow or internet.')
   parser.add_argument('--copy', action='store_true',
                       help='copy images instead of symlinking them.')
   args = parser.parse_args(argv)
@@ -210,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     info = registry.get_dataset_info(args.name)
     data_dir = os.path.expanduser(args.data_dir or tfds.core.constants.DATA_DIR)
     out = args.out or os.path.join(data_dir, 'folders', args.name)
-    if args.name == 'gtsrb':
+    if args.archive:
+      print(tfds_writer.write_from_archives(args.name, data_dir,
+                                            args.archive))
+    elif args.name == 'gtsrb':
       if not args.src:
         raise DataError('gtsrb needs --src (torchvision\'s gtsrb folder).')
       _write_folder(_gtsrb_plan(args.src), out, args.copy)

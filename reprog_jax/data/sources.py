@@ -1,11 +1,13 @@
 """Opens one split of a registered dataset as a random-access source.
 
-Three kinds of source, one interface (`len`, `source[i] -> {'image', 'label'}`
+Four kinds of source, one interface (`len`, `source[i] -> {'image', 'label'}`
 with the image still encoded or a raw uint8 array, and `labels()`):
 - tfds data on disk, read with `tfds.data_source` (array_record files, no
   TensorFlow); images come back as encoded bytes and are decoded in the
   loader's workers;
 - a folder tree (`folder.py`);
+- the PyTorch version's data root: torchvision's files and CoOp's LMDB
+  (`torchvision_root.py`), read as it is;
 - mock data for smoke runs: `tfds.testing.mock_data` examples with the real
   builder's features, or synthetic images for folder-only datasets.
 """
@@ -19,11 +21,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from reprog_jax.data import folder as folder_lib
+from reprog_jax.data import torchvision_root
 from reprog_jax.data.errors import DataError
 from reprog_jax.data.fewshot import stratified_holdout
 from reprog_jax.data.registry import DatasetInfo
 
-SOURCES = ('auto', 'tfds', 'folder')
+SOURCES = ('auto', 'tfds', 'folder', 'torchvision')
 
 _LABEL_CACHE: dict[tuple[str, str], np.ndarray] = {}
 
@@ -185,7 +188,8 @@ def open_split(
     data_dir: tfds data directory; None means tfds's default.
     mock: serve mock examples instead of reading data.
     mock_num_examples: size of the mock source (before any hold-out cut).
-    source: 'auto' (the registry's), 'tfds' or 'folder'.
+    source: 'auto' (the registry's), 'tfds', 'folder' or 'torchvision'
+      (then `data_dir` is the PyTorch scripts' `--data_path`).
     root: folder dataset location; None means `<data_dir>/folders/<name>`.
 
   Returns:
@@ -203,11 +207,12 @@ def open_split(
     raise DataError(f'{info.name} is not in tfds; use source=folder.')
   # Folder trees always use `train/` and `test/`; the registry's split names
   # (and EuroSAT's hold-out cut) describe the tfds data.
-  if kind == 'folder':
+  if kind in ('folder', 'torchvision'):
     split_name = split
   else:
     split_name = info.train_split if split == 'train' else info.test_split
   class_names = info.class_names
+  holdout = False
   if kind == 'folder' and not mock:
     location = folder_root(info, data_dir, root)
     paths, labels, class_dirs = folder_lib.list_folder_split(
@@ -218,7 +223,13 @@ def open_split(
     if info.folder_classes is None:
       class_names = class_dirs
     data = folder_lib.FolderSource(paths, labels)
-  elif kind == 'folder':
+  elif kind == 'torchvision' and not mock:
+    if not data_dir:
+      raise DataError(f'{info.name}: source=torchvision needs data_dir, the '
+                      "PyTorch scripts' data root (--data_path).")
+    root_split = torchvision_root.open_root_split(info, split, data_dir)
+    data, holdout = root_split.source, root_split.needs_holdout
+  elif kind in ('folder', 'torchvision'):
     data = SyntheticSource(mock_num_examples, info.num_classes)
   elif mock:
     data = _open_mock_tfds(info, split_name, mock_num_examples)
@@ -226,7 +237,9 @@ def open_split(
     data = _open_tfds(info, split_name, data_dir)
   all_labels = data.labels()
   indices = np.arange(len(all_labels), dtype=np.int64)
-  if kind == 'tfds' and info.holdout_fraction is not None:
+  if kind == 'tfds':
+    holdout = info.holdout_fraction is not None
+  if holdout:
     train, test = stratified_holdout(all_labels, info.holdout_fraction,
                                      info.holdout_seed)
     indices = train if split == 'train' else test
