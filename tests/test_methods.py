@@ -48,6 +48,11 @@ def test_every_spec_agrees_with_what_it_builds(name, network):
     return [leaf for value in tree.values()
             for leaf in (arrays(value) if isinstance(value, dict) else [value])]
   assert all(isinstance(a, np.ndarray) for a in arrays(layout)), layout
+  if spec.torch_reference:  # A name: it must resolve to a builder.
+    assert callable(spec.torch_reference_builder())
+  else:
+    with pytest.raises(errors.ConfigError, match="no PyTorch reference"):
+      spec.torch_reference_builder()
 
 
 def test_a_method_adds_checks_and_shrinks_its_own_fields():

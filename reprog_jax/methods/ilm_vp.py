@@ -128,4 +128,4 @@ SPEC = MethodSpec(
     name="ilm_vp", short="vp", label="VP", family="prompt", build=_build,
     configure=_configure, check=_check, smoke=_smoke,
     to_pytorch=_to_pytorch,
-    torch_reference="reprog_jax.tools.torch_reference:build_visual_prompt")
+    torch_reference="reprog_jax.tools.torch_reference:build_prompt_reference")

@@ -77,4 +77,4 @@ SPEC = MethodSpec(
     name="linear_probe", short="lp", label="LP", family="probe",
     build=_build, configure=_configure, smoke=_smoke, encodes=True,
     to_pytorch=_to_pytorch,
-    torch_reference="reprog_jax.tools.torch_reference:build_linear_probe")
+    torch_reference="reprog_jax.tools.torch_reference:build_head_reference")

@@ -176,7 +176,7 @@ class LinearProbeReference(_Reference):
 # --------------------------------------------------------------------------
 
 
-def build_visual_prompt(config, network, mapping_sequence, image_size,
+def build_prompt_reference(config, network, mapping_sequence, image_size,
                         device="cpu", amp=False) -> VisualPromptReference:
   """ILM-VP's reference for a run config (its `prompt_output_size`)."""
   return VisualPromptReference(network, image_size, mapping_sequence,
@@ -184,7 +184,7 @@ def build_visual_prompt(config, network, mapping_sequence, image_size,
                                amp=amp)
 
 
-def build_linear_probe(config, network, mapping_sequence, image_size,
+def build_head_reference(config, network, mapping_sequence, image_size,
                        device="cpu", amp=False) -> LinearProbeReference:
   """Linear probing's reference: a head of `len(mapping_sequence)` classes
   on the network's pooled features, from a seeded draw."""

@@ -26,7 +26,7 @@ def method_config(method: str, arg: str | None = None) -> ml_collections.ConfigD
   """The locked preset of `method` (a registered name).
 
   Args:
-    method: e.g. 'ilm_vp' (`methods.names()`).
+    method: a registered method's name (`methods.names()`).
     arg: a dataset name (`data.dataset_names()`), 'smoke' (mock CIFAR-10,
       a random ResNet-18, seconds on a CPU: `shrink_for_smoke`, then the
       method's own shrinking) or None (CIFAR-10).
