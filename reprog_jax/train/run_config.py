@@ -22,7 +22,8 @@ from reprog_jax import methods
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def method_config(method: str, arg: str | None = None) -> ml_collections.ConfigDict:
+def method_config(method: str,
+                  arg: str | None = None) -> ml_collections.ConfigDict:
   """The locked preset of `method` (a registered name).
 
   Args:
