@@ -1,6 +1,10 @@
 """ILM-VP (`ilm_vp`): a learned frame of pixels around the downsized target
 image in front of the frozen network, and a label mapping (ILM, FLM or RLM)
-from its 1000 ImageNet classes to the target's."""
+from its 1000 ImageNet classes to the target's.
+
+Everything about it is here, in `SPEC`: its `Method` (`visual_prompt`), its
+config fields and checks, its smoke sizes, its PyTorch export layout and
+its benchmark reference."""
 
 import os
 from typing import Sequence

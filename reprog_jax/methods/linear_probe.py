@@ -1,6 +1,10 @@
 """Linear probing (`linear_probe`): a new linear head on the frozen
 network's pooled features. Those features depend on nothing trained
-(`encode`), so the loop may compute them once and train on them."""
+(`encode`), so the loop may compute them once and train on them.
+
+Everything about it is here, in `SPEC`: its `Method` (`linear_probe`), its
+config field, its smoke size, its PyTorch export layout and its benchmark
+reference."""
 
 import jax
 import jax.numpy as jnp
