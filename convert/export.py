@@ -8,7 +8,8 @@ RUN_DIR is a `reprog_jax.main` workdir, finished or interrupted (its latest
 checkpoint is read). The file holds what the PyTorch version's `best.pth`
 (`--which best`, the default: the seed's best epoch by test accuracy) or
 `ckpt.pth` (`--which last`: the last checkpointed epoch) holds, with its key
-names and PyTorch's tensor layouts:
+names and PyTorch's tensor layouts, as the run's method lays them out
+(`MethodSpec.to_pytorch` in its module under `reprog_jax/methods/`):
 
   ILM-VP  {'visual_prompt_dict': {'program': (3, H, W) float32,
                                   'mask': (3, H, W) float32},
@@ -110,43 +111,34 @@ def _seed_index(run_dir, config, seed) -> tuple[int, int]:
 
 
 def _image_size(config) -> int:
-  """The run's target image side (`run_config.image_size`, from the
-  flattened config.json)."""
+  """The run's image side (`run_config.image_size`, from the flattened
+  config.json)."""
   if config.get("image_size"):
     return int(config["image_size"])
-  from reprog_jax import data  # Only ILM-VP runs without image_size need it.
+  from reprog_jax import data  # Only runs without image_size need it.
   return data.get_dataset_info(config["data.name"]).vp_size
 
 
-def _visual_prompt(config, params, mapping) -> dict:
-  from reprog_jax.model import prompts
-  program = np.asarray(params["program"], np.float32)  # (H, W, 3)
-  size = program.shape[0]
-  mask = np.broadcast_to(
-      prompts.frame_mask(_image_size(config), size), program.shape)
-  chw = lambda a: np.ascontiguousarray(np.transpose(a, (2, 0, 1)))
+def _tensors(layout):
+  """`layout` (nested dicts of NumPy arrays) with torch tensors for arrays,
+  each owning a C-contiguous copy (torch refuses read-only memory)."""
   torch, _ = torch_io.import_torch()
-  return {"visual_prompt_dict": {"program": torch.from_numpy(chw(program)),
-                                 "mask": torch.from_numpy(chw(mask))},
-          "mapping_sequence": torch.from_numpy(
-              np.asarray(mapping, np.int64).copy())}
+  if isinstance(layout, dict):
+    return {key: _tensors(value) for key, value in layout.items()}
+  return torch.from_numpy(np.array(layout, copy=True, order="C"))
 
 
-def _linear_probe(config, params, mapping) -> dict:
-  del config, mapping  # The head is the mapping's identity; nothing to add.
-  torch, _ = torch_io.import_torch()
-  # Ours is (in, out), as Flax's Dense; torch.nn.Linear's weight is (out, in).
-  weight = np.ascontiguousarray(np.asarray(params["kernel"], np.float32).T)
-  return {"fc_dict": {
-      "weight": torch.from_numpy(weight),
-      "bias": torch.from_numpy(np.asarray(params["bias"], np.float32).copy())}}
-
-
-# Method name -> (trained values, mapping) to the PyTorch version's keys.
-LAYOUTS = {
-    "ilm_vp": _visual_prompt,
-    "linear_probe": _linear_probe,
-}
+def _spec(run_dir, method):
+  """The method's registry entry, exportable."""
+  from reprog_jax import methods  # JAX and Flax: only export needs them.
+  try:
+    spec = methods.get(method)
+  except errors.ConfigError as e:
+    raise ExportError(f"{run_dir}: {str(e).removeprefix('config: ')}") from None
+  if spec.to_pytorch is None:
+    raise ExportError(f"{run_dir}: method {method!r} has no PyTorch layout "
+                      f"(its MethodSpec.to_pytorch is None)")
+  return spec
 
 
 def export(run_dir, out, seed=None, which="best", force=False) -> dict:
@@ -172,9 +164,7 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
     raise ExportError(f"--which {which!r} is not one of {', '.join(WHICH)}")
   config = _read_config(run_dir)
   method = config["method"]
-  if method not in LAYOUTS:
-    raise ExportError(f"{run_dir}: method {method!r} has no PyTorch layout "
-                      f"(known: {', '.join(LAYOUTS)})")
+  spec = _spec(run_dir, method)
   index, seed = _seed_index(run_dir, config, seed)
   if os.path.isdir(out):
     raise ExportError(f"{out}: is a directory; --out names the .pth file")
@@ -197,7 +187,8 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
     params, mapping = tree["state"]["params"], tree["mapping_sequence"]
     epoch = int(tree["epoch"])
   params = {name: np.asarray(value)[index] for name, value in params.items()}
-  obj = LAYOUTS[method](config, params, np.asarray(mapping)[index])
+  obj = _tensors(spec.to_pytorch(params, np.asarray(mapping)[index],
+                                 _image_size(config)))
   best_acc = float(best["test_acc"][index])
   obj.update({
       "epoch": epoch, "best_acc": best_acc,

@@ -37,9 +37,12 @@ def test_tiny_benchmark_prints_every_figure(extra, expected, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--batch", "0"], "--batch must be >= 1"),
-    (["--method", "ilm_vp", "--whole-lp"], "--whole-lp needs --method "
-     "linear_probe"),
-    (["--image-size", "300"], "exceeds --output-size 224"),
+    (["--method", "ilm_vp", "--whole-lp"], "--whole-lp needs a method with "
+     "cached features (--method linear_probe)"),
+    (["--image-size", "300"], "image_size 300 must be in [1, "
+     "prompt_output_size=224]"),
+    (["--method", "linear_probe", "--output-size", "64"],
+     "--output-size: method linear_probe has no canvas"),
     (["--device", "gpu"], "--device gpu: JAX sees no GPU"),
 ])
 def test_bad_arguments_are_one_line(argv, message, capsys):

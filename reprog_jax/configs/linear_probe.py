@@ -10,21 +10,15 @@ only the head (2048 x T + T) is trained. Writes metrics.jsonl,
 summary.json, checkpoints/, tensorboard/ and plots/ under the workdir. The
 ILM-VP paper reports 90.1 % on CIFAR-10 with a dense ResNet-50.
 
+The method's own fields and their defaults: `reprog_jax/methods/linear_probe.py`.
+
 Smoke run (mock data, a random ResNet-18, seconds on a CPU):
 
   python -m reprog_jax.main --config=configs/linear_probe.py:smoke --workdir=/tmp/lp_smoke
 """
 
-from reprog_jax import data
 from reprog_jax.train import run_config
 
 
 def get_config(arg=None):
-  dataset = "cifar10" if arg in (None, "", "smoke") else arg
-  data.get_dataset_info(dataset)  # An unknown name fails here, listing all.
-  config = run_config.base_config("linear_probe", dataset)
-  config.image_size = 224
-  if arg == "smoke":
-    run_config.shrink_for_smoke(config)
-    config.image_size = 64
-  return config.lock()
+  return run_config.method_config("linear_probe", arg)

@@ -12,7 +12,8 @@ Fields:
   networks: {name: {dir, random, kind}}: `dir` a `python -m convert` output,
     or (smoke only) `random` an architecture to initialise randomly;
     `kind` 'dense' or 'ticket' (checked against the directory).
-  methods: 'linear_probe' and/or 'ilm_vp' (`configs/<method>.py`).
+  methods: registered method names (`reprog_jax.methods.names()`); each
+    cell starts from its preset, `run_config.method_config(method, dataset)`.
   datasets: `reprog_jax.data.dataset_names()`.
   n_shots: training examples per class; -1 is the full split.
   seeds: trained together in each cell.

@@ -1,28 +1,63 @@
 """The adaptation methods, one module each, and their one registry.
 
 A method module (`ilm_vp.py`, `linear_probe.py`) defines everything about
-its method and exports it as `SPEC` (a `MethodSpec`); everything else in the
-package (the config checks, the loop, the sweep, the report, the exporter,
-the benchmark) asks this registry by name and never names a method.
+its method and exports it as `SPEC` (a `MethodSpec`: its config fields and
+checks, its sweep and table names, its `Method`, its PyTorch export layout
+and benchmark reference); everything else in the package (the configs, the
+config checks, the loop, the sweep, the report, the exporter, the
+benchmark) asks this registry by name and never names a method.
 
 - ILM-VP (`ilm_vp`): trains the `ExpansivePrompt` program in front of the
   frozen network; its mapping is a label mapping.
 - Linear probing (`linear_probe`): trains a new Dense head on the frozen
   network's pooled features; its mapping is the identity.
+
+Adding a method: write its module (here, or anywhere importable) ending in
+`SPEC = MethodSpec(...)`; here, add it to `METHODS` below; elsewhere, call
+`register(SPEC)` at its import and name the module in the environment,
+`REPROG_JAX_METHODS=my_package.my_method` (comma-separated for several),
+so that every entry point (`reprog_jax.main`, the sweep, the report,
+`python -m convert export`, the benchmark) imports it on first use.
 """
+
+import importlib
+import os
 
 from reprog_jax import errors
 from reprog_jax.methods import ilm_vp
 from reprog_jax.methods import linear_probe
 from reprog_jax.methods.base import EpochMapping, Method, MethodSpec, Trainable
 
-# Method name -> its spec: the one registry.
+# Method name -> its spec: the one registry, in the order of tables.
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec for spec in (linear_probe.SPEC, ilm_vp.SPEC)}
+# Modules (comma-separated) that register further methods when imported.
+PLUGINS_ENV = "REPROG_JAX_METHODS"
+
+
+def _import_plugins() -> None:
+  """Imports the modules `$REPROG_JAX_METHODS` names (once each: Python
+  caches them); each calls `register` at its import."""
+  for module in os.environ.get(PLUGINS_ENV, "").split(","):
+    module = module.strip()
+    if not module:
+      continue
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      # Only the named module itself missing is the user's to fix; a
+      # module it fails to import is its bug and keeps the traceback.
+      if e.name is None or not (module == e.name
+                                or module.startswith(e.name + ".")):
+        raise
+      raise errors.ConfigError(
+          f"{PLUGINS_ENV}: no module {module!r}; put the directory that "
+          f"holds it on PYTHONPATH, or correct the name") from None
 
 
 def names() -> tuple[str, ...]:
-  """Every registered method's name."""
+  """Every registered method's name, plug-ins included."""
+  _import_plugins()
   return tuple(METHODS)
 
 
@@ -32,15 +67,18 @@ def get(name: str) -> MethodSpec:
   Raises:
     errors.ConfigError: an unknown name; the message lists the valid ones.
   """
+  _import_plugins()
   try:
     return METHODS[name]
   except KeyError:
-    raise errors.ConfigError(f"config: method {name!r} is not one of "
-                             f"{', '.join(METHODS)}") from None
+    raise errors.ConfigError(
+        f"config: method {name!r} is not one of {', '.join(METHODS)} (a "
+        f"method of your own: name its module in {PLUGINS_ENV})") from None
 
 
 def register(spec: MethodSpec) -> None:
-  """Adds a method (a plug-in, or a test's toy method) to the registry."""
+  """Adds a method (a plug-in, or a test's toy method) to the registry; a
+  spec of the same name replaces the earlier one."""
   METHODS[spec.name] = spec
 
 

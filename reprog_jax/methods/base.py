@@ -7,10 +7,13 @@ target logits (linear probing) keeps the identity mapping.
 """
 
 import dataclasses
+import importlib
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+
+from reprog_jax import errors
 
 Trainable = Any
 # (epoch, current (S, T) mapping, seeds, count_pass) -> (S, T) mapping.
@@ -53,11 +56,22 @@ class Method:
   encode: Callable[..., jax.Array] | None = None
 
 
+def _no_fields(config) -> None:
+  del config  # The base config's fields are all this method needs.
+
+
+def _no_problem(config, image_size) -> None:
+  del config, image_size  # Nothing of its own to check.
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
   """Everything the package knows of one method, asked by name.
+
+  A method module defines one (`SPEC`) and the registry
+  (`reprog_jax.methods`) keeps it: the configs, the config checks, the
+  loop, the sweep, the report, the exporter and the benchmark ask it, so
+  adding a method is adding its module.
 
   Attributes:
     name: the registry key and `config.method` (e.g. 'ilm_vp').
@@ -66,6 +80,28 @@ class MethodSpec:
     family: 'prompt' (reprogramming: the network's own head, a learned
       input; the paper's claim 1 is about these) or 'probe' (a new head).
     build: `(config, network, num_classes, image_size) -> Method`.
+    configure: `config -> None`, adds the method's own fields, with their
+      defaults, to the base config (`train.run_config.base_config`);
+      `image_size`, the loader's image side, is one of them (unset: the
+      dataset's reprogramming size, 32 or 128).
+    check: `(config, image_size) -> problem or None`: one line saying what
+      is wrong with the method's fields (it may also raise
+      `errors.ConfigError` itself); `image_size` is the side the loader
+      will use.
+    smoke: `config -> None`, shrinks the method's fields for a smoke run
+      (seconds on a CPU), after the base fields are shrunk.
+    encodes: whether its `Method` has `encode` (frozen features computed
+      once); the benchmark asks this before building anything.
+    to_pytorch: `(params, mapping_sequence, image_size) -> dict`, one seed's
+      trained values and mapping as the PyTorch version's checkpoint holds
+      them: its key names, NumPy arrays in PyTorch's layouts (`python -m
+      convert export` turns them into tensors); None: not exportable.
+    torch_reference: 'module:function' naming a builder of the method's
+      PyTorch reference step, `(config, torch_network, mapping_sequence,
+      image_size, device, amp) -> reference` (see
+      `reprog_jax.tools.torch_reference`); a name, imported only when the
+      benchmark asks, so that this package never imports torch. None: no
+      reference.
   """
 
   name: str
@@ -73,3 +109,21 @@ class MethodSpec:
   label: str
   family: str
   build: Callable[..., Method]
+  configure: Callable[[Any], None] = _no_fields
+  check: Callable[[Any, int], str | None] = _no_problem
+  smoke: Callable[[Any], None] = _no_fields
+  encodes: bool = False
+  to_pytorch: Callable[[dict, np.ndarray, int], dict] | None = None
+  torch_reference: str | None = None
+
+  def torch_reference_builder(self) -> Callable[..., Any]:
+    """The function `torch_reference` names, imported now.
+
+    Raises:
+      errors.ConfigError: the method has no PyTorch reference.
+    """
+    if not self.torch_reference:
+      raise errors.ConfigError(
+          f"method {self.name!r} has no PyTorch reference step")
+    module, function = self.torch_reference.split(":")
+    return getattr(importlib.import_module(module), function)

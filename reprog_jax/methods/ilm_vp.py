@@ -1,6 +1,10 @@
 """ILM-VP (`ilm_vp`): a learned frame of pixels around the downsized target
 image in front of the frozen network, and a label mapping (ILM, FLM or RLM)
-from its 1000 ImageNet classes to the target's."""
+from its 1000 ImageNet classes to the target's.
+
+Everything about it is here, in `SPEC`: its `Method` (`visual_prompt`), its
+config fields and checks, its smoke sizes, its PyTorch export layout and
+its benchmark reference."""
 
 import os
 from typing import Sequence
@@ -8,6 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import config_dict
 
 from reprog_jax import errors
 from reprog_jax.methods.base import Method, MethodSpec
@@ -87,5 +92,44 @@ def _build(config, network, num_classes, image_size):
                        networks.class_names(network))
 
 
-SPEC = MethodSpec(name="ilm_vp", short="vp", label="VP", family="prompt",
-                  build=_build)
+def _configure(config):
+  # The target image's side inside the frame; None: the dataset's (32 or
+  # 128), also after --config.data.name=... overrides.
+  config.image_size = config_dict.placeholder(int)
+  config.prompt_output_size = 224  # What the frozen network sees.
+  config.label_mapping = "ilm"  # 'ilm', 'flm' (once) or 'rlm' (random).
+  config.mapping_interval = 1  # ILM: remap every this many epochs.
+
+
+def _check(config, image_size):
+  label_mapping.get_label_mapping(config.label_mapping)  # Lists the names.
+  if config.mapping_interval < 1:
+    return f"mapping_interval must be >= 1, got {config.mapping_interval}"
+  if not 0 < image_size <= config.prompt_output_size:
+    return (f"image_size {image_size} must be in "
+            f"[1, prompt_output_size={config.prompt_output_size}]")
+  return None
+
+
+def _smoke(config):
+  config.prompt_output_size = 64  # Fully convolutional: any size runs.
+
+
+def _to_pytorch(params, mapping_sequence, image_size):
+  """The PyTorch version's `visual_prompt_dict` (what its
+  `ExpansiveVisualPrompt.load_state_dict` takes: `program` and `mask`,
+  (3, H, W) float32) and `mapping_sequence` ((T,) int64); target logits are
+  `network(prompt(x))[:, mapping_sequence]` there."""
+  program = np.asarray(params["program"], np.float32)  # (H, W, 3)
+  mask = np.broadcast_to(prompts.frame_mask(image_size, program.shape[0]),
+                         program.shape)
+  chw = lambda a: np.ascontiguousarray(np.transpose(a, (2, 0, 1)))
+  return {"visual_prompt_dict": {"program": chw(program), "mask": chw(mask)},
+          "mapping_sequence": np.asarray(mapping_sequence, np.int64)}
+
+
+SPEC = MethodSpec(
+    name="ilm_vp", short="vp", label="VP", family="prompt", build=_build,
+    configure=_configure, check=_check, smoke=_smoke,
+    to_pytorch=_to_pytorch,
+    torch_reference="reprog_jax.tools.torch_reference:build_prompt_reference")

@@ -1,6 +1,10 @@
 """Linear probing (`linear_probe`): a new linear head on the frozen
 network's pooled features. Those features depend on nothing trained
-(`encode`), so the loop may compute them once and train on them."""
+(`encode`), so the loop may compute them once and train on them.
+
+Everything about it is here, in `SPEC`: its `Method` (`linear_probe`), its
+config field, its smoke size, its PyTorch export layout and its benchmark
+reference."""
 
 import jax
 import jax.numpy as jnp
@@ -52,5 +56,29 @@ def _build(config, network, num_classes, image_size):
   return linear_probe(network.model.num_features, num_classes)
 
 
-SPEC = MethodSpec(name="linear_probe", short="lp", label="LP",
-                  family="probe", build=_build)
+def _configure(config):
+  # Images are resized to this side and ImageNet-normalised, no
+  # augmentation, as the PyTorch version's linear probing.
+  config.image_size = 224
+
+
+def _smoke(config):
+  config.image_size = 64
+
+
+def _to_pytorch(params, mapping_sequence, image_size):
+  """The PyTorch version's `fc_dict` (what its `network.fc` loads: `weight`
+  (T, F) and `bias` (T,), float32); the mapping is the identity."""
+  del mapping_sequence, image_size  # The head is all there is.
+  # Ours is (in, out), as Flax's Dense; torch.nn.Linear's weight is (out, in).
+  return {"fc_dict": {
+      "weight": np.ascontiguousarray(
+          np.asarray(params["kernel"], np.float32).T),
+      "bias": np.asarray(params["bias"], np.float32)}}
+
+
+SPEC = MethodSpec(
+    name="linear_probe", short="lp", label="LP", family="probe",
+    build=_build, configure=_configure, smoke=_smoke, encodes=True,
+    to_pytorch=_to_pytorch,
+    torch_reference="reprog_jax.tools.torch_reference:build_head_reference")

@@ -24,6 +24,7 @@ import os
 import sys
 from typing import NamedTuple
 
+from reprog_jax import methods
 from reprog_jax.study import claims
 from reprog_jax import errors
 
@@ -87,8 +88,9 @@ class Row(NamedTuple):
 
 
 def _short(method) -> str:
-  """'LP' or 'VP' (another method: its own name)."""
-  return claims.METHOD_NAMES.get(method, method)
+  """The method's label, e.g. 'VP' (a method not registered here: its own
+  name)."""
+  return methods.get(method).label if method in methods.names() else method
 
 
 def shot_name(n_shot) -> str:
@@ -122,7 +124,7 @@ def _order(row):
 
 
 def _method_rank(method):
-  names = list(claims.METHOD_NAMES)
+  names = methods.names()
   return names.index(method) if method in names else len(names)
 
 
@@ -341,12 +343,13 @@ def _claims_markdown(pairs) -> list[str]:
             "LP and for VP; the paper claims it always.", "",
             f"**Overall: {verdict}** ({sentence}).", ""]
   if twos:
-    lines += ["| dataset | shots | ticket | remaining (%) | dense | LP ECE "
-              "dense / ticket | VP ECE dense / ticket | verdict |",
-              "|" + " --- |" * 8]
+    lines += ["| dataset | shots | ticket | remaining (%) | dense | "
+              + " | ".join(f"{_short(m)} ECE dense / ticket"
+                           for m in methods.names())
+              + " | verdict |", "|" + " --- |" * (6 + len(methods.names()))]
     for c, r in twos:
       eces = []
-      for method in ("linear_probe", "ilm_vp"):
+      for method in methods.names():
         m = r["methods"].get(method)
         eces.append("-" if m is None else
                     f"{m['dense']:.4f} ± {m['dense_std']:.4f} / "

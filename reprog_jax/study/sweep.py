@@ -19,11 +19,8 @@ all writing to one workdir on a shared filesystem. The grid is recorded in
 `--extend`, when it only adds cells, runs the new ones.
 """
 
-import functools
-import importlib.util
 import json
 import os
-import pathlib
 import re
 import sys
 import time
@@ -46,12 +43,10 @@ STUDY_FILE, CELL_FILE = report.STUDY_FILE, report.CELL_FILE
 ERROR_FILE, SUMMARY_FILE = report.ERROR_FILE, report.SUMMARY_FILE
 FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
           "method_overrides")
-SHORT_METHOD = {"linear_probe": "lp", "ilm_vp": "vp"}
 # Training-config fields a study's grid sets per cell; overrides may not.
 GRID_FIELDS = ("method", "n_shot", "data.n_shot", "data.name", "seed", "seeds",
                "network", "network_dir", "random_network")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 class SweepError(errors.UserError, ValueError):
@@ -116,7 +111,7 @@ def cells(study) -> list[Cell]:
     for dataset in study["datasets"]:
       for n_shot in study["n_shots"]:
         for method in study["methods"]:
-          name = "/".join((SHORT_METHOD.get(method, method), network, dataset,
+          name = "/".join((methods.get(method).short, network, dataset,
                            shot_name(n_shot)))
           config = _cell_config(study, name, network, entry, method, dataset,
                                 n_shot)
@@ -156,9 +151,11 @@ def _check_axes(study) -> None:
       bad(f"{axis} is empty; give at least one")
     if len(set(map(str, values))) != len(values):
       bad(f"{axis} {values} has repeats")
+  known = methods.names()
   for method in study["methods"]:
-    if method not in methods.METHODS:
-      bad(f"method {method!r} is not one of {', '.join(methods.METHODS)}")
+    if method not in known:
+      bad(f"method {method!r} is not one of {', '.join(known)} (a method "
+          f"of your own: name its module in {methods.PLUGINS_ENV})")
   for n_shot in study["n_shots"]:
     if not isinstance(n_shot, int) or not (n_shot == -1 or n_shot >= 1):
       bad(f"n_shots holds {n_shot!r}; use positive integers, or -1 for "
@@ -167,10 +164,10 @@ def _check_axes(study) -> None:
     data.get_dataset_info(dataset)  # A DataError listing every name.
   # Overrides of a method the study does not run are kept, unused: a
   # preset's methods can then be narrowed from the command line.
-  unknown = sorted(set(study["method_overrides"]) - set(methods.METHODS))
+  unknown = sorted(set(study["method_overrides"]) - set(known))
   if unknown:
     bad(f"method_overrides names {', '.join(unknown)}, not one of "
-        f"{', '.join(methods.METHODS)}")
+        f"{', '.join(known)}")
   for where, overrides in [("overrides", study["overrides"])] + [
       (f"method_overrides.{m}", o)
       for m, o in study["method_overrides"].items()]:
@@ -180,20 +177,8 @@ def _check_axes(study) -> None:
           f"use networks, methods, datasets, n_shots and seeds")
 
 
-@functools.cache
-def _config_module(method):
-  path = _CONFIGS_DIR / f"{method}.py"
-  if not path.exists():
-    raise SweepError(f"{path}: no such config file; run the sweep from a "
-                     f"checkout of reprog-jax (pip install -e .)")
-  spec = importlib.util.spec_from_file_location(f"{method}_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _cell_config(study, name, network, entry, method, dataset, n_shot):
-  config = _config_module(method).get_config(dataset)
+  config = run_config.method_config(method, dataset)
   config.progress = False  # The sweep prints a line per cell instead.
   _override(config, study["overrides"], name, "overrides")
   _override(config, study["method_overrides"].get(method, {}), name,

@@ -9,8 +9,10 @@
 Both sides train the same thing on the same shapes: the frozen network
 (ours: `networks.random_network`; theirs: torchvision's, randomly
 initialised: speed does not depend on the weights), the same prompt or head,
-Adam. The PyTorch side is `torch_reference` (the parity tests' transcription
-of the PyTorch version's step), in float32 on a CPU and, on a GPU, with fp16
+Adam. Ours is built through the registry (`methods.build` on the method's
+run config); the PyTorch side is the builder its spec names
+(`MethodSpec.torch_reference`, in `torch_reference`: the parity tests'
+transcription of the PyTorch version's step), in float32 on a CPU and, on a GPU, with fp16
 autocast and a gradient scaler as the PyTorch version; ours computes in
 float32 on a CPU and bfloat16 on a GPU. Batches are already on the device
 on both sides. After warm-up the two alternate, `--rounds` times
@@ -33,7 +35,6 @@ from the decoded uint8 store and put on the device, as training does.
 
 import argparse
 import platform
-import statistics
 import sys
 import time
 
@@ -41,12 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reprog_jax import data
 from reprog_jax import errors
-from reprog_jax.model import label_mapping
 from reprog_jax import methods
 from reprog_jax.model import networks
-from reprog_jax.train import sharding
+from reprog_jax.tools import bench_sides
+from reprog_jax.train import run_config
 from reprog_jax.train import steps
 
 # Dense bfloat16 peak FLOP/s by device kind (substring match).
@@ -61,17 +61,21 @@ class BenchError(errors.UserError, ValueError):
 def parse(argv):
   parser = argparse.ArgumentParser(prog="python -m reprog_jax.bench",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--method", choices=sorted(methods.METHODS),
-                      default="ilm_vp")
+  parser.add_argument("--method", choices=methods.names(),
+                      default=_default_method(),
+                      help="a registered method (default: the first that "
+                      "reprograms, family 'prompt')")
   parser.add_argument("--arch", default="resnet50",
                       choices=("resnet18", "resnet34", "resnet50"))
   parser.add_argument("--batch", type=int, default=16,
                       help="examples per step (and per seed)")
   parser.add_argument("--image-size", type=int, default=None,
-                      help="target image side (default: 32 for ilm_vp, "
-                      "224 for linear_probe)")
-  parser.add_argument("--output-size", type=int, default=224,
-                      help="ilm_vp's canvas side")
+                      help="target image side (default: the method's, "
+                      "for CIFAR-10)")
+  parser.add_argument("--output-size", type=int, default=None,
+                      help="the prompt's canvas side, for methods with one "
+                      "(config field prompt_output_size; default: the "
+                      "method's)")
   parser.add_argument("--num-classes", type=int, default=10)
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
   parser.add_argument("--steps", type=int, default=5,
@@ -91,156 +95,46 @@ def parse(argv):
                       help="also print where our step's time goes, by kind "
                       "of operation (an XLA profile of --steps steps)")
   args = parser.parse_args(argv)
-  if args.image_size is None:
-    args.image_size = 32 if args.method == "ilm_vp" else 224
   for name in ("batch", "image_size", "output_size", "num_classes", "steps",
                "rounds", "examples", "epochs"):
-    if getattr(args, name) < 1:
+    if getattr(args, name) is not None and getattr(args, name) < 1:
       raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
   if args.warmup < 0 or args.seeds < 0:
     raise BenchError("--warmup and --seeds must be >= 0")
-  if args.whole_lp and (args.method != "linear_probe" or args.seeds):
-    raise BenchError("--whole-lp needs --method linear_probe and no --seeds")
-  if args.method == "ilm_vp" and args.image_size > args.output_size:
-    raise BenchError(f"--image-size {args.image_size} exceeds "
-                     f"--output-size {args.output_size}")
+  if args.whole_lp and (not methods.get(args.method).encodes or args.seeds):
+    encoders = [n for n in methods.names() if methods.get(n).encodes]
+    raise BenchError(f"--whole-lp needs a method with cached features "
+                     f"(--method {' or '.join(encoders)}) and no --seeds")
+  if not methods.get(args.method).torch_reference:
+    raise BenchError(f"--method {args.method}: it has no PyTorch reference "
+                     f"step to compare with (MethodSpec.torch_reference)")
+  args.config = _config(args)
+  args.image_size = run_config.image_size(args.config)
   return args
 
 
-# --------------------------------------------------------------------------
-# The two sides
-# --------------------------------------------------------------------------
+def _default_method() -> str:
+  return next(name for name in methods.names()
+              if methods.get(name).family == "prompt")
 
 
-class Ours:
-  """Our jitted step of `num_seeds` seeds on device-resident batches."""
-
-  def __init__(self, args, network, num_seeds, encoded=False):
-    self.layout = sharding.Layout.create(num_seeds)
-    self.network = self.layout.put(network, self.layout.replicated)
-    size = args.image_size
-    if args.method == "ilm_vp":
-      self.method = methods.ilm_vp.visual_prompt(size, args.num_classes,
-                                          args.output_size)
-    else:
-      self.method = methods.linear_probe.linear_probe(network.model.num_features,
-                                         args.num_classes)
-    optimizer, _ = steps.make_optimizer(0.01, 100, 10)
-    self.step = steps.make_train_step(self.method, optimizer, self.layout,
-                                      encoded)
-    self.state = self.layout.put(
-        steps.init_state(self.method, optimizer, range(num_seeds)),
-        self.layout.per_seed)
-    mapping = (np.arange(args.num_classes) if args.method == "linear_probe"
-               else np.random.default_rng(0).permutation(
-                   label_mapping.NUM_IMAGENET_CLASSES)[:args.num_classes])
-    self.mappings = self.layout.put(np.tile(mapping, (num_seeds, 1)),
-                                    self.layout.per_seed)
-    self.flops = None
-
-  def put(self, host_batch):
-    return self.layout.put(host_batch, self.layout.seed_batch)
-
-  def run(self, batch, count):
-    """`count` steps; returns the seconds, waiting for the device."""
-    started = time.perf_counter()
-    for _ in range(count):
-      self.state, metrics = self.step(self.state, self.network,
-                                      self.mappings, batch)
-    jax.block_until_ready((self.state, metrics))
-    return time.perf_counter() - started
-
-  def count_flops(self, batch):
-    compiled = self.step.lower(self.state, self.network, self.mappings,
-                               batch).compile()
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-      analysis = analysis[0] if analysis else None
-    self.flops = (analysis or {}).get("flops")
-    return self.flops
-
-
-class Theirs:
-  """`torch_reference`'s step, as the PyTorch version runs it."""
-
-  def __init__(self, args, device):
-    import torch  # pylint: disable=g-import-not-at-top
-    import torchvision  # pylint: disable=g-import-not-at-top
-    from reprog_jax.tools import torch_reference  # pylint: disable=g-import-not-at-top
-    self.torch = torch
-    network = getattr(torchvision.models, args.arch)(weights=None)
-    amp = device == "cuda"
-    if args.method == "ilm_vp":
-      mapping = np.random.default_rng(0).permutation(1000)[:args.num_classes]
-      self.reference = torch_reference.VisualPromptReference(
-          network, args.image_size, mapping, args.output_size, device=device,
-          amp=amp)
-    else:
-      width = network.fc.in_features
-      rng = np.random.default_rng(0)
-      self.reference = torch_reference.LinearProbeReference(
-          network, rng.uniform(-0.02, 0.02, (width, args.num_classes)),
-          rng.uniform(-0.02, 0.02, args.num_classes), device=device, amp=amp)
-    self.device = device
-
-  def put(self, host_batch):
-    images = host_batch["image"].astype(np.float32) / np.float32(255)
-    return self.reference.to_device(images, host_batch["label"])
-
-  def run(self, batch, count):
-    started = time.perf_counter()
-    for _ in range(count):
-      loss = self.reference.step_tensors(*batch)
-    float(loss)  # Waits for the device.
-    if self.device == "cuda":
-      self.torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------
-# Measurements
-# --------------------------------------------------------------------------
-
-
-def _host_batch(args, num_seeds=None, seed=0):
-  rng = np.random.default_rng(seed)
-  lead = (args.batch,) if num_seeds is None else (num_seeds, args.batch)
-  return {"image": rng.integers(0, 256, lead + (args.image_size,) * 2 + (3,),
-                                np.uint8),
-          "label": rng.integers(0, args.num_classes, lead).astype(np.int32),
-          "mask": np.ones(lead, bool)}
-
-
-def interleaved(timers, args):
-  """Runs each `(name, run)` for warm-up, then alternates `--rounds` timed
-  rounds of `--steps` steps; returns name -> median seconds per step."""
-  for _, run in timers:
-    run(max(args.warmup, 1))  # Compiles; the first step is never timed.
-  seconds = {name: [] for name, _ in timers}
-  for _ in range(args.rounds):
-    for name, run in timers:
-      seconds[name].append(run(args.steps) / args.steps)
-  return {name: statistics.median(values) for name, values in seconds.items()}
-
-
-def input_images_per_second(args, num_seeds, layout, seconds=1.0):
-  """Images/s the input side feeds: gathering batches from a decoded uint8
-  store and putting them on the device, as `train.train_epoch` does."""
-  count = max(4 * args.batch, 256)
-  positions = np.arange(count)
-  host = _host_batch(args, seed=1)
-  rows = np.resize(host["image"], (count,) + host["image"].shape[1:])
-  store = data.RowStore(rows, positions % args.num_classes, positions)
-  sampler = data.Sampler(np.tile(positions, (num_seeds, 1)),
-                         range(num_seeds), batch_size=args.batch,
-                         shuffle=True, pad_to=layout.batch_pad)
-  served, epoch, started = 0, 0, time.perf_counter()
-  while time.perf_counter() - started < seconds:
-    for index in sampler.epoch(epoch):
-      jax.block_until_ready(layout.put_rows(store, index, layout.seed_batch))
-      served += index.size
-    epoch += 1
-  return served / (time.perf_counter() - started)
+def _config(args):
+  """The method's run config on a random `--arch`, with the flags' sizes;
+  checked as a training run's."""
+  config = run_config.method_config(args.method)
+  config.random_network = args.arch
+  if args.image_size is not None:
+    config.image_size = args.image_size
+  if args.output_size is not None:
+    if "prompt_output_size" not in config.keys():
+      raise BenchError(f"--output-size: method {args.method} has no canvas "
+                       f"(no prompt_output_size)")
+    config.prompt_output_size = args.output_size
+  try:
+    run_config.check(config)
+  except errors.ConfigError as e:
+    raise BenchError(str(e)) from None
+  return config
 
 
 def _peak(dtype) -> float | None:
@@ -281,10 +175,12 @@ def describe(args, dtype) -> None:
         f"({jax.default_backend()}); python {platform.python_version()}, "
         f"jax {jax.__version__}, torch {torch.__version__} "
         f"({torch.get_num_threads()} CPU threads)")
-  print(f"setting: {args.method}, {args.arch}, batch {args.batch}, image "
-        f"{args.image_size}"
-        + (f" framed to {args.output_size}" if args.method == "ilm_vp" else "")
-        + f", ours {jnp.dtype(dtype).name}, PyTorch "
+  base = run_config.base_config(args.method).keys()
+  own = [f"{field} {args.config[field]}" for field in args.config.keys()
+         if field not in base and field != "image_size"]
+  print(f"setting: {args.method}" + (f" ({', '.join(own)})" if own else "")
+        + f", {args.arch}, batch {args.batch}, image {args.image_size}, "
+        f"ours {jnp.dtype(dtype).name}, PyTorch "
         + ("fp16 autocast + grad scaler" if args.device == "gpu"
            else "float32"))
 
@@ -305,13 +201,16 @@ def main(argv=None) -> int:
     print(f"bench: error: {e.name} is missing; pip install -e '.[torch]'",
           file=sys.stderr)
     return 1
-  except BenchError as e:
+  except errors.UserError as e:
     print(f"bench: error: {e}", file=sys.stderr)
     return 1
   dtype = jnp.bfloat16 if args.device == "gpu" else jnp.float32
   describe(args, dtype)
   network = networks.random_network(args.arch, dtype=dtype)
-  theirs = Theirs(args, device)
+  method = methods.build(args.config, network, args.num_classes,
+                         args.image_size)
+  mapping = bench_sides.mapping_for(args, method)
+  theirs = bench_sides.Theirs(args, device, mapping)
   if args.whole_lp:
     ratio = _whole_lp(args, network, theirs, dtype)
   elif args.seeds:
@@ -323,15 +222,15 @@ def main(argv=None) -> int:
 
 
 def _one_step(args, network, theirs, dtype) -> float:
-  ours = Ours(args, network, 1)
-  host = _host_batch(args)
+  ours = bench_sides.Ours(args, network, 1)
+  host = bench_sides.host_batch(args)
   our_batch = ours.put(jax.tree.map(lambda x: x[None], host))
   their_batch = theirs.put(host)
   ours.count_flops(our_batch)
-  seconds = interleaved([("ours", lambda n: ours.run(our_batch, n)),
-                         ("pytorch", lambda n: theirs.run(their_batch, n))],
-                        args)
-  feed = input_images_per_second(args, 1, ours.layout)
+  seconds = bench_sides.interleaved(
+      [("ours", lambda n: ours.run(our_batch, n)),
+       ("pytorch", lambda n: theirs.run(their_batch, n))], args)
+  feed = bench_sides.input_images_per_second(args, 1, ours.layout)
   for name in ("ours", "pytorch"):
     print(f"{name}: {args.batch / seconds[name]:,.1f} images/s "
           f"({seconds[name] * 1e3:.1f} ms per step)")
@@ -390,11 +289,12 @@ def _profile(ours, batch, count) -> None:
 def _seeds(args, network, theirs, dtype) -> float:
   count = args.seeds
   # Linear probing with seeds trains the heads on shared cached features.
-  encoded = args.method == "linear_probe"
-  together = Ours(args, network, count, encoded=encoded)
-  alone = Ours(args, network, 1, encoded=encoded)
-  images = _host_batch(args, num_seeds=count)
-  hosts = (dict(images, image=_features(together, images["image"]))
+  encoded = methods.get(args.method).encodes
+  together = bench_sides.Ours(args, network, count, encoded=encoded)
+  alone = bench_sides.Ours(args, network, 1, encoded=encoded)
+  images = bench_sides.host_batch(args, num_seeds=count)
+  hosts = (dict(images,
+                image=bench_sides.features(together, images["image"]))
            if encoded else images)
   batch_together = together.put(hosts)
   batches_alone = [alone.put(jax.tree.map(lambda x: x[k:k + 1], hosts))
@@ -405,11 +305,11 @@ def _seeds(args, network, theirs, dtype) -> float:
   def sequential(side, batches):
     return lambda n: sum(side.run(b, n) for b in batches)
 
-  seconds = interleaved(
+  seconds = bench_sides.interleaved(
       [("vmapped", lambda n: together.run(batch_together, n)),
        ("sequential", sequential(alone, batches_alone)),
        ("pytorch", sequential(theirs, batches_theirs))], args)
-  feed = input_images_per_second(args, count, together.layout)
+  feed = bench_sides.input_images_per_second(args, count, together.layout)
   served = count * args.batch
   on = (" on cached features (computed once, not timed)" if encoded
         else "")
@@ -424,18 +324,10 @@ def _seeds(args, network, theirs, dtype) -> float:
   return seconds["pytorch"] / seconds["vmapped"]
 
 
-def _features(ours, images):
-  """Pooled features of uint8 `images` (..., H, W, 3), as cached."""
-  encode = steps.make_encode_step(ours.method, ours.layout)
-  flat = images.reshape((-1,) + images.shape[-3:])
-  features = encode(ours.network, ours.layout.put(flat, ours.layout.batch))
-  return np.asarray(features).reshape(images.shape[:-3] + (-1,))
-
-
 def _whole_lp(args, network, theirs, dtype) -> float:
-  cached = Ours(args, network, 1, encoded=True)
-  recompute = Ours(args, network, 1)
-  host = _host_batch(args)
+  cached = bench_sides.Ours(args, network, 1, encoded=True)
+  recompute = bench_sides.Ours(args, network, 1)
+  host = bench_sides.host_batch(args)
   images = recompute.put(jax.tree.map(lambda x: x[None], host))
   encode = steps.make_encode_step(cached.method, cached.layout)
   image_batch = cached.layout.put(host["image"], cached.layout.batch)
@@ -452,7 +344,7 @@ def _whole_lp(args, network, theirs, dtype) -> float:
     jax.block_until_ready(out)
     return time.perf_counter() - started
 
-  seconds = interleaved(
+  seconds = bench_sides.interleaved(
       [("features", encode_run),
        ("head", lambda n: cached.run(feature_batch, n)),
        ("recompute", lambda n: recompute.run(images, n)),

@@ -169,3 +169,29 @@ class LinearProbeReference(_Reference):
     fc = self.network.fc
     return (fc.weight.detach().cpu().numpy().T.copy(),
             fc.bias.detach().cpu().numpy().copy())
+
+
+# --------------------------------------------------------------------------
+# Builders the methods name (`MethodSpec.torch_reference`)
+# --------------------------------------------------------------------------
+
+
+def build_prompt_reference(config, network, mapping_sequence, image_size,
+                        device="cpu", amp=False) -> VisualPromptReference:
+  """ILM-VP's reference for a run config (its `prompt_output_size`)."""
+  return VisualPromptReference(network, image_size, mapping_sequence,
+                               config.prompt_output_size, device=device,
+                               amp=amp)
+
+
+def build_head_reference(config, network, mapping_sequence, image_size,
+                       device="cpu", amp=False) -> LinearProbeReference:
+  """Linear probing's reference: a head of `len(mapping_sequence)` classes
+  on the network's pooled features, from a seeded draw."""
+  del config, image_size  # The head's width is all that matters.
+  width = network.fc.in_features
+  rng = np.random.default_rng(0)
+  num_classes = len(mapping_sequence)
+  return LinearProbeReference(
+      network, rng.uniform(-0.02, 0.02, (width, num_classes)),
+      rng.uniform(-0.02, 0.02, num_classes), device=device, amp=amp)

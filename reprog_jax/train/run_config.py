@@ -1,7 +1,10 @@
 """The fields every training config has, with the PyTorch version's defaults.
 
-`configs/ilm_vp.py` and `configs/linear_probe.py` start from `base_config`
-and set what differs; `check` rejects a bad combination with one line.
+`method_config(method, arg)` is a method's preset (each file of
+`reprog_jax/configs/` is one line calling it): the base fields
+(`base_config`), then the method's own (`MethodSpec.configure`); `check`
+rejects a bad field or combination with one line, asking the method about
+its own fields.
 """
 
 import json
@@ -14,14 +17,38 @@ from ml_collections import config_dict
 
 from reprog_jax import data
 from reprog_jax import errors
-from reprog_jax.model import label_mapping
 from reprog_jax import methods
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def method_config(method: str,
+                  arg: str | None = None) -> ml_collections.ConfigDict:
+  """The locked preset of `method` (a registered name).
+
+  Args:
+    method: a registered method's name (`methods.names()`).
+    arg: a dataset name (`data.dataset_names()`), 'smoke' (mock CIFAR-10,
+      a random ResNet-18, seconds on a CPU: `shrink_for_smoke`, then the
+      method's own shrinking) or None (CIFAR-10).
+
+  Raises:
+    errors.ConfigError: an unknown method; `data.DataError`: an unknown
+      dataset. Both list the valid names.
+  """
+  dataset = "cifar10" if arg in (None, "", "smoke") else arg
+  data.get_dataset_info(dataset)  # An unknown name fails here, listing all.
+  spec = methods.get(method)
+  config = base_config(method, dataset)
+  spec.configure(config)
+  if arg == "smoke":
+    shrink_for_smoke(config)
+    spec.smoke(config)
+  return config.lock()
+
+
 def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigDict:
-  """Defaults shared by both methods (PyTorch version, section 5)."""
+  """Defaults shared by every method (PyTorch version, section 5)."""
   config = ml_collections.ConfigDict()
   config.method = method
   config.data = data.default_data_config()
@@ -97,9 +124,9 @@ def shrink_for_smoke(config) -> None:
 
 
 def image_size(config) -> int:
-  """The loader's image side: `config.image_size`, or for ILM-VP when it is
-  unset, the dataset's VP size (32 or 128)."""
-  if config.image_size:
+  """The loader's image side: `config.image_size`, or when the method leaves
+  it unset, the dataset's reprogramming size (32 or 128)."""
+  if config.get("image_size"):
     return config.image_size
   return data.get_dataset_info(config.data.name).vp_size
 
@@ -138,9 +165,7 @@ def check(config) -> None:
   def bad(message):
     raise errors.ConfigError(f"config: {message}")
 
-  if config.method not in methods.METHODS:
-    bad(f"method {config.method!r} is not one of "
-        f"{', '.join(methods.METHODS)}")
+  spec = methods.get(config.method)  # An unknown one, in one line.
   if config.optimizer != "adam":
     bad(f"optimizer {config.optimizer!r} is not supported; the PyTorch "
         f"version uses 'adam'")
@@ -180,11 +205,6 @@ def check(config) -> None:
       bad(f"{field} must be a finite number, got {config[field]}")
   if config.lr <= 0:
     bad(f"lr must be > 0, got {config.lr}")
-  if config.method == "ilm_vp":
-    label_mapping.get_label_mapping(config.label_mapping)
-    if config.mapping_interval < 1:
-      bad(f"mapping_interval must be >= 1, got {config.mapping_interval}")
-    size = image_size(config)
-    if not 0 < size <= config.prompt_output_size:
-      bad(f"image_size {size} must be in "
-          f"[1, prompt_output_size={config.prompt_output_size}]")
+  problem = spec.check(config, image_size(config))
+  if problem:
+    bad(problem)
