@@ -193,6 +193,11 @@ def make_source_networks(workdir, scale: Scale, progress=True) -> dict:
                       "dense": r.state == 0,
                       "sparsity": masks_lib.sparsity(params, r.masks),
                       "source_test_accuracy": accuracy,
+                      # What claim 1's "similar upstream performance" is
+                      # checked against (`report`), in %.
+                      "source_top1": 100 * accuracy,
+                      "source_top1_from": "the demo's held-out synthetic "
+                                          "source test images",
                   })
     out[name] = {"dir": directory, "remaining_percent": 100 * r.remaining,
                  "source_test_accuracy": accuracy}
