@@ -348,8 +348,11 @@ def test_study_presets_and_bad_studies():
   assert smoke[0].config.seeds == (0, 1) and smoke[0].config.data.mock
   with pytest.raises(sweep.SweepError, match="networks.dense needs exactly "
                      "one of dir"):
-    sweep.cells(study_preset("paper"))
-  paper = sweep.plain_study(study_preset("paper"))
+    sweep.cells(study_preset("grid"))
+  # The old name overclaimed: refused in one line that names the new one.
+  with pytest.raises(ValueError, match="preset 'paper' is now 'grid'"):
+    study_preset("paper")
+  paper = sweep.plain_study(study_preset("grid"))
   for name, entry in paper["networks"].items():
     entry["dir"] = f"nets/{name}"
   grid = sweep.cells(paper)

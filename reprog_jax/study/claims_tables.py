@@ -88,9 +88,10 @@ def markdown(rows, options=claims.Options()) -> list[str]:
       "[a two-sided 95 % Student-t interval] (n - 1 degrees of freedom); "
       "*p*: one-sided paired t-test in the claim's direction; *Holm*: p "
       "adjusted over the cells of one claim, quantity, selection and "
-      f"method. alpha = {options.alpha:g}. Fewer than 2 paired seeds: not "
-      "testable. Every number is in `claims.csv`, every seed's in "
-      "`seeds.csv`.", ""]
+      f"method. alpha = {options.alpha:g}. The tests are one-sided and the "
+      "interval two-sided, so a significant cell's interval can touch 0. "
+      "Fewer than 2 paired seeds: not testable. Every number is in "
+      "`claims.csv`, every seed's in `seeds.csv`.", ""]
   if not cells:
     return lines + ["No dense network and ticket share a dataset and n_shot "
                     "here, so neither claim can be tested."]
@@ -125,8 +126,9 @@ def _claim_one(cells, options) -> list[str]:
            "The ticket's reprogramming (VP) accuracy is significantly lower "
            "than the dense network's (Holm-adjusted p < alpha) while their "
            "source top-1 differ by at most "
-           f"{options.similar_source_pp:g} points; the paper claims it for "
-           "some targets. Accuracy in %, differences in points.", "",
+           f"{options.similar_source_pp:g} percentage points (source gap: "
+           "dense - ticket); the paper claims it for some targets. Accuracy "
+           "in %, differences in percentage points.", "",
            f"**Overall: {verdict}** ({counts}).", ""]
   if not mine:
     return lines
