@@ -384,3 +384,49 @@ def test_claims_csv_recomputed_from_seeds_csv(tmp_path):
   # Other options, the same recomputation.
   report.write(tmp_path, claims.Options(alpha=0.01, similar_source_pp=3.0))
   recompute_claims(tmp_path, alpha=0.01, similar_source_pp=3.0)
+
+
+# --------------------------------------------------------------------------
+# Why runs are paired by seed
+# --------------------------------------------------------------------------
+
+
+def test_a_seed_gives_dense_and_ticket_the_same_subset_and_order(tmp_path):
+  """The few-shot subset and the training order depend only on the seed,
+  the dataset and n_shot, never on the network."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conftest import smoke_config  # pylint: disable=g-import-not-at-top
+  from reprog_jax import methods  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import networks  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import pruning  # pylint: disable=g-import-not-at-top
+  from reprog_jax.train import inputs  # pylint: disable=g-import-not-at-top
+  from reprog_jax.train import sharding  # pylint: disable=g-import-not-at-top
+
+  config = smoke_config("linear_probe", seeds=(0, 1, 2),
+                        cache_features=False)
+  dense = networks.random_network("resnet18", seed=0)
+  params = jax.device_get(dense.params)
+  ticket = networks.random_network("resnet18", seed=1).replace(
+      masks=pruning.prune(params, jax.device_get(dense.masks),
+                          remaining=0.5))
+  seeds = (0, 1, 2)
+  served = []
+  for k, network in enumerate((dense, ticket)):
+    run_data = inputs.open_run_data(config, seeds)
+    method = methods.build(config, network, run_data.num_classes,
+                           config.image_size)
+    loaded = inputs.load(run_data, config, seeds=seeds,
+                         image_size=config.image_size, method=method,
+                         network=network, eval_network=network,
+                         layout=sharding.Layout.create(1),
+                         workdir=str(tmp_path / str(k)))
+    orders = [loaded.train_batches.epoch_order(epoch) for epoch in range(3)]
+    # Rows of the decoded store -> positions in the training split.
+    served.append([np.where(o >= 0, loaded.train.split_positions[o], -1)
+                   for o in orders])
+    served[-1].append(run_data.pools)
+  for ours, theirs in zip(*served):
+    np.testing.assert_array_equal(ours, theirs)
+  # Not trivially equal: the seeds draw different subsets.
+  pools = served[0][-1]
+  assert not np.array_equal(np.sort(pools[0]), np.sort(pools[1]))

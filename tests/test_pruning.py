@@ -349,7 +349,7 @@ def test_source_trainer_resumed_at_the_rewind_point_equals_one_run():
   """The demo's `train_fn`: resuming at step k (schedule, Adam moments,
   data order of step k) continues the same run, step for step."""
   from reprog_jax.model import resnet  # pylint: disable=g-import-not-at-top
-  from reprog_jax.tools import source_task  # pylint: disable=g-import-not-at-top
+  from reprog_jax.tools import source_task
   images, labels = source_task.make_images(4, 4, size=16, seed=0)
   model = resnet.get_architecture("resnet_mini")(num_classes=4)
   trainer = source_task.Trainer(model, images, labels, epochs=2,
