@@ -5,9 +5,10 @@ two claims tested on the data at hand.
 
 Collects every `summary.json` under the directory (a `reprog_jax.sweep`
 workdir, or any tree of runs) into `report.md` and `report.csv` (best test
-accuracy and ECE per cell, mean and std over its seeds, from
-`seeds_mean_std.best`, plus adaptive and temperature-scaled ECE where the
-summaries have them) and PNG figures in `figures/`: accuracy and ECE against
+accuracy and ECE per cell, mean and sample standard deviation (ddof=1) over
+its seeds' best-test epochs, computed from `per_seed`, plus adaptive and
+temperature-scaled ECE where the summaries have them) and PNG figures in
+`figures/` (`reprog_jax.study.figures`): accuracy and ECE against
 the remaining weights, accuracy against n_shot, and reliability diagrams of
 dense networks against tickets. A cell whose run failed (an `error.txt`, no
 summary) is listed as failed.
