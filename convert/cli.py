@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="largest logit difference accepted (default 1e-3)")
   p.add_argument("--per-layer", action="store_true",
                  help="print the per-layer sparsity table")
+  prune.add_source_accuracy(p)
   prune.add_parser(sub)
   export.add_parser(sub)
   return parser
@@ -198,6 +199,7 @@ def run(args, parser) -> None:
                         None if dense else outside),
                     "verification": verification,
                     "sparsity": report,
+                    **prune.source_accuracy_meta(args),
                 })
   print(f"wrote {args.out} ({args.arch}, "
         f"{'dense' if dense else 'ticket'}); load it with "

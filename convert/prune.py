@@ -63,7 +63,39 @@ def add_parser(sub) -> argparse.ArgumentParser:
                  help="replace --out if it is a network directory")
   p.add_argument("--per-layer", action="store_true",
                  help="print the per-layer sparsity table")
+  add_source_accuracy(p)
   return p
+
+
+def add_source_accuracy(p) -> None:
+  """`--source-accuracy PCT` (convert torch and prune): the network's source
+  (ImageNet) top-1 in %, recorded as meta.json's `source_top1`."""
+  p.add_argument("--source-accuracy", type=_percent, metavar="PCT",
+                 help="the network's source (ImageNet) top-1 accuracy in %% "
+                 "(e.g. 76.1), recorded in meta.json as source_top1; the "
+                 "report's claim 1 compares dense and ticket by it. "
+                 "Measure it with python -m reprog_jax.evaluate_source")
+
+
+def _percent(text) -> float:
+  """argparse type: a percentage in [0, 100]."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not 0.0 <= value <= 100.0:
+    raise argparse.ArgumentTypeError(
+        f"{text} is not a percentage in [0, 100] (76.1 means 76.1 %)")
+  return value
+
+
+def source_accuracy_meta(args) -> dict:
+  """meta.json's `source_top1` entries for `--source-accuracy` (none
+  without it)."""
+  if args.source_accuracy is None:
+    return {}
+  return {"source_top1": args.source_accuracy,
+          "source_top1_from": "given to convert (--source-accuracy)"}
 
 
 def run(args, parser, check_out) -> None:
@@ -133,6 +165,7 @@ def run(args, parser, check_out) -> None:
                     "weights_nonzero_outside_mask": 0,
                     "verification": None,
                     "sparsity": report,
+                    **source_accuracy_meta(args),
                 })
   print(f"wrote {args.out} ({source.arch}, one-shot pruned); load it with "
         f"reprog_jax.model.networks.load({args.out!r})")

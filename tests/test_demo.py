@@ -16,6 +16,7 @@ from reprog_jax import methods
 from reprog_jax.model import networks
 from reprog_jax.model import resnet
 from reprog_jax.tools import source_task
+from test_claims import recompute_claims
 
 
 def test_source_images_are_deterministic_and_coloured_by_class():
@@ -141,6 +142,23 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert all(r["seeds"] == " ".join(map(str, scale.seeds)) for r in rows)
   report_md = (sweep_dir / "report.md").read_text()
   assert "MINIATURE" in report_md and "## Claims" in report_md
+
+  # seeds.csv and claims.csv: claims.csv recomputed from seeds.csv with
+  # scipy (paired t, Holm) gives the same numbers and verdicts.
+  claim_rows = recompute_claims(sweep_dir)
+  with open(sweep_dir / "seeds.csv") as f:
+    seed_rows = list(csv.DictReader(f))
+  assert len(seed_rows) == len(rows) * len(scale.seeds) * 2  # best, last
+  assert {r["selection"] for r in seed_rows} == {"best_test", "last"}
+  ones = [r for r in claim_rows if r["claim"] == "1"]
+  assert {r["method"] for r in ones} == {"ilm_vp"}
+  assert len(ones) == 2 * len(scale.n_shots)  # one ticket, two selections
+  # The demo records its networks' source accuracies: the gap is stated.
+  assert all(r["source_gap_pp"] != "" for r in ones)
+  assert dense.meta["source_top1"] == pytest.approx(
+      100 * dense.meta["source_test_accuracy"])
+  assert {r["metric"] for r in claim_rows if r["claim"] == "2"} == {
+      "test_ece", "test_ece_adaptive", "test_pytorch_logged_quantity"}
 
   # Re-running trains nothing: every stage is kept, every cell skipped.
   with open(workdir / "stages" / "networks.json") as f:

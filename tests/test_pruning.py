@@ -195,9 +195,15 @@ def test_masks_from_zeros_marks_the_nonzero_kernel_weights():
 STEPS = 6
 
 
+def learning_rate(step):
+  """A step schedule: resuming at step k must use the rate of step k."""
+  return 0.1 if step < 4 else 0.01
+
+
 def make_train_fn(calls):
-  """Masked gradient descent on least squares for a 2-layer linear model;
-  records what each call started from."""
+  """Masked gradient descent on least squares for a 2-layer linear model,
+  from the step its state is at to STEPS; records what each call started
+  from."""
   rng = np.random.default_rng(0)
   x = rng.standard_normal((32, 6)).astype(np.float32)
   y = rng.standard_normal((32, 3)).astype(np.float32)
@@ -213,17 +219,39 @@ def make_train_fn(calls):
     calls.append({"state": jax.device_get(state), "masks": masks,
                   "rewind_step": rewind_step})
     params, snapshot = state["params"], None
-    for step in range(STEPS + 1):
+    start = int(state["step"])
+    for step in range(start, STEPS + 1):
       if step == rewind_step:
         snapshot = {"params": params, "step": np.int32(step)}
       if step == STEPS:
         break
       g = grad(params)
-      params = masks_lib.apply(
-          jax.tree.map(lambda p, d: p - 0.1 * d, params, g), masks)
-    return {"params": params, "step": np.int32(STEPS)}, snapshot
+      params = masks_lib.apply(jax.tree.map(
+          lambda p, d, step=step: p - learning_rate(step) * d, params, g),
+                               masks)
+    return {"params": params, "step": np.int32(STEPS),
+            "steps_run": STEPS - start}, snapshot
 
   return train_fn
+
+
+def resume_by_hand(params, masks, start):
+  """The steps start..STEPS-1 of `make_train_fn`'s recipe, in NumPy."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((32, 6))
+  y = rng.standard_normal((32, 3))
+  w1, w2, b = (np.asarray(params["hidden"]["kernel"], np.float64),
+               np.asarray(params["fc"]["kernel"], np.float64),
+               np.asarray(params["fc"]["bias"], np.float64))
+  m1, m2 = masks["hidden"]["kernel"], masks["fc"]["kernel"]
+  for step in range(start, STEPS):
+    h = x @ w1
+    residual = 2 * (h @ w2 + b - y) / y.size  # d mean-squared / d output.
+    g2, gb = h.T @ residual, residual.sum(0)
+    g1 = x.T @ (residual @ w2.T)
+    lr = learning_rate(step)
+    w1, w2, b = (w1 - lr * g1) * m1, (w2 - lr * g2) * m2, b - lr * gb
+  return w1, w2, b
 
 
 def linear_state(seed=1):
@@ -242,7 +270,11 @@ def test_imp_rewinds_survivors_to_the_stated_step_with_nested_masks(scope):
       make_train_fn(calls), linear_state(), states=(2, 4, 7), rewind_step=2,
       params_of=lambda s: s["params"], scope=scope)
   assert [r.state for r in rounds] == [0, 2, 4, 7]
-  assert len(calls) == 4 and all(c["rewind_step"] == 2 for c in calls)
+  # Round 0 keeps the step-2 point; later rounds resume there.
+  assert len(calls) == 4 and calls[0]["rewind_step"] == 2
+  assert all(c["rewind_step"] is None for c in calls[1:])
+  assert rounds[0].trained["steps_run"] == STEPS
+  assert all(r.trained["steps_run"] == STEPS - 2 for r in rounds[1:])
   assert rounds[0].remaining == 1.0
   assert all(m.all() for m in kernels(rounds[0].masks).values())
   # Round 0's state after 2 steps, by running the train_fn's recipe again.
@@ -278,6 +310,16 @@ def test_imp_rewinds_survivors_to_the_stated_step_with_nested_masks(scope):
     assert all(not t[~m].any()
                for t, m in zip(kernels(this.trained["params"]).values(),
                                now.values()))
+    # Training resumed at step 2 with the schedule of step 2 (not a fresh
+    # one): the same weights as steps 2..5 by hand from the rewind point.
+    w1, w2, b = resume_by_hand(started, this.masks, 2)
+    trained_params = this.trained["params"]
+    np.testing.assert_allclose(trained_params["hidden"]["kernel"], w1,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(trained_params["fc"]["kernel"], w2,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(trained_params["fc"]["bias"], b, rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_imp_without_a_rewind_step_resets_to_the_initial_state():
@@ -288,6 +330,7 @@ def test_imp_without_a_rewind_step_resets_to_the_initial_state():
       params_of=lambda s: s["params"])
   masks = rounds[1].masks
   assert calls[1]["rewind_step"] is None and int(calls[1]["state"]["step"]) == 0
+  assert rounds[1].trained["steps_run"] == STEPS  # All T steps again.
   for name, w in kernels(initial["params"]).items():
     np.testing.assert_array_equal(kernels(calls[1]["state"]["params"])[name],
                                   w * kernels(masks)[name])
@@ -300,3 +343,22 @@ def test_imp_refuses_states_that_do_not_increase(states):
     pruning.iterative_magnitude_pruning(
         make_train_fn([]), linear_state(), states=states, rewind_step=1,
         params_of=lambda s: s["params"])
+
+
+def test_source_trainer_resumed_at_the_rewind_point_equals_one_run():
+  """The demo's `train_fn`: resuming at step k (schedule, Adam moments,
+  data order of step k) continues the same run, step for step."""
+  from reprog_jax.model import resnet  # pylint: disable=g-import-not-at-top
+  from reprog_jax.tools import source_task
+  images, labels = source_task.make_images(4, 4, size=16, seed=0)
+  model = resnet.get_architecture("resnet_mini")(num_classes=4)
+  trainer = source_task.Trainer(model, images, labels, epochs=2,
+                                batch_size=4, progress=False)
+  state = source_task.init_state(model, seed=0, size=16)
+  masks = masks_lib.dense(jax.device_get(state["params"]))
+  whole, rewind = trainer.train(state, masks, rewind_step=5)
+  assert int(rewind["step"]) == 5 and "opt_state" in rewind
+  resumed, _ = trainer.train(rewind, masks, None)
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-6)

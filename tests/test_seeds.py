@@ -135,7 +135,8 @@ def test_summary_reports_each_seed_and_their_spread(runs):
   accs = [p["best"]["test_acc"] for p in summary["per_seed"]]
   spread = summary["seeds_mean_std"]["best"]["test_acc"]
   assert spread["mean"] == pytest.approx(np.mean(accs))
-  assert spread["std"] == pytest.approx(np.std(accs))
+  assert spread["std"] == pytest.approx(np.std(accs, ddof=1))
+  assert spread["std_ddof"] == 1 and spread["n_seeds"] == len(accs)
   assert "best" not in summary  # Only a single-seed run has one best.
   for k, seed in enumerate(SEEDS):
     mine = [r for (e, s), r in sorted(records.items()) if s == seed]

@@ -138,17 +138,21 @@ def test_report_of_the_sweep_equals_its_summaries(swept, tmp_path):
   # Claim 1 for the ticket, recomputed from the summaries.
   acc = {name: s["seeds_mean_std"]["best"]["test_acc"]["mean"]
          for name, s in summaries.items()}
-  comparisons = {c.ticket: c for c in claims.comparisons(
-      report.collect(str(copy)))}
-  one = claims.claim_one(comparisons["lt"])
+  # The secondary analysis (VP gap - LP gap) for the ticket, from the
+  # summaries: every seed paired, so the gaps are differences of means.
+  gaps = {(c["ticket"], c["selection"]): c
+          for c in claims.gap_cells(report.collect(str(copy)))}
+  one = gaps[("lt", "best_test")]
   assert one["vp_gap"] == pytest.approx(
-      100 * (acc["vp/dense/cifar10/2-shot"] - acc["vp/lt/cifar10/2-shot"]))
+      acc["vp/dense/cifar10/2-shot"] - acc["vp/lt/cifar10/2-shot"])
   assert one["lp_gap"] == pytest.approx(
-      100 * (acc["lp/dense/cifar10/2-shot"] - acc["lp/lt/cifar10/2-shot"]))
-  assert claims.claim_one(comparisons["gone"])["verdict"] == "not testable"
+      acc["lp/dense/cifar10/2-shot"] - acc["lp/lt/cifar10/2-shot"])
+  assert gaps[("gone", "best_test")]["verdict"] == "not testable"
   text = open(written["report.md"]).read()
   assert "**FAILED** `vp/gone/cifar10/2-shot`" in text
+  # Claim 1's overall verdict once per selection (last, best_test).
   assert text.count("**Overall: ") == 2
+  assert (copy / "claims.csv").exists() and (copy / "seeds.csv").exists()
 
 
 def test_rerun_skips_finished_cells_and_resumes_the_rest(swept, tmp_path,
@@ -344,8 +348,11 @@ def test_study_presets_and_bad_studies():
   assert smoke[0].config.seeds == (0, 1) and smoke[0].config.data.mock
   with pytest.raises(sweep.SweepError, match="networks.dense needs exactly "
                      "one of dir"):
-    sweep.cells(study_preset("paper"))
-  paper = sweep.plain_study(study_preset("paper"))
+    sweep.cells(study_preset("grid"))
+  # The old name overclaimed: refused in one line that names the new one.
+  with pytest.raises(ValueError, match="preset 'paper' is now 'grid'"):
+    study_preset("paper")
+  paper = sweep.plain_study(study_preset("grid"))
   for name, entry in paper["networks"].items():
     entry["dir"] = f"nets/{name}"
   grid = sweep.cells(paper)

@@ -4,7 +4,10 @@ Names are the PyTorch version's. Each entry says which tensorflow-datasets
 (tfds) builder holds the data and which of its splits play "train" and
 "test", or, where tfds has no such data (GTSRB, UCF101 frames), that it is
 read from a folder tree `root/<split>/<class>/<image>` (see `folder.py`).
-`notes` records every place where the split is not the PyTorch version's.
+`notes` records every place where the split is not the PyTorch version's,
+including where its code did not do what it meant (EuroSAT); the README's
+"Differences from the PyTorch version" lists them all, with its few-shot
+sampler (which drew nothing for list-labelled datasets) and its "ECE".
 """
 
 from __future__ import annotations
@@ -144,12 +147,19 @@ _REGISTRY: dict[str, _Spec] = {
                         notes="tfds 'train' is the trainval split."),
     'eurosat': _Spec(
         'eurosat', 'rgb', 'train', 'train', 10, 128, holdout_fraction=0.1,
-        notes='Stratified 90/10 cut of tfds order with NumPy seed 1; same '
-        'proportions as the PyTorch cut, not the same images.'),
+        notes='Stratified 90/10 cut of tfds order with NumPy seed 1: the '
+        'cut the PyTorch version meant, not the same images. Its code '
+        'serves all 27,000 images as both train and test (it assigns '
+        '.data/.targets to an ImageFolder, which reads .samples), so its '
+        'EuroSAT numbers are test-on-train.'),
     'food101': _Spec(
         'food101', None, 'train', 'validation', 101, 128,
-        notes='tfds has the official 750/250 per class split, not CoOp\'s '
-        '500/300; source=folder with a CoOp split gives the exact one.'),
+        notes='The PyTorch version reads CoOp\'s split (its train and test '
+        'lists: 500 and 300 images per class). tfds '
+        'has the official 750/250 per class split, used by default; '
+        'CoOp\'s is offered when its split file is given: `python -m '
+        'reprog_jax.data.prepare food101 --split_json '
+        'split_zhou_Food101.json --image_dir ...`, then source=folder.'),
     'sun397': _Spec(
         'sun397', 'standard-part1-120k', 'train', 'test', 397, 128,
         notes='Partition 1: test = CoOp test; train has 50 per class '

@@ -467,3 +467,28 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   raise SystemExit(main())
+
+
+def record_source_accuracy(directory, top1: float, measured_by: str) -> dict:
+  """Records a network's source (ImageNet) top-1 accuracy in its meta.json.
+
+  Adds `source_top1` (in %, e.g. 76.1) and `source_top1_from` (how it was
+  obtained) and rewrites meta.json atomically. Its integrity records cover
+  the checkpoint files, not meta.json, so the directory stays loadable.
+  The report compares dense and ticket by it (claim 1's "similar upstream
+  performance").
+
+  Returns:
+    The new meta.
+
+  Raises:
+    NetworkDirError: not a network directory, or `top1` outside [0, 100].
+  """
+  if not 0.0 <= float(top1) <= 100.0:
+    raise NetworkDirError(f"{directory}: source top-1 {top1!r} is not a "
+                          f"percentage in [0, 100] (76.1 means 76.1 %)")
+  meta = read_meta(directory)
+  meta.update(source_top1=float(top1), source_top1_from=measured_by)
+  integrity.write_json(os.path.join(directory, META_FILE), meta)
+  return meta
+

@@ -236,22 +236,39 @@ def iterative_magnitude_pruning(
 
   Unlike one-shot pruning of a trained network (`prune`), this finds real
   lottery tickets (Frankle & Carbin 2019; with rewinding, Frankle et al.
-  2020): round 0 trains from `state` with `masks` (dense by default) and
-  keeps the rewind point, the state after `rewind_step` steps. Each later
-  sparsity state k prunes the previous round's trained weights by magnitude
-  to `remaining_fraction(k)` (nested in the previous mask), resets the
-  surviving weights to the rewind point (the rest to 0) and retrains with
-  the new mask.
+  2020): round 0 trains from `state` with `masks` (dense by default) for
+  the full T steps and keeps the rewind point, the whole training state
+  after `rewind_step` = k steps. Each later sparsity state prunes the
+  previous round's trained weights by magnitude to `remaining_fraction`
+  (nested in the previous mask), resets the surviving weights to the rewind
+  point (the rest to 0) and resumes training from that point: from step k
+  for the remaining T - k steps, with the learning-rate schedule, data order
+  and optimiser state of step k, not a fresh schedule from step 0. This is
+  open_lth's rewinding (its `train(..., start_step=k)` advances the
+  schedule and the data order to k), with the optimiser state of step k
+  kept as well; open_lth builds a fresh optimiser there.
+
+  Rounds: sparsity state k keeps `0.8**k` of the prunable weights, and each
+  listed state is one round. The published recipe prunes 20 % of the
+  remaining weights per round, so `states` must list every round,
+  `range(1, K + 1)`, even when only some of them are kept; `states=(2, 4)`
+  prunes 36 % per round in two rounds, which is another (cheaper) recipe.
 
   Args:
     train_fn: `train_fn(state, masks, rewind_step) -> (trained, rewind)`
-      trains `state` with `masks` applied (pruned weights must stay 0) and
-      returns the trained state and a copy of the state after `rewind_step`
-      steps (None when `rewind_step` is None).
+      trains `state` with `masks` applied (pruned weights must stay 0) from
+      the step `state` is at (its step counter, schedule position and
+      optimiser state: a fresh state is at step 0, a rewind point at step
+      k) to the end of training, and returns the trained state and a copy
+      of the whole state after `rewind_step` steps (None when
+      `rewind_step` is None). Round 0 is called with `rewind_step`, later
+      rounds with None.
     state: the initial state, any pytree `train_fn` understands.
-    states: the sparsity states after round 0, increasing (e.g. (2, 4, 6)).
-    rewind_step: the step to rewind to; None rewinds to `state` itself
-      (the original lottery ticket recipe, reset to initialisation).
+    states: the sparsity states after round 0, increasing; for 20 % per
+      round, every one (e.g. range(1, 9) for state 8).
+    rewind_step: the step k to rewind to; None rewinds to `state` itself
+      (the original lottery ticket recipe, reset to initialisation, then
+      training runs all T steps again).
     params_of: selects the params tree (the tree the masks mirror) from a
       state, e.g. `lambda s: s['params']`; it must only select a subtree.
     scope, prune_first_conv, prune_fc: as in `prune`.
@@ -277,6 +294,7 @@ def iterative_magnitude_pruning(
                   scope=scope, **options)
     start = _with_params(rewind, params_of,
                          masks_lib.apply(params_of(rewind), masks))
-    trained, _ = train_fn(start, masks, rewind_step)
+    # `start` is the state of step k: training resumes there.
+    trained, _ = train_fn(start, masks, None)
     rounds.append(Round(k, masks, trained, kept_fraction(masks, **options)))
   return rounds

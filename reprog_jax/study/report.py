@@ -5,15 +5,20 @@ two claims tested on the data at hand.
 
 Collects every `summary.json` under the directory (a `reprog_jax.sweep`
 workdir, or any tree of runs) into `report.md` and `report.csv` (best test
-accuracy and ECE per cell, mean and std over its seeds, from
-`seeds_mean_std.best`, plus adaptive and temperature-scaled ECE where the
-summaries have them) and PNG figures in `figures/`: accuracy and ECE against
+accuracy and ECE per cell, mean and sample standard deviation (ddof=1) over
+its seeds' best-test epochs, computed from `per_seed`, plus adaptive and
+temperature-scaled ECE where the summaries have them) and PNG figures in
+`figures/` (`reprog_jax.study.figures`): accuracy and ECE against
 the remaining weights, accuracy against n_shot, and reliability diagrams of
 dense networks against tickets. A cell whose run failed (an `error.txt`, no
 summary) is listed as failed.
 
-The claims section tests the paper's two findings cell by cell (see
-`reprog_jax.study.claims`).
+The claims section tests the paper's two findings with paired statistics
+over seeds (see `reprog_jax.study.claims`), and writes them to `claims.csv`
+beside `report.md`, every seed's numbers to `seeds.csv`
+(`reprog_jax.study.claims_tables`).
+
+  python -m reprog_jax.report runs/study --alpha 0.05 --similar-source-pp 1.0
 """
 
 import argparse
@@ -24,9 +29,14 @@ import os
 import sys
 from typing import NamedTuple
 
-from reprog_jax import methods
-from reprog_jax.study import claims
+import numpy as np
+
 from reprog_jax import errors
+from reprog_jax import fileio
+from reprog_jax import layout
+from reprog_jax.study import claims
+from reprog_jax.study import claims_tables
+from reprog_jax.study import figures
 
 SUMMARY_FILE = "summary.json"
 ERROR_FILE = "error.txt"
@@ -60,8 +70,13 @@ class Row(NamedTuple):
       (`network` is the sweep's name for it, else its directory's name).
     remaining: `sparsity.global_remaining_percent` (every conv and fc
       kernel), `remaining_pytorch` the PyTorch version's figure.
-    stats: {metric: (mean, std)} over seeds of each seed's best epoch.
-    per_seed: {metric: {seed: value}}.
+    stats: {metric: (mean, std)} over seeds of each seed's best epoch
+      (std: the sample standard deviation, ddof=1; None with one seed).
+    per_seed: {metric: {seed: value}} of each seed's best epoch.
+    selections: {selection: {seed: that epoch's record}} for every model
+      selection the run recorded (`claims.SELECTIONS`).
+    source_top1: the network's source (ImageNet) top-1 in %, where its
+      summary or its directory's meta.json records one (`source_top1`).
     reliability: each seed's best epoch's bins, pooled, or None.
     error: the failure's last line.
   """
@@ -80,6 +95,8 @@ class Row(NamedTuple):
   per_seed: dict = {}
   reliability: dict | None = None
   error: str = ""
+  selections: dict = {}
+  source_top1: float | None = None
 
   @property
   def label(self) -> str:
@@ -88,9 +105,8 @@ class Row(NamedTuple):
 
 
 def _short(method) -> str:
-  """The method's label, e.g. 'VP' (a method not registered here: its own
-  name)."""
-  return methods.get(method).label if method in methods.names() else method
+  """'LP' or 'VP' (another method: its own name)."""
+  return claims.label(method)
 
 
 def shot_name(n_shot) -> str:
@@ -124,8 +140,7 @@ def _order(row):
 
 
 def _method_rank(method):
-  names = methods.names()
-  return names.index(method) if method in names else len(names)
+  return claims.method_rank(method)
 
 
 def _read_json(path):
@@ -148,12 +163,17 @@ def _row(cell, summary, meta) -> Row:
   name = meta.get("network") or (
       os.path.basename(os.path.normpath(network["dir"])) if network["dir"]
       else f"random-{network['arch']}")
-  best = summary["seeds_mean_std"]["best"]
-  stats = {key: (best[key]["mean"], best[key]["std"])
-           for key, _ in METRICS if key in best}
   per_seed = {key: {p["seed"]: p["best"][key] for p in summary["per_seed"]
                     if key in p["best"]}
               for key, _ in METRICS}
+  # From the seeds themselves, so that every summary (older ones kept
+  # ddof=0) gives the same ddof=1 spread.
+  stats = {key: _mean_sample_std(list(values.values()))
+           for key, values in per_seed.items() if values}
+  selections = {
+      selection: {p["seed"]: p[key] for p in summary["per_seed"]
+                  if isinstance(p.get(key), dict)}
+      for selection, (key, _) in claims.SELECTIONS.items()}
   return Row(cell=cell, status="done", method=summary["method"],
              network=name, kind="dense" if network["dense"] else "ticket",
              arch=network["arch"], dataset=summary["dataset"],
@@ -161,9 +181,29 @@ def _row(cell, summary, meta) -> Row:
              remaining=summary["sparsity"]["global_remaining_percent"],
              remaining_pytorch=summary["sparsity"]["remaining_percent"],
              stats=stats, per_seed={k: v for k, v in per_seed.items() if v},
+             selections={s: v for s, v in selections.items() if v},
+             source_top1=_source_top1(network),
              reliability=_pooled_bins(
                  [p["reliability"] for p in summary["per_seed"]
                   if p.get("reliability")]))
+
+
+def _mean_sample_std(values) -> tuple:
+  """(mean, sample std with ddof=1, None for a single value)."""
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return float(np.mean(values)), std
+
+
+def _source_top1(network) -> float | None:
+  """The summary's `network.source_top1`, else its directory's meta.json's
+  (None where neither records one, or the directory is not here)."""
+  if network.get("source_top1") is not None:
+    return float(network["source_top1"])
+  path = os.path.join(network.get("dir") or "", "meta.json")
+  if not network.get("dir") or not os.path.exists(path):
+    return None
+  value = _read_json(path).get("source_top1")
+  return None if value is None else float(value)
 
 
 def _failed_row(cell, root, meta) -> Row:
@@ -198,8 +238,13 @@ def _pooled_bins(seed_bins) -> dict | None:
 # --------------------------------------------------------------------------
 
 
-def write(directory) -> dict:
-  """Writes report.md, report.csv and figures/*.png into `directory`.
+def write(directory, options=claims.Options()) -> dict:
+  """Writes report.md, report.csv, seeds.csv, claims.csv and figures/*.png
+  into `directory`.
+
+  Args:
+    directory: a sweep's workdir, or any tree of runs.
+    options: the claims' thresholds (`claims.Options`).
 
   Returns:
     {name relative to `directory`: written path}.
@@ -220,13 +265,19 @@ def write(directory) -> dict:
            else "") + "; run a sweep there first (python -m reprog_jax.sweep)")
   written = {}
   os.makedirs(os.path.join(directory, FIGURES_DIR), exist_ok=True)
-  for name, draw in _figures(done).items():
+  for name, draw in figures.figures(done, FIGURES_DIR).items():
     path = os.path.join(directory, name)
     _write_bytes(path, draw())
     written[name] = path
-  pairs = claims.comparisons(rows)
+  for name, text in (
+      (layout.SEEDS_CSV, claims_tables.seeds_csv(rows)),
+      (layout.CLAIMS_CSV,
+       claims_tables.claims_csv(claims.cells(rows, options)))):
+    path = os.path.join(directory, name)
+    fileio.write_text(path, text)
+    written[name] = path
   for name, text in (("report.csv", _csv(rows)),
-                     ("report.md", _markdown(directory, rows, pairs,
+                     ("report.md", _markdown(directory, rows, options,
                                              sorted(written)))):
     path = os.path.join(directory, name)
     _write_bytes(path, text.encode())
@@ -264,17 +315,21 @@ def _csv(rows) -> str:
 def _mean_std(stat, scale=1.0, digits=4) -> str:
   if stat is None:
     return "-"
+  if stat[1] is None:
+    return f"{scale * stat[0]:.{digits}f}"
   return f"{scale * stat[0]:.{digits}f} ± {scale * stat[1]:.{digits}f}"
 
 
-def _markdown(directory, rows, pairs, figures) -> str:
+def _markdown(directory, rows, options, figures) -> str:
   done = [r for r in rows if r.status == "done"]
   failed = [r for r in rows if r.status == "failed"]
   lines = [f"# Report: {os.path.abspath(directory)}", ""]
   lines.append(f"{len(done)} finished cell(s), {len(failed)} failed"
                + _not_run(directory, rows) + ". Numbers: each seed's best "
-               "epoch (by test accuracy), mean ± std over the seeds; "
-               "remaining weights over every conv and fc kernel.")
+               "epoch by test accuracy (the PyTorch version's selection, "
+               "optimistic), mean ± sample standard deviation (ddof=1) over "
+               "the seeds, also the figures' error bars; remaining weights "
+               "over every conv and fc kernel.")
   lines.append("")
   shown = [(k, h) for k, h in METRICS
            if k in ("test_acc", "test_ece") or any(k in r.stats for r in done)]
@@ -294,7 +349,7 @@ def _markdown(directory, rows, pairs, figures) -> str:
               "Fix the cause and re-run the sweep: finished cells are "
               "skipped.", ""]
     lines += [f"- **FAILED** `{r.cell}`: {r.error}" for r in failed]
-  lines += ["", *_claims_markdown(pairs)]
+  lines += ["", *claims_tables.markdown(rows, options)]
   if figures:
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in figures]
@@ -312,199 +367,58 @@ def _not_run(directory, rows) -> str:
           if missing else "")
 
 
-def _claims_markdown(pairs) -> list[str]:
-  lines = ["## Claims", "",
-           "Each row: one ticket against the dense network of its "
-           "architecture on one dataset and few-shot budget; means over "
-           "seeds, ± the seeds' spread (sqrt of the summed variances).", ""]
-  ones = [(c, claims.claim_one(c)) for c in pairs]
-  verdict, sentence = claims.overall([r["verdict"] for _, r in ones], False)
-  lines += ["### 1. Tickets are not universal reprogrammers", "",
-            "Held where the ticket's VP accuracy falls short of the dense "
-            "network's by more than its LP accuracy does (VP gap > LP gap, "
-            "in percentage points); the paper claims it for some targets.",
-            "", f"**Overall: {verdict}** ({sentence}).", ""]
-  if ones:
-    lines += ["| dataset | shots | ticket | remaining (%) | dense | VP gap (pp)"
-              " | LP gap (pp) | VP gap - LP gap | verdict |",
-              "|" + " --- |" * 9]
-    for c, r in ones:
-      gaps = (["-"] * 3 if r["verdict"] == "not testable" else
-              [f"{r['vp_gap']:.2f} ± {r['vp_spread']:.2f}",
-               f"{r['lp_gap']:.2f} ± {r['lp_spread']:.2f}",
-               f"{r['margin']:.2f} ± {r['spread']:.2f}"])
-      lines.append(f"| {c.dataset} | {shot_name(c.n_shot)} | {c.ticket} | "
-                   f"{_percent(c.remaining)} | {c.dense} | "
-                   + " | ".join(gaps) + f" | {_verdict(r)} |")
-  twos = [(c, claims.claim_two(c)) for c in pairs]
-  verdict, sentence = claims.overall([r["verdict"] for _, r in twos], True)
-  lines += ["", "### 2. Dense networks are better calibrated", "",
-            "Held where the dense network's ECE is below the ticket's for "
-            "LP and for VP; the paper claims it always.", "",
-            f"**Overall: {verdict}** ({sentence}).", ""]
-  if twos:
-    lines += ["| dataset | shots | ticket | remaining (%) | dense | "
-              + " | ".join(f"{_short(m)} ECE dense / ticket"
-                           for m in methods.names())
-              + " | verdict |", "|" + " --- |" * (6 + len(methods.names()))]
-    for c, r in twos:
-      eces = []
-      for method in methods.names():
-        m = r["methods"].get(method)
-        eces.append("-" if m is None else
-                    f"{m['dense']:.4f} ± {m['dense_std']:.4f} / "
-                    f"{m['ticket']:.4f} ± {m['ticket_std']:.4f}")
-      lines.append(f"| {c.dataset} | {shot_name(c.n_shot)} | {c.ticket} | "
-                   f"{_percent(c.remaining)} | {c.dense} | "
-                   + " | ".join(eces) + f" | {_verdict(r)} |")
-  if not pairs:
-    lines += ["", "No dense network and ticket share a dataset and n_shot "
-              "here, so neither claim can be tested."]
-  return lines
-
-
-def _percent(value) -> str:
-  return "-" if value is None else f"{value:.2f}"
-
-
-def _verdict(result) -> str:
-  note = f" ({result['note']})" if result["note"] else ""
-  return f"**{result['verdict']}**{note}"
-
-
-# --------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------
-
-
-def _figures(rows) -> dict:
-  """{relative path: function returning PNG bytes}."""
-  figures = {
-      f"{FIGURES_DIR}/accuracy_vs_remaining.png":
-          lambda: _versus_remaining(rows, "test_acc", "best test accuracy (%)",
-                                    100.0),
-      f"{FIGURES_DIR}/ece_vs_remaining.png":
-          lambda: _versus_remaining(rows, "test_ece", "ECE", 1.0),
-      f"{FIGURES_DIR}/accuracy_vs_n_shot.png": lambda: _versus_n_shot(rows),
-  }
-  for dataset, n_shot in sorted({(r.dataset, r.n_shot) for r in rows
-                                 if r.reliability}):
-    chosen = [r for r in rows if (r.dataset, r.n_shot) == (dataset, n_shot)
-              and r.reliability]
-    figures[f"{FIGURES_DIR}/reliability_{dataset}_{shot_name(n_shot)}.png"] = (
-        lambda chosen=chosen: _reliability(chosen))
-  return figures
-
-
-def _panels(count, width=5.0, height=4.0):
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  figure = Figure(figsize=(width * count, height), dpi=100)
-  axes = figure.subplots(1, count, squeeze=False)[0]
-  return figure, axes
-
-
-def _png(figure) -> bytes:
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png")
-  return buffer.getvalue()
-
-
-def _versus_remaining(rows, metric, ylabel, scale) -> bytes:
-  datasets = sorted({r.dataset for r in rows})
-  figure, panels = _panels(len(datasets))
-  for axes, dataset in zip(panels, datasets):
-    mine = [r for r in rows if r.dataset == dataset and metric in r.stats]
-    series = sorted({(r.method, r.n_shot) for r in mine},
-                    key=lambda s: (_method_rank(s[0]), s[1] == -1, s[1]))
-    for method, n_shot in series:
-      points = sorted(((r.remaining, r.stats[metric]) for r in mine
-                       if (r.method, r.n_shot) == (method, n_shot)),
-                      reverse=True)
-      axes.errorbar([p[0] for p in points], [scale * p[1][0] for p in points],
-                    yerr=[scale * p[1][1] for p in points], marker="o",
-                    capsize=3, label=f"{_short(method)}, "
-                    f"{shot_name(n_shot)}")
-    remaining = sorted({r.remaining for r in mine})
-    axes.set_xscale("log")
-    axes.set_xticks(remaining, [f"{x:.3g}" for x in remaining])
-    axes.minorticks_off()
-    axes.invert_xaxis()  # Sparser to the right, as pruning proceeds.
-    axes.set(title=dataset, xlabel="remaining weights (%)", ylabel=ylabel)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-  return _png(figure)
-
-
-def _versus_n_shot(rows) -> bytes:
-  datasets = sorted({r.dataset for r in rows})
-  figure, panels = _panels(len(datasets))
-  for axes, dataset in zip(panels, datasets):
-    mine = [r for r in rows if r.dataset == dataset]
-    shots = sorted({r.n_shot for r in mine}, key=lambda n: (n == -1, n))
-    series = sorted({(r.method, r.network, r.remaining) for r in mine},
-                    key=lambda s: (_method_rank(s[0]), -s[2], s[1]))
-    for method, network, _ in series:
-      points = sorted((shots.index(r.n_shot), r.stats["test_acc"])
-                      for r in mine if (r.method, r.network) == (method,
-                                                                  network))
-      axes.errorbar([p[0] for p in points], [100 * p[1][0] for p in points],
-                    yerr=[100 * p[1][1] for p in points], marker="o",
-                    capsize=3,
-                    label=f"{_short(method)}, {network}")
-    axes.set_xticks(range(len(shots)), [
-        "full" if n == -1 else str(n) for n in shots])
-    axes.set(title=dataset, xlabel="training examples per class (n_shot)",
-             ylabel="best test accuracy (%)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-  return _png(figure)
-
-
-def _reliability(rows) -> bytes:
-  """One panel per method: each network's bin accuracy against its bin
-  confidence (non-empty bins), pooled over seeds."""
-  chosen_methods = sorted({r.method for r in rows}, key=_method_rank)
-  figure, panels = _panels(len(chosen_methods), 4.5, 4.5)
-  for axes, method in zip(panels, chosen_methods):
-    for r in sorted((r for r in rows if r.method == method),
-                    key=lambda r: (r.kind != "dense", -(r.remaining or 0))):
-      bins = r.reliability
-      kept = [i for i, c in enumerate(bins["count"]) if c > 0]
-      axes.plot([bins["confidence"][i] for i in kept],
-                [bins["accuracy"][i] for i in kept], marker="o",
-                linestyle="-" if r.kind == "dense" else "--",
-                label=f"{r.network} ({r.kind}), mean ECE "
-                f"{r.stats['test_ece'][0]:.3f}")
-    axes.plot([0, 1], [0, 1], "k:", linewidth=1.0, label="perfect")
-    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
-             ylabel="accuracy", title=f"{_short(method)}: "
-             f"{rows[0].dataset}, {shot_name(rows[0].n_shot)}")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-  return _png(figure)
-
-
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="python -m reprog_jax.report",
       description="Writes report.md, report.csv and figures/ from every "
       "summary.json under DIR.")
   parser.add_argument("directory", metavar="DIR",
                       help="a sweep's --workdir, or any tree of runs")
+  parser.add_argument("--alpha", type=_probability, default=0.05,
+                      help="family-wise significance level of the claims' "
+                      "Holm-corrected tests (default 0.05)")
+  parser.add_argument("--similar-source-pp", type=_non_negative, default=1.0,
+                      help="claim 1 needs the dense and ticket source top-1 "
+                      "within this many percentage points (default 1.0)")
   args = parser.parse_args(argv)
   try:
-    written = write(args.directory)
+    written = write(args.directory, claims.Options(
+        alpha=args.alpha, similar_source_pp=args.similar_source_pp))
   except ReportError as e:
     print(f"reprog_jax.report: error: {e}", file=sys.stderr)
     return 1
   print(f"wrote {', '.join(sorted(written))} in {args.directory}")
   return 0
+
+
+class _Parser(argparse.ArgumentParser):
+  """A bad flag is one line (what, and the fix), exit status 1."""
+
+  def error(self, message):
+    self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _probability(text) -> float:
+  value = _non_negative(text)
+  if not 0 < value < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1); give e.g. "
+                                     "0.05")
+  return value
+
+
+def _non_negative(text) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not value >= 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is negative")
+  return value
 
 
 if __name__ == "__main__":

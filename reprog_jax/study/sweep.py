@@ -376,9 +376,11 @@ def run_cell(cell, workdir, prefix="") -> dict:
   if os.path.exists(os.path.join(cell_dir, ERROR_FILE)):
     os.remove(os.path.join(cell_dir, ERROR_FILE))  # An earlier try's.
   best = summary["seeds_mean_std"]["best"] if summary else None
+  # std: ddof=1 over the seeds, None with a single seed.
   message = (f"best acc {best['test_acc']['mean']:.2%} +- "
-             f"{best['test_acc']['std']:.2%}, ece "
-             f"{best['test_ece']['mean']:.4f} +- {best['test_ece']['std']:.4f}"
+             f"{best['test_acc']['std'] or 0:.2%}, ece "
+             f"{best['test_ece']['mean']:.4f} +- "
+             f"{best['test_ece']['std'] or 0:.4f} (std, ddof=1)"
              if best else "no summary from this process")
   print(f"{head} done in {seconds:.0f} s, {message}", flush=True)
   return {**outcome, "status": "done", "seconds": seconds, "message": message}

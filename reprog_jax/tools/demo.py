@@ -8,7 +8,9 @@ from scratch on procedurally generated images (40 classes: shape x colour,
 pruning with rewinding (20 % per round, as the paper), then runs linear
 probing and ILM-VP on the dense network and the tickets, at two few-shot
 budgets and several seeds, on scikit-learn's bundled 8x8 handwritten digits
-(upsampled), and writes the report (report.md, report.csv, figures).
+(upsampled), and writes the report (report.md, report.csv, seeds.csv,
+claims.csv, figures). Each network's held-out source accuracy is recorded
+as its `source_top1`, so claim 1 checks the networks' upstream similarity.
 
 It is a miniature of the protocol, NOT the paper's experiment: the numbers
 describe a toy source task and a toy target, and say nothing about ImageNet
@@ -193,6 +195,11 @@ def make_source_networks(workdir, scale: Scale, progress=True) -> dict:
                       "dense": r.state == 0,
                       "sparsity": masks_lib.sparsity(params, r.masks),
                       "source_test_accuracy": accuracy,
+                      # What claim 1's "similar upstream performance" is
+                      # checked against (`report`), in %.
+                      "source_top1": 100 * accuracy,
+                      "source_top1_from": "the demo's held-out synthetic "
+                                          "source test images",
                   })
     out[name] = {"dir": directory, "remaining_percent": 100 * r.remaining,
                  "source_test_accuracy": accuracy}
@@ -342,9 +349,7 @@ def _add_note(path, scale: Scale, nets: dict) -> None:
           f"{scale.source_classes} synthetic classes, chance "
           f"{1 / scale.source_classes:.1%}), held-out source accuracy: "
           f"{accuracies}. Written by `python -m reprog_jax.demo`.")
-  with open(path + ".tmp", "w") as f:
-    f.write(f"{title}\n\n{note}\n{rest}")
-  os.replace(path + ".tmp", path)
+  integrity.write_text(path, f"{title}\n\n{note}\n{rest}")
 
 
 def _configure_jax(workdir):

@@ -155,9 +155,12 @@ def accuracy(model, state, masks, images, labels, batch_size=500) -> float:
 class Trainer:
   """Trains the source network from a state under masks (IMP's `train_fn`).
 
-  Every call runs the same number of steps over the same data with Adam
-  started afresh; the order of the examples follows `seed`, the same in
-  every round, as the rewinding recipe asks.
+  A fresh state (`init_state`) trains all `epochs` from step 0 with a fresh
+  Adam. A rewind point (what `train` returns as `rewind`: the state, the
+  optimiser state and the step count k) resumes at step k for the
+  remaining steps, with the learning-rate schedule, Adam's moments and the
+  data order of step k, as the rewinding recipe asks. The order of the
+  examples follows `seed`, the same in every round.
   """
 
   def __init__(self, model: nn.Module, images, labels, *, epochs: int,
@@ -172,23 +175,33 @@ class Trainer:
     self.progress, self.round = progress, 0
 
   def train(self, state, masks, rewind_step):
-    """Trains `state` under `masks`.
+    """Trains `state` under `masks` to the end of training.
 
     Args:
-      state: `{'params', 'batch_stats'}` to start from.
+      state: `{'params', 'batch_stats'}` to start from at step 0, or a
+        rewind point `{'params', 'batch_stats', 'opt_state', 'step'}` to
+        resume at its step.
       masks: the mask tree (all ones for the dense network).
-      rewind_step: if not None, also return the state after this many
-        steps (the weights a ticket rewinds to).
+      rewind_step: if not None, also return the rewind point after this
+        many steps (what a ticket rewinds to).
 
     Returns:
-      (trained state with the masks applied to its params, the state at
-      `rewind_step` or None).
+      (trained `{'params', 'batch_stats'}` with the masks applied to its
+      params, the rewind point at `rewind_step` or None).
     """
     state = jax.tree.map(jnp.array, state)  # fresh buffers: steps donate
     masks = jax.device_put(masks)
-    opt_state = self.tx.init(state["params"])
+    start = int(state.pop("step", 0))
+    opt_state = state.pop("opt_state", None)
+    if opt_state is None:
+      opt_state = self.tx.init(state["params"])
     order_rng = np.random.default_rng(self.seed)
-    rewind = jax.tree.map(jnp.copy, state) if rewind_step == 0 else None
+
+    def point(step):
+      return jax.tree.map(jnp.copy, {**state, "opt_state": opt_state,
+                                     "step": step})
+
+    rewind = point(0) if rewind_step == 0 else None
     step, loss, started = 0, float("nan"), time.time()
     bar = tqdm.tqdm(total=self.epochs * self.steps_per_epoch,
                     desc=f"source training, round {self.round}",
@@ -197,20 +210,24 @@ class Trainer:
     for _ in range(self.epochs):
       order = order_rng.permutation(len(self.labels))
       for i in range(self.steps_per_epoch):
+        if step < start:  # Resuming: the data order of the steps done.
+          step += 1
+          bar.update()
+          continue
         index = order[i * self.batch_size:(i + 1) * self.batch_size]
         state, opt_state, loss = _train_step(
             (self.model, self.tx), state, opt_state, masks,
             self.images[index], self.labels[index])
         step += 1
         if rewind_step is not None and step == rewind_step:
-          rewind = jax.tree.map(jnp.copy, state)
+          rewind = point(step)
         bar.update()
         if step % 20 == 0:
           bar.set_postfix(loss=f"{float(loss):.3f}")
     bar.close()
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f"source training diverged (loss {loss})")
-    print(f"  IMP round {self.round}: {step} steps, last loss "
+    print(f"  IMP round {self.round}: steps {start} to {step}, last loss "
           f"{float(loss):.3f}, {time.time() - started:.0f} s", flush=True)
     self.round += 1
     state = {"params": masks_lib.apply(state["params"], masks),

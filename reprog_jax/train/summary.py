@@ -65,10 +65,10 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
              if metric_writer.is_number(v)
              and key not in ("epoch", "seed", "lr", "best_epoch")]
   seeds_mean_std = {
-      which: {key: {"mean": float(np.mean([p[which][key] for p in per_seed])),
-                    "std": float(np.std([p[which][key] for p in per_seed]))}
-              for key in numbers}
-      for which in ("best", "last")}
+      which: {key: mean_std([p[which][key] for p in per_seed])
+              for key in numbers if all(key in p[which] for p in per_seed)}
+      for which in ("validation", "best", "last")
+      if all(which in p for p in per_seed)}
   sparsity = {k: v for k, v in net.sparsity().items() if k != "layers"}
   epoch_records = [r for r in records if r.get("seed") == seeds[0]]
   summary = {
@@ -109,13 +109,27 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   os.replace(path + ".tmp", path)
   best_acc = seeds_mean_std["best"]["test_acc"]
   print(f"best test accuracy {best_acc['mean']:.2%}"
-        + (f" +- {best_acc['std']:.2%} over {len(seeds)} seeds"
+        + (f" +- {best_acc['std']:.2%} (sample std, ddof=1) over "
+           f"{len(seeds)} seeds"
            if len(seeds) > 1 else
            f" (ECE {per_seed[0]['best']['test_ece']:.4f}) at epoch "
            f"{per_seed[0]['best']['epoch']}")
         + f"; results in {workdir}: summary.json, metrics.jsonl, plots/, "
         f"tensorboard/, checkpoints/")
   return summary
+
+
+def mean_std(values) -> dict:
+  """The mean of `values` (one per seed) and their spread.
+
+  Returns:
+    {'mean', 'std': the sample standard deviation (ddof=1; None for a single
+    seed, where it is undefined), 'std_ddof': 1, 'n_seeds'}.
+  """
+  values = np.asarray(values, np.float64)
+  return {"mean": float(np.mean(values)),
+          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+          "std_ddof": 1, "n_seeds": len(values)}
 
 
 def _reliability(sums, k) -> dict:
