@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from reprog_jax.metrics import calibration
+from reprog_jax.metrics import calibration_host
 from reprog_jax.train import checkpoints
 from reprog_jax.train import inputs as inputs_lib
 from reprog_jax import methods
@@ -162,17 +163,17 @@ def evaluate(eval_step, params, network, mappings, inputs, layout,
   metrics, bins = [], []
   for k, seed_logits in enumerate(logits):
     seed_metrics = {f"test_{name}": value for name, value in
-                    calibration.split_report(seed_logits, labels,
+                    calibration_host.split_report(seed_logits, labels,
                                              valid).items()}
     if inputs.holdout is not None:
       mine = held_order >= 0  # Seed k's own rows of the union, unpadded.
       mine[mine] = inputs.holdout_rows[k][held_order[mine]]
-      temperature = calibration.fit_temperature(held_logits[k], held_labels,
+      temperature = calibration_host.fit_temperature(held_logits[k], held_labels,
                                                 mine)
       seed_metrics["temperature"] = temperature
       seed_metrics.update({
           f"test_{name}": value for name, value in
-          calibration.temperature_scaled_report(
+          calibration_host.temperature_scaled_report(
               seed_logits, labels, temperature, valid).items()})
     metrics.append(seed_metrics)
     bins.append(calibration.calibration_bins(
