@@ -407,6 +407,7 @@ def test_n_shot_is_written_once(finished_run):
   assert summary["train_examples"] == 3 * 10  # --config.n_shot=3 worked.
   assert summary["config"]["n_shot"] == 3
   assert "n_shot" not in summary["config"]["data"]
+  assert "n_shot" not in _lp_config().data  # One field, at the top.
   recorded = json.loads((workdir / workdir_lib.CONFIG_FILE).read_text())
   assert recorded["n_shot"] == 3 and "data.n_shot" not in recorded
 
@@ -420,6 +421,9 @@ def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
   old = {**json.loads(path.read_text()), "data.n_shot": config.n_shot}
   path.write_text(json.dumps(old))
   workdir_lib.prepare(config, str(tmp_path), np.float32)  # No error.
+  del old["n_shot"]  # Under its old name alone, it is still the same.
+  path.write_text(json.dumps(old))
+  workdir_lib.prepare(config, str(tmp_path), np.float32)
   old["data.n_shot"] = 5  # But a real difference is still one.
   old["n_shot"] = 5
   path.write_text(json.dumps(old))

@@ -24,6 +24,7 @@ import os
 import sys
 from typing import NamedTuple
 
+from reprog_jax.data.fewshot import shot_name
 from reprog_jax.study import claims
 from reprog_jax import errors
 
@@ -89,10 +90,6 @@ class Row(NamedTuple):
 def _short(method) -> str:
   """'LP' or 'VP' (another method: its own name)."""
   return claims.METHOD_NAMES.get(method, method)
-
-
-def shot_name(n_shot) -> str:
-  return "full" if n_shot == -1 else f"{n_shot}-shot"
 
 
 # --------------------------------------------------------------------------

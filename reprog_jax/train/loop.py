@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from reprog_jax import data
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import calibration_host
 from reprog_jax.train import checkpoints
@@ -399,8 +400,8 @@ def _figure_title(config, seeds, epoch) -> str:
   else:
     network = (f"{config.network} network "
                f"{os.path.basename(os.path.normpath(config.network_dir))}")
-  shots = f"{config.n_shot}-shot" if config.n_shot > 0 else "all data"
-  return (f"{config.method} on {config.data.name} ({shots}), {seed_text}, "
+  return (f"{config.method} on {config.data.name} "
+          f"({data.shot_name(config.n_shot)}), {seed_text}, "
           f"epoch {epoch}\n{network}")
 
 

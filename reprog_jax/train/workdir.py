@@ -25,6 +25,10 @@ NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
                 # Where the run is mirrored to, not what it computes.
                 "wandb.project", "wandb.entity", "wandb.name", "wandb.group",
                 "wandb.tags", "wandb.mode")
+# Fields a config.json of an older version holds under another name: read
+# as the new one, so those runs still resume. Until n_shot was one field,
+# `data.n_shot` held the same value as `n_shot`.
+RENAMED = {"data.n_shot": "n_shot"}
 
 
 def flatten(d, prefix=""):
@@ -71,9 +75,8 @@ def _mismatch(path, current) -> str | None:
     return f"checkpoints but no {CONFIG_FILE}"
   with open(path) as f:
     previous = json.load(f)
-  # Runs written before n_shot was written once hold it twice.
-  previous = {k: v for k, v in previous.items()
-              if k not in NOT_COMPARED and k != "data.n_shot"}
+  previous = {RENAMED.get(k, k): v for k, v in previous.items()
+              if k not in NOT_COMPARED}
   diff = sorted(k for k in previous.keys() | current.keys()
                 if previous.get(k) != current.get(k))
   return f"another config (differs in {', '.join(diff[:5])})" if diff else None
