@@ -114,7 +114,7 @@ def test_temperature_is_fitted_on_each_seeds_holdout_and_trains_nothing(
     fitted.append((np.asarray(labels)[mask], real(logits, labels, mask)))
     return fitted[-1][1]
 
-  monkeypatch.setattr(calibration, "fit_temperature", spy)
+  monkeypatch.setattr(calibration_host, "fit_temperature", spy)
   seeds = (0, 1)
   summary, records = _lp(tmp_path, "ts", seeds=seeds)
   run_data = inputs.open_run_data(smoke_config("linear_probe"), seeds)

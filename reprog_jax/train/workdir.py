@@ -12,11 +12,12 @@ import shutil
 
 import jax.numpy as jnp
 
+from reprog_jax import layout as files
 from reprog_jax.train import checkpoints
 from reprog_jax.train import run_config
 from reprog_jax.errors import TrainingError
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = files.CONFIG_FILE
 # Fields that may differ between a run and its resumption: they change how
 # fast or where from, not what is computed.
 NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
@@ -104,7 +105,7 @@ def prepare(config, workdir, dtype) -> None:
       for name in os.listdir(workdir):
         target = os.path.join(workdir, name)
         (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  os.makedirs(os.path.join(workdir, files.PLOTS_DIR), exist_ok=True)
   with open(path + ".tmp", "w") as f:
     json.dump(current, f, indent=2, allow_nan=False)
   os.replace(path + ".tmp", path)
