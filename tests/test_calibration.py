@@ -1,8 +1,9 @@
 """Tests for reprog_jax.metrics.calibration and calibration_host: ECE
 (equal-width and equal-mass), MCE, NLL, Brier, accuracy, temperature
-scaling and the PyTorch version's logged quantity, against hand-computed values, plain loops and
-`uncertainty-calibration` (the library the PyTorch version imported, as
-`import calibration as cal`; our `test` extra installs it)."""
+scaling and the PyTorch version's logged quantity, against hand-computed
+values, plain loops and `uncertainty-calibration` (the library the PyTorch
+version imported, as `import calibration as cal`; our `test` extra installs
+it)."""
 
 import calibration as cal  # uncertainty-calibration, not ours.
 import jax
