@@ -35,6 +35,9 @@ FEATURES_DIR = "features"
 PLOTS_DIR = "plots"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_FILE = "wandb_run.json"
+# In plots/ (each seed's in plots/seed_<s>/ when a run has several).
+CURVES_PLOT = "curves.png"
+RELIABILITY_PLOT = "reliability.png"
 
 # A sweep's directory.
 STUDY_FILE = "study.json"

@@ -1,8 +1,9 @@
-"""Tests for reprog_jax.metrics.calibration: ECE (equal-width and equal-mass), MCE,
-NLL, Brier, accuracy, temperature scaling and the PyTorch version's logged
-quantity, against hand-computed values, plain loops and
-`uncertainty-calibration` (the library the PyTorch version imported, as
-`import calibration as cal`; our `test` extra installs it)."""
+"""Tests for reprog_jax.metrics.calibration and calibration_host: ECE
+(equal-width and equal-mass), MCE, NLL, Brier, accuracy, temperature
+scaling and the PyTorch version's logged quantity, against hand-computed
+values, plain loops and `uncertainty-calibration` (the library the PyTorch
+version imported, as `import calibration as cal`; our `test` extra installs
+it)."""
 
 import calibration as cal  # uncertainty-calibration, not ours.
 import jax
@@ -11,6 +12,13 @@ import pytest
 from scipy import optimize
 
 from reprog_jax.metrics import calibration
+from reprog_jax.metrics import calibration_host
+
+
+def _mce(probs, labels, n_bins=calibration.DEFAULT_NUM_BINS):
+  """MCE as runs compute it: from the per-bin sums."""
+  return calibration.mce_from_bins(calibration.calibration_bins(
+      probs, labels, n_bins))
 
 
 def reference_ece_mce(probs, labels, n_bins):
@@ -53,7 +61,7 @@ def test_hand_computed_ece_and_mce():
   # (Edges in the upper bin would give (2 * .15 + 2 * .35) / 4 = .25.)
   assert calibration.ece(HAND_PROBS, HAND_LABELS, n_bins=5) == pytest.approx(
       0.3, abs=1e-6)
-  assert calibration.mce(HAND_PROBS, HAND_LABELS, n_bins=5) == pytest.approx(
+  assert _mce(HAND_PROBS, HAND_LABELS, n_bins=5) == pytest.approx(
       0.6, abs=1e-6)
 
 
@@ -117,7 +125,7 @@ def test_matches_reference_loop_on_random_inputs(seed):
   expected_ece, expected_mce = reference_ece_mce(probs, labels, n_bins)
   assert calibration.ece(probs, labels, n_bins) == pytest.approx(
       expected_ece, abs=1e-5)
-  assert calibration.mce(probs, labels, n_bins) == pytest.approx(
+  assert _mce(probs, labels, n_bins) == pytest.approx(
       expected_mce, abs=1e-5)
 
 
@@ -127,7 +135,7 @@ def test_perfect_calibration_gives_zero():
   probs = np.array([[0.7, 0.3]] * 10 + [[0.5, 0.5]] * 4, np.float32)
   labels = np.array([0] * 7 + [1] * 3 + [0, 0, 1, 1])
   assert calibration.ece(probs, labels) == pytest.approx(0.0, abs=1e-6)
-  assert calibration.mce(probs, labels) == pytest.approx(0.0, abs=1e-6)
+  assert _mce(probs, labels) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mask_excludes_examples():
@@ -182,7 +190,7 @@ def test_bins_accumulate_across_batches():
   np.testing.assert_allclose(calibration.ece_from_bins(total),
                              calibration.ece(probs, labels), rtol=1e-5)
   np.testing.assert_allclose(calibration.mce_from_bins(total),
-                             calibration.mce(probs, labels), rtol=1e-5)
+                             _mce(probs, labels), rtol=1e-5)
 
 
 def test_nll_from_logits_and_zero_probability():
@@ -245,7 +253,7 @@ def test_ece_ties_on_edges_agree_with_the_library():
 def test_adaptive_ece_equals_the_librarys_get_ece_em(n):
   rng = np.random.default_rng(100 + n)
   probs, labels = _random_probs(rng, n, int(rng.integers(2, 20)), np.float64)
-  assert calibration.adaptive_ece(probs, labels) == pytest.approx(
+  assert calibration_host.adaptive_ece(probs, labels) == pytest.approx(
       cal.get_ece_em(probs, labels), abs=1e-12)
 
 
@@ -258,7 +266,7 @@ def test_adaptive_ece_with_ties_across_cuts_equals_the_library(seed):
   confidence = rng.integers(6, 21, size=n) / 20.0
   probs = np.stack([confidence, 1 - confidence], axis=1)
   labels = rng.integers(0, 2, size=n)
-  assert calibration.adaptive_ece(probs, labels) == pytest.approx(
+  assert calibration_host.adaptive_ece(probs, labels) == pytest.approx(
       cal.get_ece_em(probs, labels), abs=1e-12)
 
 
@@ -268,17 +276,18 @@ def test_hand_computed_adaptive_ece():
   # Bin 1: confidence 1.3, correct 1: gap .3; bin 2: 1.7 vs 1: gap .7.
   # ECE = (.3 + .7) / 4 = .25.
   np.testing.assert_allclose(
-      calibration.adaptive_bin_edges(HAND_PROBS.max(axis=1), 2), [.75, 1.0])
-  assert calibration.adaptive_ece(HAND_PROBS, HAND_LABELS, 2) == (
+      calibration_host.adaptive_bin_edges(HAND_PROBS.max(axis=1), 2),
+      [.75, 1.0])
+  assert calibration_host.adaptive_ece(HAND_PROBS, HAND_LABELS, 2) == (
       pytest.approx(0.25, abs=1e-6))
   # Four bins (one example each): mean |conf - correct| = (.1+.8+.3+.6)/4.
-  assert calibration.adaptive_ece(HAND_PROBS, HAND_LABELS, 4) == (
+  assert calibration_host.adaptive_ece(HAND_PROBS, HAND_LABELS, 4) == (
       pytest.approx(0.45, abs=1e-6))
   # A mask keeps the first two only: bins {.8 wrong}, {.9 right} with 2 bins.
-  assert calibration.adaptive_ece(HAND_PROBS, HAND_LABELS, 2,
+  assert calibration_host.adaptive_ece(HAND_PROBS, HAND_LABELS, 2,
                                   mask=[1, 1, 0, 0]) == pytest.approx(
                                       (0.1 + 0.8) / 2, abs=1e-6)
-  assert np.isnan(calibration.adaptive_ece(HAND_PROBS, HAND_LABELS,
+  assert np.isnan(calibration_host.adaptive_ece(HAND_PROBS, HAND_LABELS,
                                            mask=np.zeros(4)))
 
 
@@ -296,7 +305,7 @@ def test_pytorch_logged_quantity_equals_the_library_per_batch(n, scale):
   # Raw logits: negative, inside [0, 1] and above 1, as a network gives.
   logits = (rng.normal(size=(n, 10)) * scale + 0.5).astype(np.float32)
   labels = rng.integers(0, 10, size=n)
-  assert calibration.pytorch_logged_quantity(logits, labels) == (
+  assert calibration_host.pytorch_logged_quantity(logits, labels) == (
       pytest.approx(_pytorch_version_quantity(logits, labels), rel=1e-5,
                     abs=1e-9))
 
@@ -310,7 +319,7 @@ def test_pytorch_logged_quantity_is_not_an_ece():
   labels = np.zeros(256, int)
   assert float(calibration.ece(softmax(logits), labels)) < 0.01
   # Per batch of 128: gap |5 - 1| = 4; two batches: 8 / 256.
-  assert calibration.pytorch_logged_quantity(logits, labels) == (
+  assert calibration_host.pytorch_logged_quantity(logits, labels) == (
       pytest.approx(8 / 256, rel=1e-6))
   assert _pytorch_version_quantity(logits, labels) == pytest.approx(
       8 / 256, rel=1e-6)
@@ -324,7 +333,7 @@ def test_pytorch_logged_quantity_mask_and_batches_of_valid_examples():
   mask[[3, 150, 299]] = False
   padded = logits.copy()
   padded[~mask] = 100.0
-  assert calibration.pytorch_logged_quantity(padded, labels, mask) == (
+  assert calibration_host.pytorch_logged_quantity(padded, labels, mask) == (
       pytest.approx(_pytorch_version_quantity(logits[mask], labels[mask]),
                     rel=1e-5))
 
@@ -347,7 +356,7 @@ def test_temperature_of_a_known_binary_case():
   a, q = 3.0, 0.8
   logits = np.tile([[a, -a]], (10, 1))
   labels = np.array([0] * 8 + [1] * 2)
-  assert calibration.fit_temperature(logits, labels) == pytest.approx(
+  assert calibration_host.fit_temperature(logits, labels) == pytest.approx(
       2 * a / np.log(q / (1 - q)), rel=1e-10)
 
 
@@ -358,11 +367,11 @@ def test_temperature_minimises_the_nll(seed):
   labels = rng.integers(0, num_classes, size=n)
   logits = rng.normal(size=(n, num_classes)) * rng.uniform(0.5, 10)
   logits[np.arange(n), labels] += rng.uniform(0.5, 6)  # Better than chance.
-  found = calibration.fit_temperature(logits.astype(np.float32), labels)
+  found = calibration_host.fit_temperature(logits.astype(np.float32), labels)
   expected = optimize.minimize_scalar(
       lambda log_t: _nll_at(logits.astype(np.float32), labels,
                             np.exp(log_t)),
-      bounds=np.log(calibration.TEMPERATURE_BOUNDS), method="bounded",
+      bounds=np.log(calibration_host.TEMPERATURE_BOUNDS), method="bounded",
       options={"xatol": 1e-10}).x
   assert np.log(found) == pytest.approx(expected, abs=1e-4)
   for nearby in (found * 0.99, found * 1.01):
@@ -372,9 +381,9 @@ def test_temperature_minimises_the_nll(seed):
 def test_temperature_is_clamped_where_the_nll_keeps_falling():
   logits = np.array([[4.0, 0.0, 1.0], [0.0, 3.0, 1.0]])
   # Always right: sharper is always better, T -> 0.
-  assert calibration.fit_temperature(logits, np.array([0, 1])) == 0.01
+  assert calibration_host.fit_temperature(logits, np.array([0, 1])) == 0.01
   # Always the lowest logit: flatter is always better, T -> inf.
-  assert calibration.fit_temperature(logits, np.array([1, 0])) == 100.0
+  assert calibration_host.fit_temperature(logits, np.array([1, 0])) == 100.0
 
 
 def test_temperature_ignores_masked_examples():
@@ -384,10 +393,10 @@ def test_temperature_ignores_masked_examples():
   mask = np.arange(40) % 3 != 0
   wild = logits.copy()
   wild[~mask] = 1e4 * rng.normal(size=(int((~mask).sum()), 5))
-  assert calibration.fit_temperature(wild, labels, mask) == (
-      calibration.fit_temperature(logits[mask], labels[mask]))
+  assert calibration_host.fit_temperature(wild, labels, mask) == (
+      calibration_host.fit_temperature(logits[mask], labels[mask]))
   with pytest.raises(ValueError, match="no valid examples"):
-    calibration.fit_temperature(logits, labels, np.zeros(40, bool))
+    calibration_host.fit_temperature(logits, labels, np.zeros(40, bool))
 
 
 def test_temperature_scaled_report():
@@ -396,7 +405,7 @@ def test_temperature_scaled_report():
   labels = rng.integers(0, 6, size=200)
   for temperature in (1.0, 2.5, 0.3):
     probs = softmax(logits.astype(np.float64) / temperature)
-    report = calibration.temperature_scaled_report(logits, labels,
+    report = calibration_host.temperature_scaled_report(logits, labels,
                                                    temperature)
     assert report["ece_ts"] == pytest.approx(
         reference_ece_mce(probs, labels, 15)[0], abs=1e-5)
@@ -410,7 +419,7 @@ def test_split_report_has_every_metric():
   rng = np.random.default_rng(3)
   logits = (rng.normal(size=(150, 4)) * 2).astype(np.float32)
   labels = rng.integers(0, 4, size=150)
-  report = calibration.split_report(logits, labels)
+  report = calibration_host.split_report(logits, labels)
   probs = softmax(logits)
   assert report["ece_adaptive"] == pytest.approx(
       cal.get_ece_em(probs, labels), abs=1e-6)

@@ -29,38 +29,46 @@ def _write_tree(root, split, classes, per_class, ext='png', start=0):
   return expected
 
 
-def _served(loader):
-  values, labels = [], []
-  for batch in loader.epoch(0):
-    mask = batch['mask']
-    values += np.rint(batch['image'][mask, 0, 0, 0] * 255).astype(int).tolist()
-    labels += batch['label'][mask].tolist()
-  return dict(zip(values, labels)), values
+def _open(name, split, n_shot=-1, **fields):
+  config = data.default_data_config()
+  config.name = name
+  for field, value in fields.items():
+    config[field] = value
+  return data.open_split_from_config(config, split, n_shot)
+
+
+def _served(split, image_size, positions=None):
+  """{pixel value: label} of the decoded examples, and the values."""
+  if positions is None:
+    positions = np.arange(len(split.indices))
+  store = data.decode_split(split, positions, image_size=image_size,
+                            batch_size=16)
+  values = store.rows[:, 0, 0, 0].astype(int).tolist()
+  return dict(zip(values, store.labels.tolist())), values
 
 
 def test_gtsrb_tree_labels_follow_class_ids(tmp_path):
   classes = [f'{i:05d}' for i in range(43)]
   expected = _write_tree(str(tmp_path / 'folders' / 'gtsrb'), 'test',
                          classes, per_class=2, ext='ppm')
-  loader = data.make_loader('gtsrb', 'test', image_size=32, batch_size=16,
-                            data_dir=str(tmp_path))
-  assert loader.num_examples == 86 and loader.steps_per_epoch == 6
-  served, values = _served(loader)
+  split = _open('gtsrb', 'test', data_dir=str(tmp_path))
+  assert len(split.indices) == 86
+  served, values = _served(split, 32)
   assert len(values) == 86 and served == expected
-  assert loader.class_names[14] == 'stop'
+  assert split.class_names[14] == 'stop'
 
 
 def test_folder_source_for_a_tfds_dataset_uses_sorted_directories(tmp_path):
   # E.g. a CoOp split of a tfds dataset: labels follow the sorted names.
   classes = [f'class_{c}' for c in 'jihgfedcba']
   expected = _write_tree(str(tmp_path), 'train', sorted(classes), 3)
-  loader = data.make_loader('cifar10', 'train', image_size=32, batch_size=7,
-                            source='folder', folder_root=str(tmp_path),
-                            n_shot=2, seed=1)
-  assert loader.class_names == tuple(sorted(classes))
-  served, values = _served(loader)
+  split = _open('cifar10', 'train', 2, source='folder',
+                folder_root=str(tmp_path))
+  assert split.class_names == tuple(sorted(classes))
+  pool = np.sort(data.few_shot_indices(split.labels, 2, 1))
+  served, values = _served(split, 32, pool)
   assert len(values) == 20 and all(expected[v] == y for v, y in served.items())
-  np.testing.assert_array_equal(np.bincount(loader.labels), [2] * 10)
+  np.testing.assert_array_equal(np.bincount(split.labels[pool]), [2] * 10)
 
 
 def test_empty_class_is_an_error(tmp_path):
@@ -69,22 +77,19 @@ def test_empty_class_is_an_error(tmp_path):
   for f in os.listdir(tmp_path / 'train' / '00007'):
     os.remove(tmp_path / 'train' / '00007' / f)
   with pytest.raises(data.DataError, match='00007 holds no image'):
-    data.make_loader('gtsrb', 'train', image_size=32, batch_size=4,
-                     folder_root=str(tmp_path))
+    _open('gtsrb', 'train', folder_root=str(tmp_path))
 
 
 def test_wrong_class_directories_are_an_error(tmp_path):
   classes = [f'{i:05d}' for i in range(42)] + ['stop_signs']
   _write_tree(str(tmp_path), 'train', classes, 1)
   with pytest.raises(data.DataError, match="missing \\['00042'\\]"):
-    data.make_loader('gtsrb', 'train', image_size=32, batch_size=4,
-                     folder_root=str(tmp_path))
+    _open('gtsrb', 'train', folder_root=str(tmp_path))
 
 
 def test_missing_folder_names_the_prepare_command(tmp_path):
   with pytest.raises(data.DataError) as error:
-    data.make_loader('ucf101', 'train', image_size=128, batch_size=4,
-                     data_dir=str(tmp_path))
+    _open('ucf101', 'train', data_dir=str(tmp_path))
   message = str(error.value)
   assert message.startswith('ucf101: no folder split at')
   assert 'python -m reprog_jax.data.prepare ucf101 --split_json=' in message
@@ -113,12 +118,10 @@ def test_prepare_gtsrb_then_load(tmp_path):
   src, out = str(tmp_path / 'gtsrb_src'), str(tmp_path / 'gtsrb')
   _fake_torchvision_gtsrb(src)
   assert prepare.main(['gtsrb', f'--src={src}', f'--out={out}']) == 0
-  train = data.make_loader('gtsrb', 'train', image_size=32, batch_size=16,
-                           folder_root=out)
-  assert _served(train)[0] == {i: i for i in range(43)}
-  test = data.make_loader('gtsrb', 'test', image_size=32, batch_size=16,
-                          folder_root=out)
-  assert _served(test)[0] == {100 + k: 42 - k for k in range(43)}
+  train = _open('gtsrb', 'train', folder_root=out)
+  assert _served(train, 32)[0] == {i: i for i in range(43)}
+  test = _open('gtsrb', 'test', folder_root=out)
+  assert _served(test, 32)[0] == {100 + k: 42 - k for k in range(43)}
 
 
 def test_prepare_coop_split_then_load(tmp_path):
@@ -138,9 +141,8 @@ def test_prepare_coop_split_then_load(tmp_path):
   assert prepare.main(['ucf101', f'--split_json={split_json}',
                        f'--image_dir={image_dir}', f'--out={out}']) == 0
   assert sorted(os.listdir(os.path.join(out, 'train'))) == sorted(names)
-  loader = data.make_loader('ucf101', 'train', image_size=128, batch_size=32,
-                            folder_root=out)
-  assert _served(loader)[0] == {label: label for label in range(101)}
+  split = _open('ucf101', 'train', folder_root=out)
+  assert _served(split, 128)[0] == {label: label for label in range(101)}
 
 
 def test_prepare_bad_input_exits_1_and_writes_nothing(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Every dataset through the loader: mock mode, real tfds files, errors."""
+"""Every dataset opened and decoded: mock mode, real tfds files, errors."""
 
 import io
 import os
@@ -11,61 +11,57 @@ import tensorflow_datasets as tfds
 from reprog_jax import data
 
 
+def _config(name, **fields):
+  config = data.default_data_config()
+  config.name, config.worker_count = name, 0
+  for field, value in fields.items():
+    config[field] = value
+  return config
+
+
 @pytest.mark.parametrize('name', data.dataset_names())
-def test_mock_batches_for_vp_size_and_224(name):
+def test_mock_images_for_vp_size_and_224(name):
   info = data.get_dataset_info(name)
-  for size in (info.vp_size, 224):
-    for split in ('train', 'test'):
-      loader = data.make_loader(name, split, image_size=size, batch_size=4,
-                                mock=True, seed=0)
-      batch = next(iter(loader.epoch(0)))
-      assert batch['image'].shape == (4, size, size, 3)
-      assert batch['image'].dtype == np.float32
-      assert 0.0 <= batch['image'].min() and batch['image'].max() <= 1.0
-      assert batch['image'].std() > 0.1  # Random mock pixels, not blanks.
-      assert batch['label'].shape == (4,) and batch['label'].dtype == np.int32
-      assert batch['mask'].all()
-      assert 0 <= loader.labels.min() and loader.labels.max() < info.num_classes
-      assert loader.class_names == info.class_names
+  for split in ('train', 'test'):
+    opened = data.open_split_from_config(_config(name, mock=True), split)
+    assert 0 <= opened.labels.min() and opened.labels.max() < info.num_classes
+    assert opened.class_names == info.class_names
+    for size in (info.vp_size, 224):
+      store = data.decode_split(opened, np.arange(4), image_size=size)
+      assert store.rows.shape == (4, size, size, 3)
+      assert store.rows.dtype == np.uint8
+      assert store.rows.std() > 0.1 * 255  # Random mock pixels, not blanks.
+      np.testing.assert_array_equal(store.labels, opened.labels[:4])
 
 
-def test_mock_few_shot_through_the_loader():
-  loader = data.make_loader('dtd', 'train', image_size=128, batch_size=16,
-                            mock=True, n_shot=3, seed=4)
-  assert loader.num_examples == 3 * 47
-  np.testing.assert_array_equal(np.bincount(loader.labels, minlength=47),
-                                [3] * 47)
-  other = data.make_loader('dtd', 'train', image_size=128, batch_size=16,
-                           mock=True, n_shot=3, seed=5)
-  assert set(loader.indices.tolist()) != set(other.indices.tolist())
+def test_mock_split_is_sized_for_the_few_shot_budget():
+  train = data.open_split_from_config(_config('dtd', mock=True), 'train', 3)
+  pools = data.few_shot_indices_multi(train.labels, 3, seeds=(4, 5),
+                                      num_classes=47)
+  np.testing.assert_array_equal(np.bincount(train.labels[pools[0]],
+                                            minlength=47), [3] * 47)
+  assert set(pools[0].tolist()) != set(pools[1].tolist())
 
 
 def test_mock_eurosat_holdout_is_disjoint_and_stratified():
-  kwargs = dict(image_size=128, batch_size=8, mock=True, mock_num_examples=200)
-  train = data.make_loader('eurosat', 'train', **kwargs)
-  test = data.make_loader('eurosat', 'test', **kwargs)
+  config = _config('eurosat', mock=True, mock_num_examples=200)
+  train = data.open_split_from_config(config, 'train')
+  test = data.open_split_from_config(config, 'test')
   assert not set(train.indices.tolist()) & set(test.indices.tolist())
-  assert train.num_examples + test.num_examples == 200
+  assert len(train.indices) + len(test.indices) == 200
   np.testing.assert_array_equal(np.bincount(test.labels), [2] * 10)
 
 
 def test_config_round_trip():
-  config = data.default_data_config()
-  config.name, config.mock, config.n_shot, config.worker_count = (
-      'flowers102', True, 2, 0)
+  config = _config('flowers102', mock=True)
   assert config.data_dir is None and config.source == 'auto'
-  train = data.make_loader_from_config(config, 'train', image_size=128,
-                                       batch_size=32, seed=0)
-  test = data.make_loader_from_config(config, 'test', image_size=128,
-                                      batch_size=32, seed=0)
-  assert train.num_examples == 2 * 102
-  assert test.num_examples == 3 * 102  # The whole mock split.
-  labels = data.split_labels_from_config(config)
-  rows = data.few_shot_indices_multi(labels, 2, seeds=[0, 1])
-  again = data.make_loader_from_config(config, 'train', image_size=128,
-                                       batch_size=32, seed=0,
-                                       indices=rows[0])
-  np.testing.assert_array_equal(again.indices, train.indices)
+  train = data.open_split_from_config(config, 'train', 2)
+  test = data.open_split_from_config(config, 'test', 2)
+  assert len(test.indices) == 3 * 102  # The whole mock split.
+  rows = data.few_shot_indices_multi(train.labels, 2, seeds=[0, 1])
+  assert rows.shape == (2, 2 * 102)
+  np.testing.assert_array_equal(
+      rows[0], data.few_shot_indices(train.labels, 2, 0))
 
 
 # --- Real tfds files, prepared offline --------------------------------------
@@ -114,17 +110,15 @@ def cifar10_dir(tmp_path_factory):
 
 
 def test_reads_prepared_array_record_files(cifar10_dir):
-  loader = data.make_loader('cifar10', 'test', image_size=32, batch_size=4,
-                            data_dir=cifar10_dir)
-  assert loader.num_examples == 7
-  batches = list(loader.epoch(0))
-  images = np.concatenate([b['image'][b['mask']] for b in batches])
-  labels = np.concatenate([b['label'][b['mask']] for b in batches])
+  split = data.open_split_from_config(_config('cifar10', data_dir=cifar10_dir),
+                                      'test')
+  assert len(split.indices) == 7
+  store = data.decode_split(split, np.arange(7), image_size=32, batch_size=4)
   # tfds shuffles records on write; match each image to its source by
   # pixels, then check its label and exact value.
-  sources = {i: _image(i) / np.float32(255) for i in range(100, 107)}
+  sources = {i: _image(i) for i in range(100, 107)}
   found = []
-  for image, label in zip(images, labels):
+  for image, label in zip(store.rows, store.labels):
     match = [i for i, s in sources.items() if np.array_equal(s, image)]
     assert len(match) == 1 and label == match[0] % 10
     found += match
@@ -132,17 +126,18 @@ def test_reads_prepared_array_record_files(cifar10_dir):
 
 
 def test_few_shot_on_prepared_files(cifar10_dir):
-  loader = data.make_loader('cifar10', 'train', image_size=224, batch_size=8,
-                            data_dir=cifar10_dir, n_shot=2, seed=0)
-  np.testing.assert_array_equal(np.bincount(loader.labels), [2] * 10)
-  batch = next(iter(loader.epoch(0)))
-  assert batch['image'].shape == (8, 224, 224, 3)
+  split = data.open_split_from_config(_config('cifar10', data_dir=cifar10_dir),
+                                      'train', 2)
+  pool = data.few_shot_indices(split.labels, 2, 0)
+  np.testing.assert_array_equal(np.bincount(split.labels[pool]), [2] * 10)
+  store = data.decode_split(split, np.sort(pool)[:8], image_size=224)
+  assert store.rows.shape == (8, 224, 224, 3)
 
 
 def test_missing_data_names_dataset_place_and_command(tmp_path):
   with pytest.raises(data.DataError) as error:
-    data.make_loader('dtd', 'train', image_size=128, batch_size=4,
-                     data_dir=str(tmp_path))
+    data.open_split_from_config(_config('dtd', data_dir=str(tmp_path)),
+                                'train')
   message = str(error.value)
   assert message.startswith('dtd:') and '\n' not in message
   assert str(tmp_path) in message
@@ -151,18 +146,18 @@ def test_missing_data_names_dataset_place_and_command(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing written.
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(split='test', n_shot=5), 'train split only'),
-    (dict(split='train', n_shot=0), 'n_shot'),
-    (dict(split='train', n_shot=50), 'exceeds'),
-    (dict(split='valid'), 'split'),
-    (dict(split='train', batch_size=0), 'batch_size'),
-    (dict(split='train', source='hub'), 'source'),
-    (dict(split='train', indices=[0, 10_000]), 'indices'),
-])
-def test_bad_arguments(kwargs, match):
-  arguments = dict(image_size=32, batch_size=4, mock=True,
-                   mock_num_examples=40)
-  arguments.update(kwargs)
+@pytest.mark.parametrize('split,source', [('valid', 'auto'),
+                                          ('train', 'hub')])
+def test_bad_split_or_source(split, source):
+  config = _config('cifar10', mock=True, mock_num_examples=40, source=source)
+  with pytest.raises(data.DataError, match=split if split == 'valid'
+                     else 'source'):
+    data.open_split_from_config(config, split)
+
+
+@pytest.mark.parametrize('n_shot,match', [(0, 'n_shot'), (50, 'exceeds')])
+def test_bad_budget_on_a_mock_split(n_shot, match):
+  config = _config('cifar10', mock=True, mock_num_examples=40)
+  labels = data.open_split_from_config(config, 'train').labels
   with pytest.raises(data.DataError, match=match):
-    data.make_loader('cifar10', **arguments)
+    data.few_shot_indices(labels, n_shot, 0)

@@ -1,5 +1,4 @@
-"""Decode once, serve from memory: stores and samplers serve what the
-streaming loader serves."""
+"""Decode once, serve from memory: stores and samplers."""
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ def _ids(images):
 
 
 @pytest.mark.parametrize('shuffle', [True, False])
-def test_sampler_serves_the_loaders_batches(shuffle):
+def test_sampler_order_is_each_seeds_own_draw(shuffle):
   pools = np.array([[4, 9, 0, 17, 3, 11, 12, 5, 8, 2, 1],
                     [6, 7, 13, 2, 19, 3, 0, 14, 1, 10, 4]])
   seeds = (3, 8)
@@ -39,16 +38,28 @@ def test_sampler_serves_the_loaders_batches(shuffle):
   for epoch in (0, 2):
     batches = [store.gather(index) for index in sampler.epoch(epoch)]
     for k, (seed, pool) in enumerate(zip(seeds, pools)):
-      loader = data.Loader(_NumberedSource(), pool, pool % 3, ('a', 'b', 'c'),
-                           image_size=4, batch_size=4, shuffle=shuffle,
-                           seed=seed)
-      for ours, theirs in zip(batches, loader.epoch(epoch)):
-        np.testing.assert_array_equal(ours['mask'][k], theirs['mask'])
-        np.testing.assert_array_equal(ours['label'][k], theirs['label'])
-        # uint8 here, the loader's [0, 1] floats there: the same pixels.
-        np.testing.assert_array_equal(ours['image'][k] / np.float32(255),
-                                      theirs['image'])
-      loader.close()
+      # The contract: a permutation drawn from (seed, epoch) only, or the
+      # pool order; the last batch padded with blank slots.
+      expected = (pool[np.random.default_rng([seed, epoch]).permutation(11)]
+                  if shuffle else pool)
+      served = np.concatenate([_ids(b['image'][k])[b['mask'][k]]
+                               for b in batches])
+      np.testing.assert_array_equal(served, expected)
+      assert [int(b['mask'][k].sum()) for b in batches] == [4, 4, 3]
+      for b in batches:
+        np.testing.assert_array_equal(b['label'][k][b['mask'][k]],
+                                      _ids(b['image'][k])[b['mask'][k]] % 3)
+      # Alone, a seed is served exactly what it is served beside another.
+      alone = data.Sampler(store.row_of(pool[None]), (seed,), batch_size=4,
+                           shuffle=shuffle)
+      np.testing.assert_array_equal(alone.epoch_order(epoch)[0],
+                                    sampler.epoch_order(epoch)[k])
+  if shuffle:  # Epochs differ; a fresh sampler (a resumed run) agrees.
+    assert not np.array_equal(sampler.epoch_order(0), sampler.epoch_order(1))
+    again = data.Sampler(store.row_of(pools), seeds, batch_size=4,
+                         shuffle=True)
+    np.testing.assert_array_equal(again.epoch_order(2),
+                                  sampler.epoch_order(2))
 
 
 def test_device_padding_adds_blank_slots_and_drops_nothing():

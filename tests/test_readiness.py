@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from reprog_jax import methods
 from reprog_jax.metrics import metric_writer
 from reprog_jax.train import run_config
 from reprog_jax.train import loop as train
+from reprog_jax.train import passes
 from reprog_jax.train import workdir as workdir_lib
 from reprog_jax.data import prepare
 
@@ -94,10 +96,12 @@ def test_epoch_sums_of_large_finite_losses_do_not_overflow():
     return state, {"loss": loss, "loss_sum": loss * np.float32(8),
                    "correct": np.int32([step]), "count": np.float32([8])}
 
-  inputs = type("Inputs", (), {"train_batches": _Batches(3), "train": None})
-  config = type("Config", (), {"progress": False})
-  _, metrics = train.train_epoch(train_step, None, None, None, inputs,
-                                 _Layout(), 0, None, config)
+  run = types.SimpleNamespace(
+      train_step=train_step, network=None, layout=_Layout(), schedule=None,
+      inputs=types.SimpleNamespace(train_batches=_Batches(3), train=None),
+      config=types.SimpleNamespace(progress=False),
+      bar=lambda iterable, total, desc: iterable)
+  _, metrics = passes.train_epoch(run, None, None, 0)
   assert metrics["train_loss"] == pytest.approx([3e37], rel=1e-6)
   assert metrics["train_acc"] == pytest.approx([(0 + 1 + 2) / 24])
 
@@ -117,14 +121,14 @@ def test_overflowing_metrics_are_divergence_not_infinity(tmp_path):
 def test_a_non_finite_test_metric_keeps_the_last_good_epoch(tmp_path,
                                                           monkeypatch):
   train.train_and_evaluate(_lp_config(), str(tmp_path), stop_after_epoch=0)
-  real = train.evaluate
+  real = passes.evaluate
 
   def overflowing(*args, **kwargs):
     metrics, bins, counts = real(*args, **kwargs)
     metrics[0]["test_nll"] = float("inf")
     return metrics, bins, counts
 
-  monkeypatch.setattr(train, "evaluate", overflowing)
+  monkeypatch.setattr(passes, "evaluate", overflowing)
   with pytest.raises(train.TrainingError,
                      match=r"^the run diverged: test_nll is inf at epoch 1 "
                      r"\(seed 4\); the last good checkpoint \(epoch 0\) is "
@@ -262,10 +266,10 @@ def test_a_bug_inside_training_keeps_its_traceback(tmp_path):
       "import sys\n"
       "from absl import app\n"
       "from reprog_jax import main\n"
-      "from reprog_jax.train import loop as train\n"
+      "from reprog_jax.train import passes\n"
       "def broken(*args, **kwargs):\n"
       "  raise ValueError('deep inside an XLA kernel')\n"
-      "train.train_epoch = broken\n"
+      "passes.train_epoch = broken\n"
       f"sys.argv = ['main', '--workdir={tmp_path / 'w'}', "
       f"{', '.join(repr(f) for f in LP_FLAGS)}]\n"
       "app.run(main.main, flags_parser=main.parse_flags)\n")
@@ -292,7 +296,7 @@ def test_metric_files_are_closed_when_training_fails(tmp_path, monkeypatch):
     raise RuntimeError("a bug")
 
   monkeypatch.setattr(metric_writer.MetricWriter, "__init__", recording_init)
-  monkeypatch.setattr(train, "train_epoch", broken)
+  monkeypatch.setattr(passes, "train_epoch", broken)
   with pytest.raises(RuntimeError, match="a bug"):
     train.train_and_evaluate(_lp_config(), str(tmp_path))
   assert len(opened) == 1 and opened[0]._file.closed
@@ -407,6 +411,7 @@ def test_n_shot_is_written_once(finished_run):
   assert summary["train_examples"] == 3 * 10  # --config.n_shot=3 worked.
   assert summary["config"]["n_shot"] == 3
   assert "n_shot" not in summary["config"]["data"]
+  assert "n_shot" not in _lp_config().data  # One field, at the top.
   recorded = json.loads((workdir / workdir_lib.CONFIG_FILE).read_text())
   assert recorded["n_shot"] == 3 and "data.n_shot" not in recorded
 
@@ -420,6 +425,9 @@ def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
   old = {**json.loads(path.read_text()), "data.n_shot": config.n_shot}
   path.write_text(json.dumps(old))
   workdir_lib.prepare(config, str(tmp_path), np.float32)  # No error.
+  del old["n_shot"]  # Under its old name alone, it is still the same.
+  path.write_text(json.dumps(old))
+  workdir_lib.prepare(config, str(tmp_path), np.float32)
   old["data.n_shot"] = 5  # But a real difference is still one.
   old["n_shot"] = 5
   path.write_text(json.dumps(old))

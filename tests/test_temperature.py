@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import per_seed_records, smoke_config
-from reprog_jax.metrics import calibration
+from reprog_jax.metrics import calibration_host
 from reprog_jax.train import inputs
 from reprog_jax.train import loop as train
 from reprog_jax.data import fewshot
@@ -108,13 +108,13 @@ def _lp(tmp_path, name, **overrides):
 def test_temperature_is_fitted_on_each_seeds_holdout_and_trains_nothing(
     tmp_path, monkeypatch):
   fitted = []
-  real = calibration.fit_temperature
+  real = calibration_host.fit_temperature
 
   def spy(logits, labels, mask):
     fitted.append((np.asarray(labels)[mask], real(logits, labels, mask)))
     return fitted[-1][1]
 
-  monkeypatch.setattr(calibration, "fit_temperature", spy)
+  monkeypatch.setattr(calibration_host, "fit_temperature", spy)
   seeds = (0, 1)
   summary, records = _lp(tmp_path, "ts", seeds=seeds)
   run_data = inputs.open_run_data(smoke_config("linear_probe"), seeds)

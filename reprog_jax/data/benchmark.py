@@ -1,4 +1,4 @@
-"""Loader benchmark: images/s of the input pipeline alone (no model).
+"""Data benchmark: images/s of the input pipeline alone (no model).
 
     python -m reprog_jax.data.benchmark                      # synthetic images
     python -m reprog_jax.data.benchmark --dataset=food101 --data_dir=DIR
@@ -6,8 +6,11 @@
 Without `--dataset` it serves synthetic encoded images shaped like the real
 inputs: 32x32 PNGs (CIFAR, SVHN) and 500x375 JPEGs (the photo datasets),
 so decoding and resizing cost what they cost on real data. Each case is
-`SIZE:SOURCE` (SOURCE: png32 or jpeg500); the consumer only counts batches,
-so the figure is the pipeline's ceiling. Prints a markdown table.
+`SIZE:SOURCE` (SOURCE: png32 or jpeg500). It measures what a run does: the
+pass that decodes its images once (`pipeline.decode_batches`, as
+`store.decode_once` calls it; the consumer only keeps the batches, so the
+figure is the pipeline's ceiling), then an epoch of a `Sampler`'s shuffled
+batches gathered from the decoded `RowStore`. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import time
 import numpy as np
 from PIL import Image
 
-from reprog_jax.data import loader as loader_lib
+from reprog_jax.data import pipeline
+from reprog_jax.data import sources
+from reprog_jax.data import store as store_lib
 from reprog_jax.data.errors import DataError
-from reprog_jax.data.pipeline import Loader
 from reprog_jax.data.registry import get_dataset_info
 
 _SOURCES = {'png32': ((32, 32), 'PNG'), 'jpeg500': ((500, 375), 'JPEG')}
@@ -59,38 +63,41 @@ class SyntheticEncodedSource:
             'label': index % self._num_classes}
 
 
-def _measure(loader: Loader, warmup: int, batches: int) -> float:
-  """Images/s over `batches` batches after `warmup` (worker start-up)."""
-  iterator = loader.epoch(0)
-  for _ in range(warmup):
-    next(iterator)
+def _measure(args, source, pool, labels, size: int, workers: int
+             ) -> tuple[float, float]:
+  """Images/s decoding `pool` (after `args.warmup` batches: worker
+  start-up), and images/s serving one shuffled epoch of it from memory."""
+  batches = pipeline.decode_batches(
+      source, pool, image_size=size, batch_size=args.batch_size,
+      worker_count=workers, read_threads=args.read_threads,
+      prefetch_batches=args.prefetch_batches)
+  times, images = [time.perf_counter()], []
+  for batch in batches:
+    images.append(batch['image'])
+    times.append(time.perf_counter())
+  decode_rate = args.batches * args.batch_size / (times[-1] -
+                                                  times[args.warmup])
+  rows = np.arange(len(pool))
+  store = store_lib.RowStore(np.concatenate(images)[:len(pool)], labels, rows)
+  sampler = store_lib.Sampler(rows[None], (0,), batch_size=args.batch_size,
+                              shuffle=True)
   start = time.perf_counter()
-  for _ in range(batches):
-    next(iterator)
-  elapsed = time.perf_counter() - start
-  loader.close()
-  return batches * loader.batch_size / elapsed
+  for index in sampler.epoch(0):
+    store.gather(index)
+  return decode_rate, len(pool) / (time.perf_counter() - start)
 
 
-def _make(args, size: int, kind: str, workers: int) -> Loader:
-  steps = args.warmup + args.batches
+def _source(args, kind: str):
+  """The source to decode and (pool, labels): as many examples as the
+  measured batches hold (a dataset's split repeated as needed)."""
+  count = (args.warmup + args.batches) * args.batch_size
   if args.dataset:
-    # Repeat the split's indices so one epoch holds all measured batches.
-    labels = loader_lib.split_labels(args.dataset, args.split,
-                                     data_dir=args.data_dir, mock=args.mock)
-    pool = np.resize(np.arange(len(labels)), steps * args.batch_size)
-    return loader_lib.make_loader(
-        args.dataset, args.split, image_size=size,
-        batch_size=args.batch_size, shuffle=True, data_dir=args.data_dir,
-        mock=args.mock, worker_count=workers, indices=pool,
-        read_threads=args.read_threads,
-        prefetch_batches=args.prefetch_batches)
-  pool = np.arange(steps * args.batch_size)
-  return Loader(SyntheticEncodedSource(kind), pool, pool % 10,
-                tuple(str(c) for c in range(10)), image_size=size,
-                batch_size=args.batch_size, shuffle=True, seed=0,
-                worker_count=workers, read_threads=args.read_threads,
-                prefetch_batches=args.prefetch_batches)
+    split = sources.open_split(get_dataset_info(args.dataset), args.split,
+                               data_dir=args.data_dir, mock=args.mock)
+    return (split.source, np.resize(split.indices, count),
+            np.resize(split.labels, count))
+  pool = np.arange(count)
+  return SyntheticEncodedSource(kind), pool, pool % 10
 
 
 def _check(args) -> tuple[list[tuple[int, str]], list[int]]:
@@ -141,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f'# {args.dataset or "synthetic"}, batch {args.batch_size}, '
           f'{args.batches} timed batches after {args.warmup}, read_threads '
           f'{args.read_threads}, {os.cpu_count()} CPUs')
-    print('| size | source | workers | images/s |')
-    print('| --- | --- | --- | --- |')
+    print('| size | source | workers | decode images/s | serve images/s |')
+    print('| --- | --- | --- | --- | --- |')
     for size, kind in cases:
+      source, pool, labels = _source(args, kind)
       for count in workers:
-        rate = _measure(_make(args, size, kind, count), args.warmup,
-                        args.batches)
-        print(f'| {size} | {args.dataset or kind} | {count} | {rate:,.0f} |',
-              flush=True)
+        decode, serve = _measure(args, source, pool, labels, size, count)
+        print(f'| {size} | {args.dataset or kind} | {count} | {decode:,.0f} '
+              f'| {serve:,.0f} |', flush=True)
   except DataError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

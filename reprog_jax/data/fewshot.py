@@ -24,6 +24,12 @@ def _check_n_shot(n_shot: int) -> int:
   return n_shot
 
 
+def shot_name(n_shot: int) -> str:
+  """The one display form of a few-shot budget: '10-shot', or 'full' for
+  the whole split (-1); also a sweep cell's directory name."""
+  return 'full' if n_shot == -1 else f'{n_shot}-shot'
+
+
 def few_shot_indices(
     labels: np.ndarray,
     n_shot: int,

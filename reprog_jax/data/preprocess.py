@@ -1,10 +1,10 @@
-"""Per-example preprocessing: decode, convert to RGB, resize, scale to [0, 1].
+"""Per-example preprocessing: decode, convert to RGB, resize.
 
 The PyTorch version feeds PIL images to `transforms.Resize((s, s))` (PIL's
 bilinear filter, which antialiases when shrinking) and `ToTensor` (divide by
-255). We call the same PIL operations, so our pixels equal its pixels; only
-the layout differs (HWC here, CHW there). ImageNet normalisation is left to
-the model side.
+255). We call the same PIL operations and keep the uint8 result, so our
+pixels divided by 255 (on the model side, with ImageNet normalisation)
+equal its pixels; only the layout differs (HWC here, CHW there).
 """
 
 from __future__ import annotations
@@ -50,17 +50,3 @@ def load_uint8_image(raw: bytes | np.ndarray, size: int) -> np.ndarray:
   if image.size != (size, size):
     image = image.resize((size, size), Image.BILINEAR)
   return np.asarray(image, dtype=np.uint8)
-
-
-def load_image(raw: bytes | np.ndarray, size: int) -> np.ndarray:
-  """Turns one raw image into the network's input pixels.
-
-  Args:
-    raw: encoded bytes or a uint8 array (see `to_rgb_image`).
-    size: output side: the VP size (32 or 128) or 224 for linear probing.
-
-  Returns:
-    float32 array (size, size, 3) in [0, 1].
-  """
-  # Divide (not multiply by 1/255) to round exactly as ToTensor does.
-  return load_uint8_image(raw, size).astype(np.float32) / np.float32(255)

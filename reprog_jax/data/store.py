@@ -8,10 +8,10 @@ the rest of the pipeline a row is a row.
 
 A `Sampler` says which rows each step uses: for every seed of a run, its own
 pool of rows (its few-shot subset) in its own order, as `(S, B)` arrays of
-row positions, padded with -1. The order of seed s in epoch e is the
-`Loader`'s for (s, e) — a permutation drawn from `default_rng([s, e])`, or
-the pool order unshuffled — and the padding is the `Loader`'s too, so a
-cached run sees exactly the batches a streaming one would.
+row positions, padded with -1. The order of seed s in epoch e is a
+permutation of its pool drawn from `default_rng([s, e])` (or the pool order
+unshuffled), so it depends only on (seed, epoch), never on where a run
+resumed or how many seeds train beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import numpy as np
 import tqdm
 
-from reprog_jax.data.pipeline import Loader
+from reprog_jax.data import pipeline
 
 
 class RowStore:
@@ -97,26 +97,35 @@ def decode_once(source, source_indices: np.ndarray, labels: np.ndarray,
     split_positions: (N,) sorted unique positions of these examples in the
       split (what samplers and few-shot draws index).
     image_size: output side.
-    worker_count, read_threads, prefetch_batches: the `Loader`'s.
+    worker_count, read_threads, prefetch_batches: see
+      `pipeline.decode_batches`.
     batch_size: images decoded per grain call.
     progress: show a progress bar.
     desc: its label.
   """
-  loader = Loader(source, source_indices, labels, ('',), image_size=image_size,
-                  batch_size=batch_size, shuffle=False, seed=0,
-                  worker_count=worker_count, read_threads=read_threads,
-                  prefetch_batches=prefetch_batches, uint8=True)
   count = len(source_indices)
   pixels = np.zeros((count, image_size, image_size, 3), np.uint8)
   done = 0
-  bar = tqdm.tqdm(loader.single_pass(), total=len(loader), desc=desc, leave=False,
-                  dynamic_ncols=True, disable=not progress, unit='batch')
+  batches = pipeline.decode_batches(
+      source, source_indices, image_size=image_size, batch_size=batch_size,
+      worker_count=worker_count, read_threads=read_threads,
+      prefetch_batches=prefetch_batches)
+  bar = tqdm.tqdm(batches, total=pipeline.num_batches(count, batch_size),
+                  desc=desc, leave=False, dynamic_ncols=True,
+                  disable=not progress, unit='batch')
   for batch in bar:
     valid = int(batch['mask'].sum())
     pixels[done:done + valid] = batch['image'][:valid]
     done += valid
-  loader.close()
   return RowStore(pixels, labels, split_positions)
+
+
+def decode_split(split, positions: np.ndarray, **kwargs) -> RowStore:
+  """`decode_once` of the examples at `positions` (sorted, unique) of a
+  `sources.Split`; `kwargs` are `decode_once`'s (`image_size`, ...)."""
+  positions = np.asarray(positions, np.int64)
+  return decode_once(split.source, split.indices[positions],
+                     split.labels[positions], positions, **kwargs)
 
 
 class Sampler:
@@ -154,7 +163,7 @@ class Sampler:
     """(S, steps_per_epoch * B) rows served in `epoch`, padding as -1."""
     orders = []
     for seed, pool in zip(self.seeds, self.pools):
-      if self.shuffle:  # The `Loader`'s order for (seed, epoch).
+      if self.shuffle:  # A function of (seed, epoch) only.
         pool = pool[np.random.default_rng([seed, epoch]).permutation(
             len(pool))]
       orders.append(pool)

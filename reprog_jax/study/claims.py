@@ -96,10 +96,6 @@ def method_rank(method) -> int:
   return names.index(method) if method in names else len(names)
 
 
-def shot_name(n_shot) -> str:
-  return "full" if n_shot == -1 else f"{n_shot}-shot"
-
-
 class Comparison(NamedTuple):
   """One ticket against one dense network on one dataset x n_shot.
 

@@ -4,6 +4,7 @@ section of `report.md` (`study.claims` computes, this module lays out)."""
 import csv
 import io
 
+from reprog_jax.data.fewshot import shot_name
 from reprog_jax.study import claims
 
 # seeds.csv: these columns first, then every other metric some run has
@@ -111,7 +112,7 @@ _HEAD = ("| dataset | shots | ticket | remaining (%) | dense | method | "
 
 def _cell_line(c, scale, digits, tail) -> str:
   remaining = _number(c["remaining"], 1, 2)
-  shots = claims.shot_name(c["n_shot"])
+  shots = shot_name(c["n_shot"])
   return (f"| {c['dataset']} | {shots} | {c['ticket']} | "
           f"{remaining} | {c['dense']} | {claims.label(c['method'])} | "
           f"{c['n_seeds']} | {_number(c['dense_mean'], scale, digits)} | "
@@ -184,7 +185,7 @@ def _secondary(cells) -> list[str]:
   for c in cells:
     lines.append(
         f"| {c['selection']} | {c['dataset']} | "
-        f"{claims.shot_name(c['n_shot'])} | "
+        f"{shot_name(c['n_shot'])} | "
         f"{c['ticket']} | {c['dense']} | {c['n_seeds']} | "
         f"{_number(c['vp_gap'], 100, 2)} | {_number(c['lp_gap'], 100, 2)} | "
         f"{_interval(c, 100, 2)} | {_p(c['p_adjusted'])} | "

@@ -4,6 +4,7 @@ networks against tickets."""
 
 import io
 
+from reprog_jax.data.fewshot import shot_name
 from reprog_jax.study import claims
 
 
@@ -22,7 +23,7 @@ def figures(rows, directory) -> dict:
                                  if r.reliability}):
     chosen = [r for r in rows if (r.dataset, r.n_shot) == (dataset, n_shot)
               and r.reliability]
-    name = f"reliability_{dataset}_{claims.shot_name(n_shot)}.png"
+    name = f"reliability_{dataset}_{shot_name(n_shot)}.png"
     drawn[f"{directory}/{name}"] = lambda chosen=chosen: _reliability(chosen)
   return drawn
 
@@ -56,7 +57,7 @@ def _versus_remaining(rows, metric, ylabel, scale) -> bytes:
       axes.errorbar([p[0] for p in points], [scale * p[1][0] for p in points],
                     yerr=[scale * (p[1][1] or 0.0) for p in points], marker="o",
                     capsize=3, label=f"{claims.label(method)}, "
-                    f"{claims.shot_name(n_shot)}")
+                    f"{shot_name(n_shot)}")
     remaining = sorted({r.remaining for r in mine})
     axes.set_xscale("log")
     axes.set_xticks(remaining, [f"{x:.3g}" for x in remaining])
@@ -111,7 +112,7 @@ def _reliability(rows) -> bytes:
     axes.plot([0, 1], [0, 1], "k:", linewidth=1.0, label="perfect")
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
              ylabel="accuracy", title=f"{claims.label(method)}: "
-             f"{rows[0].dataset}, {claims.shot_name(rows[0].n_shot)}")
+             f"{rows[0].dataset}, {shot_name(rows[0].n_shot)}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
   return _png(figure)

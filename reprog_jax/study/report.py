@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from reprog_jax.data.fewshot import shot_name
 from reprog_jax import errors
 from reprog_jax import fileio
 from reprog_jax import layout
@@ -107,10 +108,6 @@ class Row(NamedTuple):
 def _short(method) -> str:
   """'LP' or 'VP' (another method: its own name)."""
   return claims.label(method)
-
-
-def shot_name(n_shot) -> str:
-  return "full" if n_shot == -1 else f"{n_shot}-shot"
 
 
 # --------------------------------------------------------------------------

@@ -44,8 +44,8 @@ ERROR_FILE, SUMMARY_FILE = report.ERROR_FILE, report.SUMMARY_FILE
 FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
           "method_overrides")
 # Training-config fields a study's grid sets per cell; overrides may not.
-GRID_FIELDS = ("method", "n_shot", "data.n_shot", "data.name", "seed", "seeds",
-               "network", "network_dir", "random_network")
+GRID_FIELDS = ("method", "n_shot", "data.name", "seed", "seeds", "network",
+               "network_dir", "random_network")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -92,11 +92,6 @@ def plain_study(study) -> dict:
   return study
 
 
-def shot_name(n_shot: int) -> str:
-  """'10-shot', or 'full' for the whole training split (-1)."""
-  return "full" if n_shot == -1 else f"{n_shot}-shot"
-
-
 def cells(study) -> list[Cell]:
   """Every cell of `study`, in a fixed order (networks, then datasets,
   n_shots, methods), each with its checked training config.
@@ -112,7 +107,7 @@ def cells(study) -> list[Cell]:
       for n_shot in study["n_shots"]:
         for method in study["methods"]:
           name = "/".join((methods.get(method).short, network, dataset,
-                           shot_name(n_shot)))
+                           data.shot_name(n_shot)))
           config = _cell_config(study, name, network, entry, method, dataset,
                                 n_shot)
           grid.append(Cell(name, name, config, network))

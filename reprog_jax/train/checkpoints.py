@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from reprog_jax import errors
 from reprog_jax import fileio as integrity
+from reprog_jax.train import best as best_lib
 
 LAST = "checkpoints"
 # In each checkpoint: its files' sizes and sha256, written after Orbax's.
@@ -53,22 +54,21 @@ def pack(state, *, epoch, mappings, best) -> dict:
     state: the `steps.TrainState` (leading seed axis).
     epoch: the epoch just completed.
     mappings: (S, T) mapping sequences used in that epoch.
-    best: {'params', 'mapping_sequence', 'test_acc', 'epoch',
-      'reliability'}, each seed's best epoch so far (leading seed axis);
-      'reliability' holds that epoch's test `calibration.CalibrationBins`
-      fields, (S, n_bins) each.
+    best: each seed's best epoch so far (`best.Best`); saved as a dict
+      of its fields, so checkpoints stay plain nested dicts of arrays
+      (`read`, the exporter) and those of earlier versions restore.
   """
   return {
       "state": state,
       "epoch": np.asarray(epoch, np.int32),
       "mapping_sequence": np.asarray(mappings, np.int32),
-      "best": {"params": best["params"],
-               "mapping_sequence": np.asarray(best["mapping_sequence"],
+      "best": {"params": best.params,
+               "mapping_sequence": np.asarray(best.mapping_sequence,
                                               np.int32),
-               "test_acc": np.asarray(best["test_acc"], np.float64),
-               "epoch": np.asarray(best["epoch"], np.int32),
+               "test_acc": np.asarray(best.test_acc, np.float64),
+               "epoch": np.asarray(best.epoch, np.int32),
                "reliability": {name: np.asarray(sums, np.float32)
-                               for name, sums in best["reliability"].items()}},
+                               for name, sums in best.reliability.items()}},
   }
 
 
@@ -131,7 +131,7 @@ def latest_epoch(workdir) -> int | None:
 def restore(workdir, like: Any) -> dict:
   """Restores the latest checkpoint with the structure, dtypes and
   shardings of `like` (a `pack` tree of the same run: restoring needs the
-  optimiser state's structure)."""
+  optimiser state's structure); its 'best' is a `best.Best` again."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   with _manager(workdir) as manager:
     epoch = manager.latest_step()
@@ -150,7 +150,7 @@ def restore(workdir, like: Any) -> dict:
     _drop_failed_reads()
     raise CheckpointError(_unreadable(_step_dir(workdir, epoch), epoch,
                                       reason))
-  tree["best"] = jax.tree.map(np.asarray, tree["best"])
+  tree["best"] = best_lib.Best(**jax.tree.map(np.asarray, tree["best"]))
   tree["mapping_sequence"] = np.asarray(tree["mapping_sequence"])
   tree["epoch"] = int(tree["epoch"])
   return tree

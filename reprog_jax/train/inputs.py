@@ -44,6 +44,7 @@ from reprog_jax import data
 from reprog_jax import fileio as integrity
 from reprog_jax.train import steps
 from reprog_jax.data import fewshot
+from reprog_jax.data import pipeline
 
 FEATURES_DIR = "features"
 _TMP_PREFIX = ".writing-"
@@ -108,11 +109,11 @@ def open_run_data(config, seeds) -> RunData:
   Raises:
     data.DataError: missing data or an impossible few-shot budget.
   """
-  train = data.open_split_from_config(config.data, "train")
-  test = data.open_split_from_config(config.data, "test")
+  train = data.open_split_from_config(config.data, "train", config.n_shot)
+  test = data.open_split_from_config(config.data, "test", config.n_shot)
   info = data.get_dataset_info(config.data.name)
   pools = data.few_shot_indices_multi(
-      train.labels, config.data.n_shot, seeds, num_classes=info.num_classes,
+      train.labels, config.n_shot, seeds, num_classes=info.num_classes,
       class_names=train.class_names)
   pools, holdout = _calibration_holdout(config, train.labels, pools)
   return RunData(train, test, pools, tuple(train.class_names), holdout)
@@ -123,7 +124,7 @@ def _calibration_holdout(config, labels, pools):
   per_class = config.calibration_holdout
   if not per_class:
     return pools, None
-  if config.data.n_shot != -1:
+  if config.n_shot != -1:
     holdout = tuple(fewshot.calibration_holdout_indices(labels, per_class,
                                                         pool)
                     for pool in pools)
@@ -209,9 +210,8 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
 
 
 def _decode(split, positions, image_size, config, name) -> data.RowStore:
-  return data.decode_once(
-      split.source, split.indices[positions], split.labels[positions],
-      positions, image_size=image_size,
+  return data.decode_split(
+      split, positions, image_size=image_size,
       worker_count=config.data.worker_count,
       read_threads=config.data.read_threads,
       prefetch_batches=config.data.prefetch_batches,
@@ -278,19 +278,18 @@ def _encode_split(split, positions, network, encode, layout, config,
   """One streaming pass: decode, resize, encode; (N, F) float32."""
   batch_size = -(-config.eval_batch_size // layout.num_devices) * (
       layout.num_devices)
-  loader = data.Loader(
-      split.source, split.indices[positions], split.labels[positions], ("",),
-      image_size=image_size, batch_size=batch_size, shuffle=False, seed=0,
-      worker_count=config.data.worker_count,
+  batches = data.decode_batches(
+      split.source, split.indices[positions], image_size=image_size,
+      batch_size=batch_size, worker_count=config.data.worker_count,
       read_threads=config.data.read_threads,
-      prefetch_batches=config.data.prefetch_batches, uint8=True)
+      prefetch_batches=config.data.prefetch_batches)
   outputs = []
-  bar = tqdm.tqdm(loader.single_pass(), total=len(loader), leave=False,
-                  desc=f"features of the {name} split (once)",
+  bar = tqdm.tqdm(batches, total=pipeline.num_batches(len(positions),
+                                                      batch_size),
+                  leave=False, desc=f"features of the {name} split (once)",
                   dynamic_ncols=True, disable=not config.progress)
   for batch in bar:
     outputs.append(encode(network, layout.put(batch["image"], layout.batch)))
-  loader.close()
   features = np.concatenate([layout.to_host(o) for o in outputs])
   return np.asarray(features[:len(positions)], np.float32)
 

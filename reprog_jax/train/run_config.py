@@ -53,8 +53,8 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.method = method
   config.data = data.default_data_config()
   config.data.name = dataset
-  # Top-level alias (the documented flag); written once, as `n_shot`.
-  config.n_shot = config.data.get_ref("n_shot")
+  # Training examples per class of the few-shot subset; -1: the full split.
+  config.n_shot = -1
   # The frozen network: a `convert` output directory, dense or a ticket.
   config.network_dir = config_dict.placeholder(str)
   config.network = "dense"  # 'dense' or 'ticket': checked against the dir.
@@ -153,11 +153,8 @@ def eval_dtype(config):
 
 
 def to_dict(config) -> dict:
-  """`config` as config.json and summary.json hold it: plain JSON, and each
-  field once (`data.n_shot` is the same field as `n_shot`)."""
-  written = json.loads(config.to_json_best_effort())
-  del written["data"]["n_shot"]
-  return written
+  """`config` as config.json and summary.json hold it: plain JSON."""
+  return json.loads(config.to_json_best_effort())
 
 
 def check(config) -> None:

@@ -42,7 +42,7 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
     run_data: `inputs.RunData` (classes).
     inputs: `inputs.Inputs` (split sizes).
     mappings: (S, T) the last epoch's mapping sequences.
-    best: each seed's best epoch (`checkpoints.pack`'s `best`).
+    best: each seed's best epoch (`best.Best`).
     seeds: the run's seeds.
     layout: its `sharding.Layout`.
     started: when this invocation started (`time.time()`).
@@ -59,8 +59,8 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
         "last": mine[-1],
         "mapping_sequence": [int(i) for i in mappings[k]],
         "best_mapping_sequence": [int(i)
-                                  for i in best["mapping_sequence"][k]],
-        "reliability": _reliability(best["reliability"], k)})
+                                  for i in best.mapping_sequence[k]],
+        "reliability": _reliability(best.reliability, k)})
   numbers = [key for key, v in per_seed[0]["best"].items()
              if metric_writer.is_number(v)
              and key not in ("epoch", "seed", "lr", "best_epoch")]

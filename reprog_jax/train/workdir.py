@@ -12,11 +12,12 @@ import shutil
 
 import jax.numpy as jnp
 
+from reprog_jax import layout as files
 from reprog_jax.train import checkpoints
 from reprog_jax.train import run_config
 from reprog_jax.errors import TrainingError
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = files.CONFIG_FILE
 # Fields that may differ between a run and its resumption: they change how
 # fast or where from, not what is computed.
 NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
@@ -25,6 +26,10 @@ NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
                 # Where the run is mirrored to, not what it computes.
                 "wandb.project", "wandb.entity", "wandb.name", "wandb.group",
                 "wandb.tags", "wandb.mode")
+# Fields a config.json of an older version holds under another name: read
+# as the new one, so those runs still resume. Until n_shot was one field,
+# `data.n_shot` held the same value as `n_shot`.
+RENAMED = {"data.n_shot": "n_shot"}
 
 
 def flatten(d, prefix=""):
@@ -71,9 +76,8 @@ def _mismatch(path, current) -> str | None:
     return f"checkpoints but no {CONFIG_FILE}"
   with open(path) as f:
     previous = json.load(f)
-  # Runs written before n_shot was written once hold it twice.
-  previous = {k: v for k, v in previous.items()
-              if k not in NOT_COMPARED and k != "data.n_shot"}
+  previous = {RENAMED.get(k, k): v for k, v in previous.items()
+              if k not in NOT_COMPARED}
   diff = sorted(k for k in previous.keys() | current.keys()
                 if previous.get(k) != current.get(k))
   return f"another config (differs in {', '.join(diff[:5])})" if diff else None
@@ -101,7 +105,7 @@ def prepare(config, workdir, dtype) -> None:
       for name in os.listdir(workdir):
         target = os.path.join(workdir, name)
         (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  os.makedirs(os.path.join(workdir, files.PLOTS_DIR), exist_ok=True)
   with open(path + ".tmp", "w") as f:
     json.dump(current, f, indent=2, allow_nan=False)
   os.replace(path + ".tmp", path)

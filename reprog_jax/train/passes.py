@@ -1,0 +1,197 @@
+"""What a run builds once (`Run`), and one pass of each kind over its data,
+every seed at once: the label-mapping counts, a training epoch, and the
+evaluation on the test split (with temperature scaling on held-out
+examples). The loop (`loop.py`) calls them epoch by epoch.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from reprog_jax import methods
+from reprog_jax.errors import TrainingError
+from reprog_jax.metrics import calibration
+from reprog_jax.metrics import calibration_host
+from reprog_jax.model import networks
+from reprog_jax.train import inputs as inputs_lib
+from reprog_jax.train import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything a run builds once, before its first epoch.
+
+  Attributes:
+    config: the run's locked config.
+    workdir: where its files go.
+    seeds: the seeds trained at once, in order.
+    image_size: the images' side.
+    layout: where every array lives (`sharding.Layout`).
+    net: the frozen network as loaded (host).
+    network: `net` replicated on the devices, at the compute dtype.
+    eval_network: `network` at the evaluation dtype (label mapping and
+      evaluation).
+    run_data: the splits, pools and class names (`inputs.RunData`).
+    inputs: the decoded images or cached features (`inputs.Inputs`).
+    method: what is trained and how (`methods.Method`).
+    optimizer: the optax optimiser.
+    schedule: its learning rate per step.
+    train_step, eval_step, count_step: the jitted steps (`steps.py`).
+    started: when this invocation started (`time.time()`).
+    is_lead: whether this process writes the run's files.
+  """
+  config: ml_collections.ConfigDict
+  workdir: str
+  seeds: tuple[int, ...]
+  image_size: int
+  layout: sharding.Layout
+  net: networks.Network
+  network: networks.Network
+  eval_network: networks.Network
+  run_data: inputs_lib.RunData
+  inputs: inputs_lib.Inputs
+  method: methods.Method
+  optimizer: Any
+  schedule: Callable[[int], Any]
+  train_step: Callable
+  eval_step: Callable
+  count_step: Callable
+  started: float
+  is_lead: bool
+
+  @property
+  def num_classes(self) -> int:
+    return self.run_data.num_classes
+
+  def bar(self, iterable, total, desc):
+    """A progress bar over `iterable`, if the config wants them."""
+    return tqdm.tqdm(iterable, total=total, desc=desc, leave=False,
+                     dynamic_ncols=True, disable=not self.config.progress)
+
+  def zero_counts(self, num_seeds):
+    """(num_seeds, num_scores, T) int32 zeros, seed-sharded: the counts of
+    (argmax score, label) the label mapping starts from."""
+    return self.layout.put(np.zeros((num_seeds, self.method.num_scores,
+                                     self.num_classes), np.int32),
+                           self.layout.per_seed)
+
+
+def count_pass(run: Run, state, epoch) -> np.ndarray:
+  """Each seed's (argmax score, label) counts over its training set with
+  its current trained values: (S, num_scores, T), the input of ILM/FLM."""
+  sampler, layout = run.inputs.mapping_batches, run.layout
+  counts = run.zero_counts(len(sampler.seeds))
+  for index in run.bar(sampler.epoch(epoch), len(sampler),
+                       f"epoch {epoch} mapping"):
+    batch = layout.put_rows(run.inputs.train, index, layout.seed_batch)
+    counts = run.count_step(counts, state.params, run.eval_network, batch)
+  return np.asarray(layout.to_host(counts))
+
+
+def train_epoch(run: Run, state, mappings, epoch):
+  """One epoch of every seed; returns the state and (S,) loss and accuracy.
+
+  Each step's sums stay on the device until the epoch ends and are added on
+  the host in float64: a float32 running sum of large but finite losses
+  would overflow to infinity and hide where the run diverged.
+  """
+  sampler, layout, schedule = run.inputs.train_batches, run.layout, (
+      run.schedule)
+  per_step, seen = [], None
+  bar = run.bar(sampler.epoch(epoch), len(sampler), f"epoch {epoch} train")
+  for i, index in enumerate(bar):
+    batch = layout.put_rows(run.inputs.train, index, layout.seed_batch)
+    state, metrics = run.train_step(state, run.network, mappings, batch)
+    per_step.append(metrics)
+    if run.config.progress:
+      counted = (metrics["correct"], metrics["count"])
+      seen = counted if seen is None else jax.tree.map(jnp.add, seen, counted)
+      if i % 10 == 0 or i == len(sampler) - 1:
+        # A host sync; only as often as a person can read the bar.
+        bar.set_postfix(loss=f"{float(jnp.mean(metrics['loss'])):.4f}",
+                        acc=f"{float(jnp.mean(seen[0] / seen[1])):.2%}",
+                        lr=f"{float(schedule(int(state.step[0]) - 1)):.1e}")
+  per_step = layout.to_host(jax.tree.map(lambda *x: jnp.stack(x), *per_step))
+  losses = np.asarray(per_step["loss"])  # (steps, S)
+  bad = np.argwhere(~np.isfinite(losses))
+  if bad.size:
+    step, seed = bad[0]
+    raise TrainingError(
+        f"non-finite loss at epoch {epoch} step {step} (seed "
+        f"{sampler.seeds[seed]}, lr "
+        f"{float(schedule(epoch * len(sampler) + step)):g}); "
+        f"{kept(epoch)}; lower --config.lr")
+  sums = {k: np.asarray(per_step[k], np.float64).sum(axis=0)
+          for k in ("loss_sum", "correct", "count")}
+  return state, {"train_loss": sums["loss_sum"] / sums["count"],
+                 "train_acc": sums["correct"] / sums["count"]}
+
+
+def kept(epoch) -> str:
+  """What survives a run that diverged in `epoch`."""
+  return (f"the last good checkpoint (epoch {epoch - 1}) is kept"
+          if epoch > 0 else "no checkpoint was written")
+
+
+def score_pass(run: Run, params, mappings, store, sampler, desc):
+  """Every seed's logits of a store's rows, batch by batch in sampler order.
+
+  Returns:
+    ((S, N, T) logits, (N,) their rows in `store` (-1: padding), (S, K, T)
+    counts of (argmax score, label)).
+  """
+  layout = run.layout
+  counts = run.zero_counts(mappings.shape[0])
+  logits, order = [], []
+  for index in run.bar(sampler.epoch(0), len(sampler), desc):
+    batch = layout.put_rows(store, index[0], layout.shared_batch)
+    counts, out = run.eval_step(counts, params, run.eval_network, mappings,
+                                batch)
+    logits.append(out)
+    order.append(index[0])
+  logits = np.asarray(layout.to_host(jnp.concatenate(logits, axis=1)))
+  return logits, np.concatenate(order), np.asarray(layout.to_host(counts))
+
+
+def evaluate(run: Run, state, mappings):
+  """Each seed's accuracy and calibration over the whole test split, and
+  with held-out examples its temperature and the test calibration at it.
+
+  Returns:
+    (per-seed metric dicts, per-seed `CalibrationBins`, (S, K, T) counts of
+    (argmax score, label) on the test split).
+  """
+  inputs = run.inputs
+  logits, order, counts = score_pass(run, state.params, mappings,
+                                     inputs.test, inputs.test_batches, "test")
+  valid, labels = order >= 0, inputs.test.labels_at(order)
+  if inputs.holdout is not None:  # Evaluated exactly as the test split.
+    held_logits, held_order, _ = score_pass(
+        run, state.params, mappings, inputs.holdout, inputs.holdout_batches,
+        "held-out")
+    held_labels = inputs.holdout.labels_at(held_order)
+  metrics, bins = [], []
+  for k, seed_logits in enumerate(logits):
+    seed_metrics = {f"test_{name}": value for name, value in
+                    calibration_host.split_report(seed_logits, labels,
+                                                  valid).items()}
+    if inputs.holdout is not None:
+      mine = held_order >= 0  # Seed k's own rows of the union, unpadded.
+      mine[mine] = inputs.holdout_rows[k][held_order[mine]]
+      temperature = calibration_host.fit_temperature(held_logits[k],
+                                                     held_labels, mine)
+      seed_metrics["temperature"] = temperature
+      seed_metrics.update({
+          f"test_{name}": value for name, value in
+          calibration_host.temperature_scaled_report(
+              seed_logits, labels, temperature, valid).items()})
+    metrics.append(seed_metrics)
+    bins.append(calibration.calibration_bins(
+        jax.nn.softmax(jnp.asarray(seed_logits, jnp.float32)), labels,
+        mask=valid))
+  return metrics, bins, counts
