@@ -5,10 +5,16 @@
 load comes back from absl and ml_collections as a whole traceback or a
 multi-line did-you-mean. `one_line` keeps its informative line, and
 `parser` makes an `app.run` flags parser that prints it and exits 1.
+
+Every command line (absl or argparse) runs its work through `run`, which
+turns a `errors.UserError` into `prog: error: <one line>` and exit status 1;
+any other exception is a bug and keeps its traceback.
 """
 
 import re
 import sys
+
+from reprog_jax import errors
 
 
 def one_line(error, fields="config") -> str:
@@ -25,6 +31,37 @@ def one_line(error, fields="config") -> str:
   return re.sub(r"^[\w.]+(Error|Exception): ", "", line)
 
 
+def fail(prog, message) -> int:
+  """Prints `prog: error: message` on stderr; returns exit status 1."""
+  print(f"{prog}: error: {message}", file=sys.stderr)
+  return 1
+
+
+def run(prog, fn, *args, catch=(), interrupted=None) -> int:
+  """Runs a command's work and returns its exit status.
+
+  Args:
+    prog: the command's name, the head of its error line.
+    fn: the work, called as `fn(*args)`; returns an exit status or None
+      (0).
+    *args: its arguments.
+    catch: exception types besides `errors.UserError` that are the user's
+      to fix (e.g. OSError where a command reads the user's files).
+    interrupted: if given, what Ctrl-C prints before exit status 130
+      (what survives and how to resume); else KeyboardInterrupt propagates.
+  """
+  try:
+    status = fn(*args)
+  except (errors.UserError, *catch) as e:
+    return fail(prog, e)
+  except KeyboardInterrupt:
+    if interrupted is None:
+      raise
+    print(interrupted, file=sys.stderr)
+    return 130
+  return 0 if status is None else status
+
+
 def parser(prog, fields, example):
   """A flags parser for `absl.app.run` that turns every bad flag or
   override into one line on stderr and exit status 1 (`example`: a flag to
@@ -36,12 +73,10 @@ def parser(prog, fields, example):
       args = flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError,
             ValueError) as e:
-      print(f"{prog}: error: {one_line(e, fields)}", file=sys.stderr)
-      sys.exit(1)
+      sys.exit(fail(prog, one_line(e, fields)))
     if len(args) > 1:
-      print(f"{prog}: error: unexpected arguments {' '.join(args[1:])} "
-            f"(every setting is a flag, e.g. {example})", file=sys.stderr)
-      sys.exit(1)
+      sys.exit(fail(prog, f"unexpected arguments {' '.join(args[1:])} "
+                    f"(every setting is a flag, e.g. {example})"))
     return args
 
   return parse

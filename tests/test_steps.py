@@ -7,7 +7,7 @@ import pytest
 from conftest import random_mask, torch_reference
 from convert.torch_to_flax import convert_masks, convert_state_dict
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.model import resnet
 from reprog_jax.train import sharding
 from reprog_jax.train import steps
@@ -24,7 +24,7 @@ def ticket(resnet18_state):
   mask = random_mask(resnet18_state, keep=0.5, seed=11)
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks, _ = convert_masks(mask, tree["params"])
-  network = networks.make_network(resnet.ResNet18(), tree["params"],
+  network = network_lib.make_network(resnet.ResNet18(), tree["params"],
                                   tree["batch_stats"], masks,
                                   {"arch": "resnet18"})
   return network, (resnet18_state, mask)

@@ -20,7 +20,8 @@ import pytest
 
 from reprog_jax.study import claims
 from reprog_jax import errors
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
+from reprog_jax.model import network_dir
 from reprog_jax.study import report
 from reprog_jax.study import sweep
 from test_report import fake_summary
@@ -48,10 +49,10 @@ def tiny_study(**networks_):
 
 def save_ticket(directory):
   """The random ResNet-18 the smoke runs use, half of each kernel masked."""
-  net = networks.random_network("resnet18", 0)
+  net = network_lib.random_network("resnet18", 0)
   rng = np.random.default_rng(0)
   masks = jax.tree.map(lambda m: rng.random(m.shape) < 0.5, net.masks)
-  networks.save(directory, arch="resnet18",
+  network_dir.save(directory, arch="resnet18",
                 params=jax.device_get(net.params),
                 batch_stats=jax.device_get(net.batch_stats), masks=masks,
                 meta={"num_classes": 1000, "dense": False,

@@ -7,7 +7,7 @@
     python -m reprog_jax.bench --method ilm_vp --device gpu
 
 Both sides train the same thing on the same shapes: the frozen network
-(ours: `networks.random_network`; theirs: torchvision's, randomly
+(ours: `network_lib.random_network`; theirs: torchvision's, randomly
 initialised: speed does not depend on the weights), the same prompt or head,
 Adam. The PyTorch side is `torch_reference` (the parity tests' transcription
 of the PyTorch version's step), in float32 on a CPU and, on a GPU, with fp16
@@ -45,7 +45,7 @@ from reprog_jax import data
 from reprog_jax import errors
 from reprog_jax.model import label_mapping
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.train import sharding
 from reprog_jax.train import steps
 
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     return 1
   dtype = jnp.bfloat16 if args.device == "gpu" else jnp.float32
   describe(args, dtype)
-  network = networks.random_network(args.arch, dtype=dtype)
+  network = network_lib.random_network(args.arch, dtype=dtype)
   theirs = Theirs(args, device)
   if args.whole_lp:
     ratio = _whole_lp(args, network, theirs, dtype)

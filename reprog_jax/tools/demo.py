@@ -36,7 +36,7 @@ from PIL import Image
 from reprog_jax import errors
 from reprog_jax import fileio as integrity
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 from reprog_jax.model import pruning
 from reprog_jax.study import report
 from reprog_jax.model import resnet
@@ -176,7 +176,7 @@ def make_source_networks(workdir, scale: Scale, progress=True) -> dict:
                    f"{scale.rewind_step} of the dense run"),
         "lottery_ticket": True,
         "of": os.path.join(workdir, "networks", "dense")}
-    networks.save(directory, arch=ARCH, params=params,
+    network_dir.save(directory, arch=ARCH, params=params,
                   batch_stats=r.trained["batch_stats"], masks=r.masks,
                   overwrite=True, meta={
                       "num_classes": scale.source_classes,

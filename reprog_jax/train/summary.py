@@ -38,7 +38,7 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   Args:
     config: the run's config.
     workdir: the run's directory (its `metrics.jsonl` is read).
-    net: the frozen `networks.Network`.
+    net: the frozen `network.Network`.
     run_data: `inputs.RunData` (classes).
     inputs: `inputs.Inputs` (split sizes).
     mappings: (S, T) the last epoch's mapping sequences.
