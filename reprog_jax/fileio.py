@@ -1,9 +1,11 @@
 """Every file the package writes goes through here: atomically, with the
 user's umask, and with a content record where a later run relies on it.
 
-- `write_text`, `write_bytes`, `write_json`: a temporary sibling, fsync, then
-  `os.replace`, so a `kill -9` at any instant leaves the old file or the new
-  one, never a torn one. JSON is written without NaN or infinity.
+- `write_text`, `write_bytes`, `write_json`, `atomic_file`: a temporary
+  sibling, fsync, then `os.replace`, so a `kill -9` at any instant leaves
+  the old file or the new one, never a torn one (and perhaps a temporary
+  sibling, hidden, which `remove_leftovers` clears). JSON is written
+  without NaN or infinity.
 - `atomic_directory`: a directory built under a temporary sibling and
   renamed into place (replacing an old one only once the new is complete).
 - `share`: the user's umask on what `tempfile` made private.
@@ -91,16 +93,20 @@ def first_difference(root, records, hashes=True) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def write_bytes(path, data: bytes) -> None:
-  """Writes `data` to `path` atomically: a crash leaves the old file (or
-  none) or the new one. The file gets the user's umask."""
+@contextlib.contextmanager
+def atomic_file(path) -> Iterator[Any]:
+  """Yields a binary file to write `path`'s new content into; it replaces
+  `path` when the block ends without an error (a crash leaves the old file,
+  or none, or the new one, never a torn one), and is removed when it
+  raises. The file gets the user's umask. For content too large to hold
+  in memory twice; else `write_bytes`."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory,
                              prefix=f"{TMP_PREFIX}{os.path.basename(path)}-")
   try:
     with os.fdopen(fd, "wb") as f:
-      f.write(data)
+      yield f
       f.flush()
       os.fsync(f.fileno())
     share(tmp)
@@ -109,6 +115,25 @@ def write_bytes(path, data: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     raise
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Writes `data` to `path` atomically: a crash leaves the old file (or
+  none) or the new one. The file gets the user's umask."""
+  with atomic_file(path) as f:
+    f.write(data)
+
+
+def remove_leftovers(path) -> None:
+  """Removes the temporary siblings of `path` that a writer killed mid-write
+  left behind (a `kill -9` skips every cleanup). Only for a file with one
+  writer at a time: another's write in progress would lose its file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  prefix = f"{TMP_PREFIX}{os.path.basename(path)}-"
+  for name in os.listdir(directory):
+    if name.startswith(prefix):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(directory, name))
 
 
 def write_text(path, text: str) -> None:

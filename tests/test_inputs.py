@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_records_close, per_seed_records, smoke_config
+from reprog_jax import fileio
 from reprog_jax.train import checkpoints
 from reprog_jax.train import inputs
 from reprog_jax.model import network as network_lib
@@ -95,7 +96,8 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   assert "recomputing" in capsys.readouterr().out
   # A torn file, and the temporary file of a write killed midway.
   (tmp_path / "features" / "train.npz").write_bytes(b"garbage")
-  (tmp_path / "features" / ".writing-x1y2.npz").write_bytes(b"PK\x03")
+  (tmp_path / "features" / f"{fileio.TMP_PREFIX}train.npz-x1y2").write_bytes(
+      b"PK\x03")
   _load(config, other, tmp_path)
   assert "no readable features" in capsys.readouterr().out
   assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [

@@ -21,6 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from reprog_jax import cli
 from reprog_jax.data import loader as loader_lib
 from reprog_jax.data.errors import DataError
 from reprog_jax.data.pipeline import Loader
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--read_threads', type=int, default=4)
   parser.add_argument('--prefetch_batches', type=int, default=2)
   args = parser.parse_args(argv)
-  try:
+
+  def benchmark():
     cases, workers = _check(args)
     print(f'# {args.dataset or "synthetic"}, batch {args.batch_size}, '
           f'{args.batches} timed batches after {args.warmup}, read_threads '
@@ -149,10 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.batches)
         print(f'| {size} | {args.dataset or kind} | {count} | {rate:,.0f} |',
               flush=True)
-  except DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
+
+  return cli.run('reprog_jax.data.benchmark', benchmark)
 
 
 if __name__ == '__main__':

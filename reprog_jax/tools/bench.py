@@ -34,13 +34,13 @@ from the decoded uint8 store and put on the device, as training does.
 import argparse
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import cli
 from reprog_jax import data
 from reprog_jax import errors
 from reprog_jax.model import label_mapping
@@ -290,24 +290,24 @@ def describe(args, dtype) -> None:
 
 
 def main(argv=None) -> int:
+  return cli.run("bench", _bench, argv)
+
+
+def _bench(argv) -> None:
+  args = parse(argv)
+  device = "cuda" if args.device == "gpu" else "cpu"
+  if args.device == "gpu" and jax.default_backend() != "gpu":
+    raise BenchError("--device gpu: JAX sees no GPU (install jax[cuda12])")
+  if args.device == "cpu" and jax.default_backend() != "cpu":
+    raise BenchError("--device cpu: JAX runs on "
+                     f"{jax.default_backend()}; set JAX_PLATFORMS=cpu")
   try:
-    args = parse(argv)
-    device = "cuda" if args.device == "gpu" else "cpu"
-    if args.device == "gpu" and jax.default_backend() != "gpu":
-      raise BenchError("--device gpu: JAX sees no GPU (install jax[cuda12])")
-    if args.device == "cpu" and jax.default_backend() != "cpu":
-      raise BenchError("--device cpu: JAX runs on "
-                       f"{jax.default_backend()}; set JAX_PLATFORMS=cpu")
     import torch  # pylint: disable=g-import-not-at-top
-    if device == "cuda" and not torch.cuda.is_available():
-      raise BenchError("--device gpu: PyTorch sees no GPU")
   except ImportError as e:
-    print(f"bench: error: {e.name} is missing; pip install -e '.[torch]'",
-          file=sys.stderr)
-    return 1
-  except BenchError as e:
-    print(f"bench: error: {e}", file=sys.stderr)
-    return 1
+    raise BenchError(f"{e.name} is missing; pip install -e '.[torch]'"
+                     ) from None
+  if device == "cuda" and not torch.cuda.is_available():
+    raise BenchError("--device gpu: PyTorch sees no GPU")
   dtype = jnp.bfloat16 if args.device == "gpu" else jnp.float32
   describe(args, dtype)
   network = network_lib.random_network(args.arch, dtype=dtype)
@@ -319,7 +319,6 @@ def main(argv=None) -> int:
   else:
     ratio = _one_step(args, network, theirs, dtype)
   print(f"ratio ours/pytorch = {ratio:.2f}")
-  return 0
 
 
 def _one_step(args, network, theirs, dtype) -> float:
