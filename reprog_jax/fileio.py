@@ -158,6 +158,12 @@ def atomic_directory(path, *, replace=False) -> Iterator[str]:
     replace: whether an existing `path` is replaced (only once the new one
       is complete; the caller checks that it may be). Without it an
       existing `path` raises FileExistsError before anything is written.
+
+  A kill while the block runs leaves the old directory (or none) and a
+  hidden temporary sibling. Replacing takes two renames (POSIX has no
+  atomic swap of directories): a kill between them, a window of
+  microseconds, leaves no `path` and the old directory inside a hidden
+  `.tmp-<name>-old-*` sibling, from which it can be moved back.
   """
   path = os.path.abspath(os.fspath(path))
   if os.path.lexists(path) and not replace:
