@@ -191,17 +191,17 @@ def run(args, parser) -> None:
                           num_classes, args.verify_size, args.verify_tol)
 
   network_dir.save(out, arch=args.arch, params=tree["params"],
-                batch_stats=tree["batch_stats"], masks=masks,
-                overwrite=args.force, meta={
-                    "num_classes": num_classes,
-                    "sources": sources,
-                    "ticket": ticket,
-                    "dense": dense,
-                    "weights_nonzero_outside_mask": (
-                        None if dense else outside),
-                    "verification": verification,
-                    "sparsity": report,
-                })
+                   batch_stats=tree["batch_stats"], masks=masks,
+                   overwrite=args.force, meta={
+                       "num_classes": num_classes,
+                       "sources": sources,
+                       "ticket": ticket,
+                       "dense": dense,
+                       "weights_nonzero_outside_mask": (
+                           None if dense else outside),
+                       "verification": verification,
+                       "sparsity": report,
+                   })
   print(f"wrote {args.out} ({args.arch}, "
         f"{'dense' if dense else 'ticket'}); load it with "
         f"reprog_jax.model.network_dir.load({args.out!r})")
@@ -217,7 +217,8 @@ def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
       images)
   model = resnet.get_architecture(arch)(num_classes=num_classes)
   network = network_lib.make_network(model, tree["params"],
-                                     tree["batch_stats"], masks, {"arch": arch})
+                                     tree["batch_stats"], masks,
+                                     {"arch": arch})
   got = np.asarray(network.logits(images))
   diff = float(np.max(np.abs(got - expected)))
   print(f"verified against torchvision on a random {size}px batch: "

@@ -188,8 +188,8 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
   if best["epoch"].shape[0] != len(_run_seeds(config)):
     raise ExportError(
         f"{run_dir}: its checkpoint holds {best['epoch'].shape[0]} seeds, "
-        f"{layout.CONFIG_FILE} names {len(_run_seeds(config))}; the run directory "
-        f"is inconsistent")
+        f"{layout.CONFIG_FILE} names {len(_run_seeds(config))}; the run "
+        f"directory is inconsistent")
   if which == "best":
     params, mapping = best["params"], best["mapping_sequence"]
     epoch = int(best["epoch"][index])

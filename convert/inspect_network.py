@@ -42,7 +42,8 @@ def run(args) -> None:
   if "mask" in meta["sources"]:
     print(f"  mask:    {meta['sources']['mask']['path']}")
   print(masks_lib.format_report(net.sparsity(), per_layer=args.per_layer))
-  probs = np.asarray(jax.nn.softmax(net.logits(prompts.imagenet_normalize(image))))[0]
+  logits = net.logits(prompts.imagenet_normalize(image))
+  probs = np.asarray(jax.nn.softmax(logits))[0]
   names = network_lib.class_names(net)
   print(f"top-5 prediction for {what}:")
   for i in np.argsort(-probs)[:5]:

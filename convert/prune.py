@@ -107,32 +107,33 @@ def run(args, parser, check_out) -> None:
 
   meta_path = os.path.join(args.source, network_dir.META_FILE)
   network_dir.save(args.out, arch=source.arch, params=params,
-                batch_stats=batch_stats, masks=masks, overwrite=args.force,
-                meta={
-                    "num_classes": src_meta["num_classes"],
-                    "sources": {
-                        "weights": src_meta["sources"]["weights"],
-                        "network": {
-                            "path": os.path.abspath(args.source),
-                            "meta_sha256": torch_io.sha256(meta_path),
-                            "dense": src_meta.get("dense"),
-                            "ticket": src_meta.get("ticket"),
-                        },
-                    },
-                    "ticket": {
-                        "sparsity_state": args.sparsity_state,
-                        "expected_remaining_percent": 100 * remaining,
-                        "method": args.method,
-                        "scope": args.scope,
-                        **options,
-                        "seed": args.seed if args.method == "random" else None,
-                        "lottery_ticket": False,
-                        "note": NOT_A_TICKET,
-                    },
-                    "dense": False,
-                    "weights_nonzero_outside_mask": 0,
-                    "verification": None,
-                    "sparsity": report,
-                })
+                   batch_stats=batch_stats, masks=masks, overwrite=args.force,
+                   meta={
+                       "num_classes": src_meta["num_classes"],
+                       "sources": {
+                           "weights": src_meta["sources"]["weights"],
+                           "network": {
+                               "path": os.path.abspath(args.source),
+                               "meta_sha256": torch_io.sha256(meta_path),
+                               "dense": src_meta.get("dense"),
+                               "ticket": src_meta.get("ticket"),
+                           },
+                       },
+                       "ticket": {
+                           "sparsity_state": args.sparsity_state,
+                           "expected_remaining_percent": 100 * remaining,
+                           "method": args.method,
+                           "scope": args.scope,
+                           **options,
+                           "seed": (args.seed if args.method == "random"
+                                    else None),
+                           "lottery_ticket": False,
+                           "note": NOT_A_TICKET,
+                       },
+                       "dense": False,
+                       "weights_nonzero_outside_mask": 0,
+                       "verification": None,
+                       "sparsity": report,
+                   })
   print(f"wrote {args.out} ({source.arch}, one-shot pruned); load it with "
         f"reprog_jax.model.network_dir.load({args.out!r})")

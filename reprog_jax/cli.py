@@ -3,8 +3,8 @@
 `reprog_jax.main` and `reprog_jax.sweep` take a config, by file
 (`--config=configs/ilm_vp.py:smoke`) or by the name of a preset module of
 the package (`--config=ilm_vp:smoke`, which an installed wheel has too; see
-`config_path`), and overrides (`--config.n_shot=10`); a typo, a wrong type or a config file that fails to
-load comes back from absl and ml_collections as a whole traceback or a
+`config_path`), and overrides (`--config.n_shot=10`); a typo, a wrong type
+or a config file that fails to load comes back from absl and ml_collections as a whole traceback or a
 multi-line did-you-mean. `one_line` keeps its informative line, and
 `parser` makes an `app.run` flags parser that prints it and exits 1.
 

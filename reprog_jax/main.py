@@ -76,8 +76,8 @@ def main(argv):
                              stop_after_epoch=_STOP_AFTER.value)
 
   return flag_errors.run(
-      PROG, train_and_evaluate, interrupted="interrupted; the last completed epoch is checkpointed: "
-      "run the same command to resume")
+      PROG, train_and_evaluate, interrupted="interrupted; the last "
+      "completed epoch is checkpointed: run the same command to resume")
 
 
 # absl's parsing, with every bad flag or override as one line, exit 1.

@@ -93,8 +93,8 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(resnet18_state):
   masks = masks_lib.dense(tree["params"])
   x = np.random.default_rng(9).standard_normal((2, 64, 64, 3)).astype(np.float32)
   net = network_lib.make_network(resnet.ResNet18(dtype=jax.numpy.bfloat16),
-                              tree["params"], tree["batch_stats"], masks,
-                              {"arch": "resnet18"})
+                                 tree["params"], tree["batch_stats"], masks,
+                                 {"arch": "resnet18"})
   got = network_lib.forward(net, x)
   assert got.dtype == np.float32  # Logits come back float32 for the loss.
   expected = run_torch(torch_reference("resnet18", resnet18_state), x)

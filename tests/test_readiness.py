@@ -332,7 +332,8 @@ def test_prepare_malformed_split_json_is_one_line(splits, message, tmp_path,
   assert prepare.main(["ucf101", f"--split_json={split_json}",
                        f"--image_dir={tmp_path}", f"--out={out}"]) == 1
   err = capsys.readouterr().err
-  assert err.count("\n") == 1 and err.startswith("reprog_jax.data.prepare: error: ucf101: ")
+  assert err.count("\n") == 1
+  assert err.startswith("reprog_jax.data.prepare: error: ucf101: ")
   assert message in err
   assert not out.exists()
 
@@ -351,7 +352,8 @@ def test_prepare_without_network_fails_at_once_saying_what_to_do(
   assert prepare.main(["cifar10", f"--data_dir={data_dir}"]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1, err
-  assert err.startswith("reprog_jax.data.prepare: error: cifar10: cannot reach www.cs.toronto.edu:443")
+  assert err.startswith("reprog_jax.data.prepare: error: cifar10: cannot "
+                        "reach www.cs.toronto.edu:443")
   assert f"then copy its <data_dir>/cifar10 folder to {data_dir}/cifar10" in err
 
 

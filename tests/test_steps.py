@@ -25,8 +25,8 @@ def ticket(resnet18_state):
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks, _ = convert_masks(mask, tree["params"])
   network = network_lib.make_network(resnet.ResNet18(), tree["params"],
-                                  tree["batch_stats"], masks,
-                                  {"arch": "resnet18"})
+                                     tree["batch_stats"], masks,
+                                     {"arch": "resnet18"})
   return network, (resnet18_state, mask)
 
 

@@ -53,11 +53,11 @@ def save_ticket(directory):
   rng = np.random.default_rng(0)
   masks = jax.tree.map(lambda m: rng.random(m.shape) < 0.5, net.masks)
   network_dir.save(directory, arch="resnet18",
-                params=jax.device_get(net.params),
-                batch_stats=jax.device_get(net.batch_stats), masks=masks,
-                meta={"num_classes": 1000, "dense": False,
-                      "ticket": {"made_by": "test_sweep"},
-                      "sources": {"weights": {"random_init": True}}})
+                   params=jax.device_get(net.params),
+                   batch_stats=jax.device_get(net.batch_stats), masks=masks,
+                   meta={"num_classes": 1000, "dense": False,
+                         "ticket": {"made_by": "test_sweep"},
+                         "sources": {"weights": {"random_init": True}}})
   return directory
 
 

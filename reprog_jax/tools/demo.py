@@ -174,23 +174,23 @@ def make_source_networks(workdir, scale: Scale, progress=True) -> dict:
         "lottery_ticket": True,
         "of": os.path.join(workdir, "networks", "dense")}
     network_dir.save(directory, arch=ARCH, params=params,
-                  batch_stats=r.trained["batch_stats"], masks=r.masks,
-                  overwrite=True, meta={
-                      "num_classes": scale.source_classes,
-                      "class_names": names,
-                      "sources": {"weights": {
-                          "path": directory,
-                          "sha256": _params_sha256(params),
-                          "trained_by": "python -m reprog_jax.demo",
-                          "source_task": (
-                              f"synthetic shapes x colours, "
-                              f"{scale.source_classes} classes, "
-                              f"{len(labels)} training images")}},
-                      "ticket": ticket,
-                      "dense": r.state == 0,
-                      "sparsity": masks_lib.sparsity(params, r.masks),
-                      "source_test_accuracy": accuracy,
-                  })
+                     batch_stats=r.trained["batch_stats"], masks=r.masks,
+                     overwrite=True, meta={
+                         "num_classes": scale.source_classes,
+                         "class_names": names,
+                         "sources": {"weights": {
+                             "path": directory,
+                             "sha256": _params_sha256(params),
+                             "trained_by": "python -m reprog_jax.demo",
+                             "source_task": (
+                                 f"synthetic shapes x colours, "
+                                 f"{scale.source_classes} classes, "
+                                 f"{len(labels)} training images")}},
+                         "ticket": ticket,
+                         "dense": r.state == 0,
+                         "sparsity": masks_lib.sparsity(params, r.masks),
+                         "source_test_accuracy": accuracy,
+                     })
     out[name] = {"dir": directory, "remaining_percent": 100 * r.remaining,
                  "source_test_accuracy": accuracy}
     print(f"  {name:10s} {100 * r.remaining:6.2f} % of the weights, source "

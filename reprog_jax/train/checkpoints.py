@@ -132,7 +132,8 @@ def restore(workdir, like: Any) -> dict:
   with _manager(workdir) as manager:
     epoch = manager.latest_step()
     if epoch is None:
-      raise FileNotFoundError(f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
+      raise FileNotFoundError(
+          f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
     _check_files(workdir, epoch)
     try:
       tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
@@ -177,7 +178,8 @@ def read(workdir) -> dict:
       item_handlers=ocp.StandardCheckpointHandler()) as manager:
     epoch = manager.latest_step()
     if epoch is None:
-      raise FileNotFoundError(f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
+      raise FileNotFoundError(
+          f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
     _check_files(workdir, epoch)
     here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
