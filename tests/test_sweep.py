@@ -362,13 +362,23 @@ def test_study_presets_and_bad_studies():
     sweep.cells(bad)
 
 
+def test_method_configs_are_modules_of_the_package():
+  from reprog_jax.configs import ilm_vp  # pylint: disable=g-import-not-at-top
+  assert sweep._config_module("ilm_vp") is ilm_vp
+  with pytest.raises(sweep.SweepError, match="method 'nope' has no config "
+                     "module reprog_jax.configs.nope; add "
+                     "reprog_jax/configs/nope.py"):
+    sweep._config_module("nope")
+
+
 def test_command_line_task_out_of_range_is_one_line(tmp_path):
   env = dict(os.environ, SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_MIN="1",
              SLURM_ARRAY_TASK_COUNT="2")
   proc = subprocess.run(
-      [sys.executable, "-m", "reprog_jax.sweep",
-       "--config=configs/study.py:smoke", f"--workdir={tmp_path / 'd'}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+      # The preset by name, from outside the checkout.
+      [sys.executable, "-m", "reprog_jax.sweep", "--config=study:smoke",
+       f"--workdir={tmp_path / 'd'}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert proc.stderr.startswith(
       "reprog_jax.sweep: error: task index 4 is not in [0, 2)")
