@@ -61,15 +61,24 @@ def file_records(root, under, skip=()) -> dict:
   return records
 
 
+def malformed(records) -> str | None:
+  """What is wrong with `records` (as read from JSON) if it is not a
+  non-empty record dict of relative paths inside their root ('is
+  malformed', or which entry is); None if nothing is."""
+  if not isinstance(records, dict) or not records:
+    return "is malformed"
+  for name, record in sorted(records.items()):
+    if (os.path.isabs(name) or ".." in name.split(os.sep)
+        or not isinstance(record, dict)
+        or not isinstance(record.get("sha256"), str)
+        or not isinstance(record.get("bytes"), int)):
+      return f"entry {name!r} is malformed"
+  return None
+
+
 def is_wellformed(records) -> bool:
-  """Whether `records` (as read from JSON) is a non-empty record dict of
-  relative paths inside their root."""
-  return isinstance(records, dict) and bool(records) and all(
-      isinstance(name, str) and not os.path.isabs(name)
-      and ".." not in name.split(os.sep) and isinstance(record, dict)
-      and isinstance(record.get("sha256"), str)
-      and isinstance(record.get("bytes"), int)
-      for name, record in records.items())
+  """Whether `records` is a well-formed record dict (see `malformed`)."""
+  return malformed(records) is None
 
 
 def first_difference(root, records, hashes=True) -> str | None:
@@ -84,7 +93,8 @@ def first_difference(root, records, hashes=True) -> str | None:
       return (f"{path}: {size} bytes where {record['bytes']} were written "
               f"(truncated or altered)")
     if hashes and file_sha256(path) != record["sha256"]:
-      return f"{path}: content differs from what was written (sha256)"
+      return (f"{path}: content differs from what was written (sha256 "
+              f"mismatch: altered or damaged)")
   return None
 
 

@@ -167,3 +167,25 @@ def test_a_killed_directory_write_leaves_the_old_directory(tmp_path):
   assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
   assert (path / "a").read_text() == "old"
   assert len(_leftovers(tmp_path)) == 1  # Hidden; a listing skips it.
+
+
+def test_file_records_name_what_differs(tmp_path):
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "a").write_bytes(b"abc")
+  records = fileio.file_records(tmp_path, "d")
+  assert records == {os.path.join("d", "a"): {
+      # sha256("abc"), FIPS 180-2's first example.
+      "sha256": "ba7816bf8f01cfea414140de5dae2223"
+                "b00361a396177a9cb410ff61f20015ad",
+      "bytes": 3}}
+  assert fileio.malformed(records) is None
+  assert fileio.first_difference(tmp_path, records) is None
+  assert fileio.malformed([]) == fileio.malformed({}) == "is malformed"
+  assert fileio.malformed({"../x": records[os.path.join("d", "a")]}) == (
+      "entry '../x' is malformed")
+  (tmp_path / "d" / "a").write_bytes(b"abd")
+  assert fileio.first_difference(tmp_path, records, hashes=False) is None
+  assert "content differs" in fileio.first_difference(tmp_path, records)
+  (tmp_path / "d" / "a").write_bytes(b"ab")
+  assert "2 bytes where 3 were written" in fileio.first_difference(
+      tmp_path, records, hashes=False)

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import random_mask, run_torch, save_pth, torch_reference
 from convert import cli, torch_io
+from reprog_jax import fileio
 from reprog_jax.model import masks as masks_lib
 from reprog_jax.model import network as network_lib
 from reprog_jax.model import network_dir
@@ -181,15 +182,15 @@ def test_altered_checkpoint_bytes_are_refused(converted, tmp_path):
   with pytest.raises(network_dir.NetworkDirError) as raised:
     network_dir.load(net)
   message = str(raised.value)
-  assert message.startswith(f"{victim}: content differs from what `convert` "
-                            f"wrote (sha256 mismatch")
+  assert message.startswith(f"{victim}: content differs from what was "
+                            f"written (sha256 mismatch")
   assert "re-run `python -m convert" in message and "\n" not in message
 
 
 def test_verification_can_be_switched_off(converted, monkeypatch):
   hashed = []
-  real = network_dir.file_sha256
-  monkeypatch.setattr(network_dir, "file_sha256",
+  real = fileio.file_sha256
+  monkeypatch.setattr(fileio, "file_sha256",
                       lambda path: hashed.append(path) or real(path))
   network_dir.load(converted)
   assert len(hashed) == len(network_dir.read_meta(converted)["files"])

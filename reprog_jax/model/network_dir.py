@@ -26,7 +26,6 @@ import numpy as np
 
 from reprog_jax import errors
 from reprog_jax import fileio
-from reprog_jax.fileio import file_sha256
 from reprog_jax.model import masks as masks_lib
 from reprog_jax.model import network as network_lib
 from reprog_jax.model import resnet
@@ -152,29 +151,13 @@ def _verify_files(directory, meta, verify) -> None:
     print(f"note: {directory} was written before networks recorded file "
           f"hashes: its checkpoint cannot be verified; {RECONVERT}")
     return
-  path = os.path.join(directory, META_FILE)
-  if not isinstance(files, dict) or not files:
-    raise NetworkDirError(f"{path}: 'files' is malformed; {RECONVERT}")
-  for name, record in sorted(files.items()):
-    if (os.path.isabs(name) or ".." in name.split(os.sep)
-        or not isinstance(record, dict)
-        or not isinstance(record.get("sha256"), str)
-        or not isinstance(record.get("bytes"), int)):
-      raise NetworkDirError(
-          f"{path}: 'files' entry {name!r} is malformed; {RECONVERT}")
-    file = os.path.join(directory, name)
-    if not os.path.isfile(file):
-      raise NetworkDirError(f"{file}: missing (the network directory is "
-                            f"incomplete); {RECONVERT}")
-    size = os.path.getsize(file)
-    if size != record["bytes"]:
-      raise NetworkDirError(
-          f"{file}: {size} bytes, {META_FILE} says {record['bytes']} (the "
-          f"file was truncated or altered); {RECONVERT}")
-    if verify and file_sha256(file) != record["sha256"]:
-      raise NetworkDirError(
-          f"{file}: content differs from what `convert` wrote (sha256 "
-          f"mismatch: the file was altered or damaged); {RECONVERT}")
+  problem = fileio.malformed(files)
+  if problem:
+    raise NetworkDirError(f"{os.path.join(directory, META_FILE)}: 'files' "
+                          f"{problem}; {RECONVERT}")
+  problem = fileio.first_difference(directory, files, hashes=verify)
+  if problem:
+    raise NetworkDirError(f"{problem}; {RECONVERT}")
 
 
 def load(directory, dtype=jnp.float32, verify=None) -> network_lib.Network:
