@@ -7,6 +7,7 @@ reprog-jax network directory.
   python -m convert torch --arch resnet50 --weights SPARSE.pth --mask-from-zeros --out DIR
   python -m convert prune --from DIR --sparsity-state 8 --out DIR2   # convert/prune.py
   python -m convert export RUN_DIR --out prompt.pth   # convert/export.py
+  python -m convert inspect DIR [--image PATH]   # convert/inspect_network.py
 
 The output directory is written only once everything has been read,
 checked and (unless --no-verify) shown to reproduce PyTorch's logits; on any
@@ -15,18 +16,19 @@ error nothing is written and the exit status is 1.
 
 import argparse
 import os
-import sys
 
 import jax
 import numpy as np
 
 from convert import export
+from convert import inspect_network
 from convert import prune
 from convert import torch_io
 from convert.torch_to_flax import ConversionError, convert_masks, convert_state_dict
-from reprog_jax import errors
+from reprog_jax import cli
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
+from reprog_jax.model import network_dir
 from reprog_jax.model import pruning
 from reprog_jax.model import resnet
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
   prune.add_source_accuracy(p)
   prune.add_parser(sub)
   export.add_parser(sub)
+  inspect_network.add_parser(sub)
   return parser
 
 
@@ -121,7 +124,7 @@ def check_out(args) -> None:
   if os.path.lexists(args.out):
     if not args.force:
       raise ConversionError(f"{args.out}: exists; pass --force to replace it")
-    networks.check_replaceable(args.out)
+    network_dir.check_replaceable(args.out)
 
 
 def run(args, parser) -> None:
@@ -188,7 +191,7 @@ def run(args, parser) -> None:
     verification = verify(args.arch, state_dict, mask_dict, tree, masks,
                           num_classes, args.verify_size, args.verify_tol)
 
-  networks.save(out, arch=args.arch, params=tree["params"],
+  network_dir.save(out, arch=args.arch, params=tree["params"],
                 batch_stats=tree["batch_stats"], masks=masks,
                 overwrite=args.force, meta={
                     "num_classes": num_classes,
@@ -203,7 +206,7 @@ def run(args, parser) -> None:
                 })
   print(f"wrote {args.out} ({args.arch}, "
         f"{'dense' if dense else 'ticket'}); load it with "
-        f"reprog_jax.model.networks.load({args.out!r})")
+        f"reprog_jax.model.network_dir.load({args.out!r})")
 
 
 def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
@@ -215,8 +218,9 @@ def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
       torch_io.torchvision_model(arch, state_dict, mask_dict, num_classes),
       images)
   model = resnet.get_architecture(arch)(num_classes=num_classes)
-  network = networks.make_network(model, tree["params"], tree["batch_stats"],
-                                  masks, {"arch": arch})
+  network = network_lib.make_network(model, tree["params"],
+                                     tree["batch_stats"], masks,
+                                     {"arch": arch})
   got = np.asarray(network.logits(images))
   diff = float(np.max(np.abs(got - expected)))
   print(f"verified against torchvision on a random {size}px batch: "
@@ -231,14 +235,8 @@ def verify(arch, state_dict, mask_dict, tree, masks, num_classes, size, tol):
 def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  try:
-    if args.command == "export":
-      export.run(args)
-    elif args.command == "prune":
-      prune.run(args, parser, check_out)
-    else:
-      run(args, parser)
-  except (errors.UserError, OSError) as e:
-    print(f"convert: error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  commands = {"export": export.run, "inspect": inspect_network.run,
+              "prune": lambda args: prune.run(args, parser, check_out),
+              "torch": lambda args: run(args, parser)}
+  # OSError too: every file here is the user's (a checkpoint, --out).
+  return cli.run("convert", commands[args.command], args, catch=(OSError,))

@@ -33,8 +33,8 @@ import numpy as np
 
 from convert import torch_io
 from reprog_jax import errors
-
-CONFIG_FILE = "config.json"  # `train.CONFIG_FILE`; train is heavy to import.
+from reprog_jax import fileio
+from reprog_jax import layout
 WHICH = ("best", "last")
 
 
@@ -76,13 +76,13 @@ def run(args) -> None:
 def _read_config(run_dir) -> dict:
   if not os.path.isdir(run_dir):
     raise ExportError(f"{run_dir}: no such run directory")
-  path = os.path.join(run_dir, CONFIG_FILE)
+  path = os.path.join(run_dir, layout.CONFIG_FILE)
   try:
     with open(path) as f:
       config = json.load(f)
   except FileNotFoundError:
     raise ExportError(
-        f"{run_dir}: not a training run (no {CONFIG_FILE}); pass the "
+        f"{run_dir}: not a training run (no {layout.CONFIG_FILE}); pass the "
         f"--workdir of a `python -m reprog_jax.main` run") from None
   except ValueError:
     raise ExportError(f"{path}: not valid JSON; is {run_dir} a training "
@@ -178,8 +178,8 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
   if best["epoch"].shape[0] != len(_run_seeds(config)):
     raise ExportError(
         f"{run_dir}: its checkpoint holds {best['epoch'].shape[0]} seeds, "
-        f"{CONFIG_FILE} names {len(_run_seeds(config))}; the run directory "
-        f"is inconsistent")
+        f"{layout.CONFIG_FILE} names {len(_run_seeds(config))}; the run "
+        f"directory is inconsistent")
   if which == "best":
     params, mapping = best["params"], best["mapping_sequence"]
     epoch = int(best["epoch"][index])
@@ -205,11 +205,5 @@ def _save_atomically(obj, out) -> None:
   parent = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(parent):
     raise ExportError(f"{out}: its directory {parent} does not exist")
-  tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}")
-  try:
-    torch.save(obj, tmp)
-    os.replace(tmp, out)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with fileio.atomic_file(out) as f:
+    torch.save(obj, f)

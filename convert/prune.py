@@ -21,7 +21,7 @@ import numpy as np
 from convert import torch_io
 from convert.torch_to_flax import ConversionError
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 from reprog_jax.model import pruning
 
 NOT_A_TICKET = ("one-shot magnitude pruning of a trained network is not a "
@@ -117,7 +117,7 @@ def run(args, parser, check_out) -> None:
                           f"the pruned network elsewhere")
   check_out(args)
 
-  source = networks.load(args.source)
+  source = network_dir.load(args.source)
   params, batch_stats, masks = jax.device_get(
       (source.params, source.batch_stats, source.masks))
   src_meta = source.meta
@@ -137,8 +137,8 @@ def run(args, parser, check_out) -> None:
   report = masks_lib.sparsity(params, masks)
   print(masks_lib.format_report(report, per_layer=args.per_layer))
 
-  meta_path = os.path.join(args.source, networks.META_FILE)
-  networks.save(args.out, arch=source.arch, params=params,
+  meta_path = os.path.join(args.source, network_dir.META_FILE)
+  network_dir.save(args.out, arch=source.arch, params=params,
                 batch_stats=batch_stats, masks=masks, overwrite=args.force,
                 meta={
                     "num_classes": src_meta["num_classes"],
@@ -168,4 +168,4 @@ def run(args, parser, check_out) -> None:
                     **source_accuracy_meta(args),
                 })
   print(f"wrote {args.out} ({source.arch}, one-shot pruned); load it with "
-        f"reprog_jax.model.networks.load({args.out!r})")
+        f"reprog_jax.model.network_dir.load({args.out!r})")

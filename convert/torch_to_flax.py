@@ -13,7 +13,7 @@ import numpy as np
 
 from reprog_jax import errors
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 
 # Prefixes the PyTorch world wraps state-dict keys in: DataParallel's
 # `module.` and the lottery-ticket code's `model.`.
@@ -96,7 +96,7 @@ def convert_state_dict(state_dict, arch, num_classes=1000, source="weights"):
   Raises:
     ConversionError: naming the offending key.
   """
-  expected = networks.abstract_variables(arch, num_classes)
+  expected = network_lib.abstract_variables(arch, num_classes)
   expected = {c: flax.traverse_util.flatten_dict(expected[c])
               for c in ("params", "batch_stats")}
   out = {"params": {}, "batch_stats": {}}

@@ -1,9 +1,11 @@
 """Every file the package writes goes through here: atomically, with the
 user's umask, and with a content record where a later run relies on it.
 
-- `write_text`, `write_bytes`, `write_json`: a temporary sibling, fsync, then
-  `os.replace`, so a `kill -9` at any instant leaves the old file or the new
-  one, never a torn one. JSON is written without NaN or infinity.
+- `write_text`, `write_bytes`, `write_json`, `atomic_file`: a temporary
+  sibling, fsync, then `os.replace`, so a `kill -9` at any instant leaves
+  the old file or the new one, never a torn one (and perhaps a temporary
+  sibling, hidden, which `remove_leftovers` clears). JSON is written
+  without NaN or infinity.
 - `atomic_directory`: a directory built under a temporary sibling and
   renamed into place (replacing an old one only once the new is complete).
 - `share`: the user's umask on what `tempfile` made private.
@@ -59,15 +61,24 @@ def file_records(root, under, skip=()) -> dict:
   return records
 
 
+def malformed(records) -> str | None:
+  """What is wrong with `records` (as read from JSON) if it is not a
+  non-empty record dict of relative paths inside their root ('is
+  malformed', or which entry is); None if nothing is."""
+  if not isinstance(records, dict) or not records:
+    return "is malformed"
+  for name, record in sorted(records.items()):
+    if (os.path.isabs(name) or ".." in name.split(os.sep)
+        or not isinstance(record, dict)
+        or not isinstance(record.get("sha256"), str)
+        or not isinstance(record.get("bytes"), int)):
+      return f"entry {name!r} is malformed"
+  return None
+
+
 def is_wellformed(records) -> bool:
-  """Whether `records` (as read from JSON) is a non-empty record dict of
-  relative paths inside their root."""
-  return isinstance(records, dict) and bool(records) and all(
-      isinstance(name, str) and not os.path.isabs(name)
-      and ".." not in name.split(os.sep) and isinstance(record, dict)
-      and isinstance(record.get("sha256"), str)
-      and isinstance(record.get("bytes"), int)
-      for name, record in records.items())
+  """Whether `records` is a well-formed record dict (see `malformed`)."""
+  return malformed(records) is None
 
 
 def first_difference(root, records, hashes=True) -> str | None:
@@ -82,7 +93,8 @@ def first_difference(root, records, hashes=True) -> str | None:
       return (f"{path}: {size} bytes where {record['bytes']} were written "
               f"(truncated or altered)")
     if hashes and file_sha256(path) != record["sha256"]:
-      return f"{path}: content differs from what was written (sha256)"
+      return (f"{path}: content differs from what was written (sha256 "
+              f"mismatch: altered or damaged)")
   return None
 
 
@@ -91,16 +103,20 @@ def first_difference(root, records, hashes=True) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def write_bytes(path, data: bytes) -> None:
-  """Writes `data` to `path` atomically: a crash leaves the old file (or
-  none) or the new one. The file gets the user's umask."""
+@contextlib.contextmanager
+def atomic_file(path) -> Iterator[Any]:
+  """Yields a binary file to write `path`'s new content into; it replaces
+  `path` when the block ends without an error (a crash leaves the old file,
+  or none, or the new one, never a torn one), and is removed when it
+  raises. The file gets the user's umask. For content too large to hold
+  in memory twice; else `write_bytes`."""
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory,
                              prefix=f"{TMP_PREFIX}{os.path.basename(path)}-")
   try:
     with os.fdopen(fd, "wb") as f:
-      f.write(data)
+      yield f
       f.flush()
       os.fsync(f.fileno())
     share(tmp)
@@ -109,6 +125,25 @@ def write_bytes(path, data: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     raise
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Writes `data` to `path` atomically: a crash leaves the old file (or
+  none) or the new one. The file gets the user's umask."""
+  with atomic_file(path) as f:
+    f.write(data)
+
+
+def remove_leftovers(path) -> None:
+  """Removes the temporary siblings of `path` that a writer killed mid-write
+  left behind (a `kill -9` skips every cleanup). Only for a file with one
+  writer at a time: another's write in progress would lose its file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  prefix = f"{TMP_PREFIX}{os.path.basename(path)}-"
+  for name in os.listdir(directory):
+    if name.startswith(prefix):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(directory, name))
 
 
 def write_text(path, text: str) -> None:
@@ -133,6 +168,12 @@ def atomic_directory(path, *, replace=False) -> Iterator[str]:
     replace: whether an existing `path` is replaced (only once the new one
       is complete; the caller checks that it may be). Without it an
       existing `path` raises FileExistsError before anything is written.
+
+  A kill while the block runs leaves the old directory (or none) and a
+  hidden temporary sibling. Replacing takes two renames (POSIX has no
+  atomic swap of directories): a kill between them, a window of
+  microseconds, leaves no `path` and the old directory inside a hidden
+  `.tmp-<name>-old-*` sibling, from which it can be moved back.
   """
   path = os.path.abspath(os.fspath(path))
   if os.path.lexists(path) and not replace:

@@ -1,24 +1,24 @@
 """Entry point: `python -m reprog_jax.main --config=configs/ilm_vp.py:cifar10
---workdir=DIR [--config.n_shot=10 ...]`.
+--workdir=DIR [--config.n_shot=10 ...]`; `--config=ilm_vp:cifar10` names
+the same preset by its module in `reprog_jax.configs` (an installed wheel's).
 
 Only parses flags and calls `train.train_and_evaluate`; every bad input (an
 `errors.UserError`) ends with one line on stderr and exit status 1. Any other
 exception is a bug and keeps its traceback.
 """
 
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from reprog_jax import errors
 from reprog_jax import cli as flag_errors
 from reprog_jax.train import loop as train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file and preset, e.g. configs/ilm_vp.py:cifar10.",
+    "config", None, "A config file and preset, e.g. "
+    "configs/ilm_vp.py:cifar10, or a preset by name, e.g. ilm_vp:cifar10.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics, plots and the summary go; "
@@ -40,6 +40,9 @@ _PROCESS_ID = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+PROG = "reprog_jax.main"
+
+
 def main(argv):
   del argv  # parse_flags refused any positional argument.
   # Library chatter (missing TPU runtimes, tfds variants) is not for users.
@@ -48,9 +51,8 @@ def main(argv):
              "num_processes": _NUM_PROCESSES.value,
              "process_id": _PROCESS_ID.value}
   if not _DISTRIBUTED.value and any(v is not None for v in cluster.values()):
-    print("reprog_jax.main: error: --coordinator_address, --num_processes "
-          "and --process_id need --distributed", file=sys.stderr)
-    return 1
+    return flag_errors.fail(PROG, "--coordinator_address, --num_processes "
+                            "and --process_id need --distributed")
   if _DISTRIBUTED.value:
     # Before anything touches a device: every process then sees the
     # devices of all hosts, and the run spreads over all of them.
@@ -58,34 +60,28 @@ def main(argv):
     try:
       jax.distributed.initialize(**cluster)
     except (ValueError, RuntimeError) as e:
-      print(f"reprog_jax.main: error: --distributed: cannot reach the other "
-            f"processes ({flag_errors.one_line(e)}); launch under SLURM, "
-            f"Open MPI, Kubernetes or on Cloud TPU, or pass "
-            f"--coordinator_address, --num_processes and --process_id",
-            file=sys.stderr)
-      return 1
+      return flag_errors.fail(
+          PROG, f"--distributed: cannot reach the other processes "
+          f"({flag_errors.one_line(e)}); launch under SLURM, Open MPI, "
+          f"Kubernetes or on Cloud TPU, or pass --coordinator_address, "
+          f"--num_processes and --process_id")
   try:
     config = _CONFIG.value
     config.method  # A config file that failed to load raises on first use.
   except OSError as e:
-    print(f"reprog_jax.main: error: {flag_errors.one_line(e)}",
-          file=sys.stderr)
-    return 1
-  try:
+    return flag_errors.fail(PROG, flag_errors.one_line(e))
+
+  def train_and_evaluate():
     train.train_and_evaluate(config, _WORKDIR.value,
                              stop_after_epoch=_STOP_AFTER.value)
-  except errors.UserError as e:
-    print(f"reprog_jax.main: error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print("interrupted; the last completed epoch is checkpointed: run the "
-          "same command to resume", file=sys.stderr)
-    return 130
-  return 0
+
+  return flag_errors.run(
+      PROG, train_and_evaluate, interrupted="interrupted; the last "
+      "completed epoch is checkpointed: run the same command to resume")
 
 
 # absl's parsing, with every bad flag or override as one line, exit 1.
-parse_flags = flag_errors.parser("reprog_jax.main", "config",
+parse_flags = flag_errors.parser(PROG, "config",
                                  "--config.n_shot=10")
 
 

@@ -397,16 +397,16 @@ def test_a_seed_gives_dense_and_ticket_the_same_subset_and_order(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from conftest import smoke_config  # pylint: disable=g-import-not-at-top
   from reprog_jax import methods  # pylint: disable=g-import-not-at-top
-  from reprog_jax.model import networks  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import network as network_lib  # pylint: disable=g-import-not-at-top
   from reprog_jax.model import pruning  # pylint: disable=g-import-not-at-top
   from reprog_jax.train import inputs  # pylint: disable=g-import-not-at-top
   from reprog_jax.train import sharding  # pylint: disable=g-import-not-at-top
 
   config = smoke_config("linear_probe", seeds=(0, 1, 2),
                         cache_features=False)
-  dense = networks.random_network("resnet18", seed=0)
+  dense = network_lib.random_network("resnet18", seed=0)
   params = jax.device_get(dense.params)
-  ticket = networks.random_network("resnet18", seed=1).replace(
+  ticket = network_lib.random_network("resnet18", seed=1).replace(
       masks=pruning.prune(params, jax.device_get(dense.masks),
                           remaining=0.5))
   seeds = (0, 1, 2)

@@ -14,7 +14,7 @@ import torch
 
 from conftest import listing, random_mask, save_pth, torch_reference
 from convert import cli, torch_io
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 
 
 def pytorch_remaining_percent(model):
@@ -65,7 +65,7 @@ def test_lt_pair_converts_and_reports_the_sparsity_pytorch_counts(
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert meta["sources"][key] == {"path": os.path.abspath(path),
                                     "sha256": digest}
-  net = networks.load(tmp_path / "net")
+  net = network_dir.load(tmp_path / "net")
   assert net.sparsity()["remaining_percent"] == pytest.approx(expected, abs=1e-9)
   # Per-layer figures agree with counting each torch layer directly.
   layer = "layer3.2.conv2"
@@ -85,7 +85,7 @@ def test_checkpoint_layouts_convert_to_the_same_network(
   code, _, err = _run(capsys, "torch", "--arch", "resnet18", "--weights", path,
                       "--out", tmp_path / "net", "--no-verify")
   assert code == 0, err
-  params = networks.load(tmp_path / "net").params
+  params = network_dir.load(tmp_path / "net").params
   np.testing.assert_array_equal(  # OIHW -> HWIO
       params["layer2"]["0"]["downsample"]["0"]["kernel"],
       resnet18_state["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
@@ -111,7 +111,7 @@ def test_force_replaces_an_existing_output(tmp_path, resnet18_pth, capsys):
   assert _run(capsys, *args)[0] == 0
   before = json.loads((out / "meta.json").read_text())["created"]
   assert _run(capsys, *args, "--force")[0] == 0
-  assert networks.read_meta(out)["created"] >= before
+  assert network_dir.read_meta(out)["created"] >= before
   assert sorted(os.listdir(tmp_path)) == ["net"]  # No stray temporaries.
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import listing, random_mask, save_pth
 from convert import cli
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 from reprog_jax.model import pruning
 
 
@@ -55,7 +55,7 @@ def pruned(dense_dir):
 def test_prune_keeps_the_largest_weights_and_says_it_is_no_ticket(
     dense_dir, pruned):
   out, stdout = pruned
-  source, pruned = networks.load(dense_dir), networks.load(out)
+  source, pruned = network_dir.load(dense_dir), network_dir.load(out)
   weights, masks = kernels(source.params), kernels(pruned.masks)
   total = sum(w.size for w in weights.values())
   keep = round(0.8 ** 2 * total)
@@ -102,9 +102,9 @@ def test_prune_again_random_layerwise_is_nested_and_seeded(
         "--no-prune-first-conv", "--out", outs[name], "--per-layer")
     assert code == 0, err
   assert "layer4.1.conv2" in stdout  # The per-layer table.
-  source = networks.load(first)
+  source = network_dir.load(first)
   before = kernels(source.masks)
-  a, c = (kernels(networks.load(outs[n]).masks) for n in "ac")
+  a, c = (kernels(network_dir.load(outs[n]).masks) for n in "ac")
   # The flags reach the library: the same masks as calling it directly.
   b = kernels(pruning.prune(
       jax.device_get(source.params), jax.device_get(source.masks),
@@ -165,7 +165,7 @@ def test_mask_from_zeros_turns_a_sparse_checkpoint_into_a_ticket(
                         path, "--mask-from-zeros", "--verify-size", 32,
                         "--out", tmp_path / "net")
   assert code == 0, err
-  net = networks.load(tmp_path / "net")
+  net = network_dir.load(tmp_path / "net")
   masks = flax.traverse_util.flatten_dict(jax.device_get(net.masks))
   np.testing.assert_array_equal(  # OIHW -> HWIO.
       masks[("layer2", "0", "downsample", "0", "kernel")],

@@ -24,5 +24,6 @@ def test_bad_input_is_one_line_and_status_1(capsys):
   assert benchmark.main(['--dataset=mnist', '--mock']) == 1
   assert benchmark.main(['--cases=32:gif']) == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 2 and all(line.startswith('error: ') for line in err)
+  assert len(err) == 2 and all(
+      line.startswith('reprog_jax.data.benchmark: error: ') for line in err)
   assert 'valid names' in err[0]

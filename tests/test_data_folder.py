@@ -152,6 +152,7 @@ def test_prepare_bad_input_exits_1_and_writes_nothing(tmp_path, capsys):
   assert prepare.main(['ucf101', f'--out={out}']) == 1
   assert prepare.main(['mnist', f'--out={out}']) == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 3 and all(line.startswith('error: ') for line in err)
+  assert len(err) == 3 and all(
+      line.startswith('reprog_jax.data.prepare: error: ') for line in err)
   assert 'valid names' in err[2]
   assert not out.exists()

@@ -21,7 +21,7 @@ from PIL import Image
 from reprog_jax import data
 from reprog_jax import layout
 from reprog_jax.data import sources
-from reprog_jax.data.preprocess import load_image
+from reprog_jax.data.preprocess import load_uint8_image
 
 import torchvision_files
 
@@ -110,7 +110,10 @@ def _assert_same(ours, reference, positions):
   for row, position in enumerate(positions):
     tensor, label = reference[int(position)]
     item = ours.source[int(ours.indices[row])]
-    np.testing.assert_array_equal(load_image(item["image"], SIZE),
+    # What a run computes: uint8 pixels, then x / 255 in float32 (the
+    # steps' exact table), which is ToTensor's division.
+    pixels = load_uint8_image(item["image"], SIZE)
+    np.testing.assert_array_equal(pixels.astype(np.float32) / np.float32(255),
                                   tensor.permute(1, 2, 0).numpy())
     assert int(item["label"]) == int(ours.labels[row]) == int(label)
 

@@ -13,7 +13,8 @@ from reprog_jax.tools import demo
 from reprog_jax import errors
 from reprog_jax.model import label_mapping
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
+from reprog_jax.model import network_dir
 from reprog_jax.model import resnet
 from reprog_jax.tools import source_task
 from test_claims import recompute_claims
@@ -111,15 +112,15 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   scale = demo.QUICK
 
   # The networks: the dense one and a real ticket of it.
-  dense = networks.load(str(workdir / "networks" / "dense"))
+  dense = network_dir.load(str(workdir / "networks" / "dense"))
   k = scale.ticket_states[-1]
-  ticket = networks.load(str(workdir / "networks" / f"ticket_k{k}"))
+  ticket = network_dir.load(str(workdir / "networks" / f"ticket_k{k}"))
   assert dense.meta["dense"] and not ticket.meta["dense"]
   assert ticket.meta["ticket"]["sparsity_state"] == k
   assert ticket.meta["ticket"]["lottery_ticket"]
   assert ticket.sparsity()["mask_remaining_percent"] == pytest.approx(
       100 * 0.8 ** k, abs=0.01)
-  assert networks.class_names(ticket) == source_task.class_names(
+  assert network_lib.class_names(ticket) == source_task.class_names(
       scale.source_classes)
   chance = 1 / scale.source_classes
   assert dense.meta["source_test_accuracy"] > 3 * chance

@@ -14,7 +14,7 @@ from torchvision import transforms
 
 from convert import cli
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 from reprog_jax.model import resnet
 from reprog_jax.tools import evaluate_source
 
@@ -28,7 +28,7 @@ def mini_network(tmp_path_factory):
   model = resnet.get_architecture("resnet_mini")(num_classes=len(CLASSES))
   variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
   params = jax.device_get(variables["params"])
-  networks.save(directory, arch="resnet_mini", params=params,
+  network_dir.save(directory, arch="resnet_mini", params=params,
                 batch_stats=jax.device_get(variables["batch_stats"]),
                 masks=masks_lib.dense(params), meta={
                     "num_classes": len(CLASSES), "sources": {},
@@ -75,7 +75,7 @@ def test_evaluate_records_top1_and_keeps_the_directory_loadable(
                                "--no-progress"]) == 0
   assert "recorded in" in capsys.readouterr().out
   # Expected: the network on torchvision's own batches.
-  network = networks.load(str(mini_network), verify=True)
+  network = network_dir.load(str(mini_network), verify=True)
   transform = transforms.Compose([
       transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
       transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
@@ -102,8 +102,8 @@ def test_a_tree_that_does_not_match_is_one_line(mini_network, tmp_path,
 
 
 def test_record_refuses_a_fraction_out_of_range(mini_network):
-  with pytest.raises(networks.NetworkDirError, match=r"in \[0, 100\]"):
-    networks.record_source_accuracy(mini_network, 761.0, "typo")
+  with pytest.raises(network_dir.NetworkDirError, match=r"in \[0, 100\]"):
+    network_dir.record_source_accuracy(mini_network, 761.0, "typo")
 
 
 def test_convert_and_prune_record_the_given_source_accuracy(tmp_path,
@@ -118,7 +118,7 @@ def test_convert_and_prune_record_the_given_source_accuracy(tmp_path,
   assert cli.main(["prune", "--from", str(dense), "--sparsity-state", "1",
                    "--source-accuracy", "68.5", "--out",
                    str(tmp_path / "mp1")]) == 0
-  pruned = networks.load(str(tmp_path / "mp1"), verify=True)
+  pruned = network_dir.load(str(tmp_path / "mp1"), verify=True)
   assert pruned.meta["source_top1"] == 68.5
   capsys.readouterr()
   with pytest.raises(SystemExit):

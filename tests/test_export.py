@@ -11,7 +11,7 @@ from conftest import listing, smoke_config, torch_reference
 from convert import cli
 from reprog_jax.train import checkpoints
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir as network_dir_lib
 from reprog_jax.tools import torch_reference as ref
 from reprog_jax.train import loop as train
 
@@ -101,7 +101,7 @@ def test_visual_prompt_gives_our_logits_in_pytorch(
   ours = methods.ilm_vp.visual_prompt(image_size=32, num_classes=10, output_size=64)
   trained = {k: v[seed_index] for k, v in params.items()}
   assert np.abs(trained["program"]).max() > 0
-  got = np.asarray(ours.scores(trained, networks.load(network_dir), x))
+  got = np.asarray(ours.scores(trained, network_dir_lib.load(network_dir), x))
   got = got[:, mapping]
   assert got.shape == expected.shape == (2, 10)
   np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
@@ -130,7 +130,7 @@ def test_linear_probe_head_gives_our_logits_in_pytorch(
 
   head = {k: v[0] for k, v in checkpoints.read(lp_run)["best"]["params"].items()}
   ours = methods.linear_probe.linear_probe(num_features=512, num_classes=10)
-  network = networks.load(network_dir)
+  network = network_dir_lib.load(network_dir)
   got = np.asarray(ours.scores(head, network, ours.encode(network, x)))
   np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
 

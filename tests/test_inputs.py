@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import assert_records_close, per_seed_records, smoke_config
+from reprog_jax import fileio
 from reprog_jax.train import checkpoints
 from reprog_jax.train import inputs
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.train import run_config
 from reprog_jax.train import sharding
 from reprog_jax import methods
@@ -39,7 +40,7 @@ def test_cached_features_give_the_recomputed_result(lp_runs):
 
 def test_cached_features_are_the_networks_features(lp_runs):
   config = smoke_config("linear_probe")
-  network = networks.random_network("resnet18")
+  network = network_lib.random_network("resnet18")
   run_data = inputs.open_run_data(config, (0, 1))
   with np.load(lp_runs / "cached" / "features" / "test.npz") as stored:
     features = stored["features"]
@@ -68,7 +69,7 @@ def _load(config, network, workdir):
 def test_features_of_another_network_are_recomputed(tmp_path, capsys,
                                                     monkeypatch):
   config = smoke_config("linear_probe")
-  first = networks.random_network("resnet18")
+  first = network_lib.random_network("resnet18")
   loaded = _load(config, first, tmp_path)
   assert loaded.encoded
   capsys.readouterr()
@@ -81,7 +82,7 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   assert not decoded and "recomputing" not in capsys.readouterr().out
   np.testing.assert_array_equal(again.test.rows, loaded.test.rows)
   # Another network (same architecture and shapes): detected, recomputed.
-  other = networks.random_network("resnet18", seed=1)
+  other = network_lib.random_network("resnet18", seed=1)
   changed = _load(config, other, tmp_path)
   assert "features of another network or config; recomputing" in (
       capsys.readouterr().out)
@@ -95,7 +96,8 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   assert "recomputing" in capsys.readouterr().out
   # A torn file, and the temporary file of a write killed midway.
   (tmp_path / "features" / "train.npz").write_bytes(b"garbage")
-  (tmp_path / "features" / ".writing-x1y2.npz").write_bytes(b"PK\x03")
+  (tmp_path / "features" / f"{fileio.TMP_PREFIX}train.npz-x1y2").write_bytes(
+      b"PK\x03")
   _load(config, other, tmp_path)
   assert "no readable features" in capsys.readouterr().out
   assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [
@@ -112,7 +114,7 @@ def test_bfloat16_run_maps_and_evaluates_in_float32(tmp_path, monkeypatch):
       step = real(*args, **kwargs)
 
       def call(*a):
-        network = next(x for x in a if isinstance(x, networks.Network))
+        network = next(x for x in a if isinstance(x, network_lib.Network))
         seen.setdefault(name, set()).add(
             np.dtype(network.model.dtype).name)
         return step(*a)

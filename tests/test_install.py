@@ -1,8 +1,15 @@
 """pyproject's extras: the ones the README installs exist, and the optional
-pieces (GPU, TPU, TensorBoard, W&B) each have one."""
+pieces (GPU, TPU, TensorBoard, W&B) each have one; and a wheel, installed
+away from the checkout, runs a preset by name."""
 
+import json
+import os
 import pathlib
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 from packaging.requirements import Requirement  # pytest's own dependency.
@@ -51,3 +58,79 @@ def test_optional_pieces_have_extras():
   assert ("jax", frozenset({"tpu"})) in by_name["tpu"]
   assert ("tensorboard", frozenset()) in by_name["tensorboard"]
   assert ("wandb", frozenset()) in by_name["wandb"]
+
+
+# --------------------------------------------------------------------------
+# The installed wheel runs a preset by name, away from the checkout
+# --------------------------------------------------------------------------
+
+# Not part of the package: what the copy to build from leaves out.
+_NOT_BUILT = shutil.ignore_patterns(".git", ".venv", "build", "runs",
+                                    "__pycache__", "*.egg-info",
+                                    ".pytest_cache", "tests", "docs")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> pathlib.Path:
+  """The package built as a wheel (offline, from a copy of the checkout, so
+  the checkout stays clean) and installed alone into a fresh directory."""
+  tmp = tmp_path_factory.mktemp("install")
+  source, wheels, site = tmp / "source", tmp / "wheels", tmp / "site"
+  shutil.copytree(ROOT, source, ignore=_NOT_BUILT)
+  env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+  def pip(*args):
+    proc = subprocess.run([sys.executable, "-m", "pip", *args, "-q"],
+                          cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+  pip("wheel", "--no-deps", "--no-build-isolation", str(source), "-w",
+      str(wheels))
+  pip("install", "--no-deps", "--target", str(site),
+      *map(str, wheels.glob("*.whl")))
+  return site
+
+
+def _outside(site, tmp_path, *args, timeout=300):
+  """Runs python in `tmp_path` with only `site` on the path (the
+  environment's own packages supply the dependencies)."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env.update(PYTHONPATH=str(site), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_wheel_holds_the_package_data(installed):
+  wheel = next((installed.parent / "wheels").glob("*.whl"))
+  with zipfile.ZipFile(wheel) as archive:
+    names = set(archive.namelist())
+  assert "reprog_jax/model/imagenet_classes.txt" in names
+  for config in ("ilm_vp", "linear_probe", "study"):
+    assert f"reprog_jax/configs/{config}.py" in names
+  assert "convert/cli.py" in names
+  assert not [n for n in names if n.startswith(("tests/", "configs/"))]
+
+
+def test_installed_package_runs_a_preset_by_name_outside_the_checkout(
+    installed, tmp_path):
+  proc = _outside(installed, tmp_path, "-c",
+                  "import reprog_jax; print(reprog_jax.__file__)")
+  assert proc.returncode == 0, proc.stderr
+  assert pathlib.Path(proc.stdout.strip()).is_relative_to(installed)
+  workdir = tmp_path / "run"
+  proc = _outside(installed, tmp_path, "-m", "reprog_jax.main",
+                  "--config=ilm_vp:smoke", f"--workdir={workdir}",
+                  "--config.epochs=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(workdir / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["config"]["method"] == "ilm_vp"
+  # An unknown name is one line that lists the presets.
+  proc = _outside(installed, tmp_path, "-m", "reprog_jax.main",
+                  "--config=nonesuch:smoke", f"--workdir={workdir}2")
+  assert proc.returncode == 1
+  assert proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith("reprog_jax.main: error: --config=nonesuch:"
+                                "smoke: no preset module 'nonesuch'; use one "
+                                "of ilm_vp, linear_probe, study")

@@ -16,7 +16,7 @@ import torch
 import toy_method
 from reprog_jax import errors
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.study import report
 from reprog_jax.study import sweep
 from reprog_jax.train import checkpoints
@@ -28,7 +28,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def network():
-  return networks.random_network("resnet18")
+  return network_lib.random_network("resnet18")
 
 
 @pytest.mark.parametrize("name", methods.names())

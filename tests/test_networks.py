@@ -13,8 +13,10 @@ import pytest
 
 from conftest import random_mask, run_torch, save_pth, torch_reference
 from convert import cli, torch_io
+from reprog_jax import fileio
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
+from reprog_jax.model import network_dir
 
 TOLERANCE = 1e-4  # max |logit difference| in float32
 
@@ -26,7 +28,7 @@ def _convert(tmp_path, arch, state_dict, mask=None):
   if mask is not None:
     args += ["--mask", save_pth(tmp_path / "m.pth", mask)]
   assert cli.main(args) == 0
-  return networks.load(tmp_path / "net")
+  return network_dir.load(tmp_path / "net")
 
 
 @pytest.fixture(scope="module", params=["resnet18", "resnet50"])
@@ -91,10 +93,10 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(resnet18_state):
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks = masks_lib.dense(tree["params"])
   x = np.random.default_rng(9).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  net = networks.make_network(resnet.ResNet18(dtype=jax.numpy.bfloat16),
-                              tree["params"], tree["batch_stats"], masks,
-                              {"arch": "resnet18"})
-  got = networks.forward(net, x)
+  net = network_lib.make_network(resnet.ResNet18(dtype=jax.numpy.bfloat16),
+                                 tree["params"], tree["batch_stats"], masks,
+                                 {"arch": "resnet18"})
+  got = network_lib.forward(net, x)
   assert got.dtype == np.float32  # Logits come back float32 for the loss.
   expected = run_torch(torch_reference("resnet18", resnet18_state), x)
   # bfloat16 keeps ~3 significant digits: close to PyTorch, not equal.
@@ -106,7 +108,7 @@ def test_parameter_count_matches_torchvision():
   import torchvision
   for arch, count in [("resnet18", 11_689_512), ("resnet34", 21_797_672),
                       ("resnet50", 25_557_032)]:
-    tree = networks.abstract_variables(arch)["params"]
+    tree = network_lib.abstract_variables(arch)["params"]
     ours = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(tree))
     theirs = sum(p.numel() for p in getattr(torchvision.models, arch)().parameters())
     assert ours == theirs == count
@@ -114,10 +116,10 @@ def test_parameter_count_matches_torchvision():
 
 def test_load_rejects_a_directory_that_is_not_a_convert_output(tmp_path):
   (tmp_path / "meta.json").write_text("{\"format\": \"something else\"}")
-  with pytest.raises(networks.NetworkDirError, match="not a reprog-jax network"):
-    networks.load(tmp_path)
-  with pytest.raises(networks.NetworkDirError, match="no such network directory"):
-    networks.load(tmp_path / "missing")
+  with pytest.raises(network_dir.NetworkDirError, match="not a reprog-jax network"):
+    network_dir.load(tmp_path)
+  with pytest.raises(network_dir.NetworkDirError, match="no such network directory"):
+    network_dir.load(tmp_path / "missing")
 
 
 def test_summary_command_prints_sparsity_and_a_prediction(
@@ -125,7 +127,7 @@ def test_summary_command_prints_sparsity_and_a_prediction(
   assert cli.main(["torch", "--arch", "resnet18", "--weights", resnet18_pth,
                    "--out", str(tmp_path / "net"), "--no-verify"]) == 0
   capsys.readouterr()
-  assert networks.main([str(tmp_path / "net")]) == 0
+  assert cli.main(["inspect", str(tmp_path / "net")]) == 0
   out = capsys.readouterr().out
   assert "resnet18, 1000 classes, dense" in out
   assert "remaining weight (PyTorch definition: convs except conv1): 100.00 %" in out
@@ -133,7 +135,7 @@ def test_summary_command_prints_sparsity_and_a_prediction(
   # The five lines name real ImageNet classes, most probable first.
   probs = [float(l.split("%")[0]) for l in out.splitlines()[-5:]]
   assert probs == sorted(probs, reverse=True)
-  assert networks.main([str(tmp_path / "missing")]) == 1
+  assert cli.main(["inspect", str(tmp_path / "missing")]) == 1
 
 
 # --------------------------------------------------------------------------
@@ -177,25 +179,25 @@ def test_altered_checkpoint_bytes_are_refused(converted, tmp_path):
   with open(victim, "r+b") as f:  # 4 KiB overwritten mid-file.
     f.seek(victim.stat().st_size // 2)
     f.write(b"\xa5" * 4096)
-  with pytest.raises(networks.NetworkDirError) as raised:
-    networks.load(net)
+  with pytest.raises(network_dir.NetworkDirError) as raised:
+    network_dir.load(net)
   message = str(raised.value)
-  assert message.startswith(f"{victim}: content differs from what `convert` "
-                            f"wrote (sha256 mismatch")
+  assert message.startswith(f"{victim}: content differs from what was "
+                            f"written (sha256 mismatch")
   assert "re-run `python -m convert" in message and "\n" not in message
 
 
 def test_verification_can_be_switched_off(converted, monkeypatch):
   hashed = []
-  real = networks.file_sha256
-  monkeypatch.setattr(networks, "file_sha256",
+  real = fileio.file_sha256
+  monkeypatch.setattr(fileio, "file_sha256",
                       lambda path: hashed.append(path) or real(path))
-  networks.load(converted)
-  assert len(hashed) == len(networks.read_meta(converted)["files"])
+  network_dir.load(converted)
+  assert len(hashed) == len(network_dir.read_meta(converted)["files"])
   hashed.clear()
-  monkeypatch.setenv(networks.VERIFY_ENV, "0")
-  networks.load(converted)
-  networks.load(converted, verify=False)
+  monkeypatch.setenv(network_dir.VERIFY_ENV, "0")
+  network_dir.load(converted)
+  network_dir.load(converted, verify=False)
   assert not hashed
 
 
@@ -205,12 +207,12 @@ def test_directory_written_before_hashes_still_loads_with_a_note(
   meta = json.loads((net / "meta.json").read_text())
   del meta["files"]
   (net / "meta.json").write_text(json.dumps(meta))
-  loaded = networks.load(net)
+  loaded = network_dir.load(net)
   out = capsys.readouterr().out
   assert out.count("\n") == 1
   assert "written before networks recorded file hashes" in out
   np.testing.assert_array_equal(loaded.params["fc"]["kernel"],
-                                networks.load(converted).params["fc"]["kernel"])
+                                network_dir.load(converted).params["fc"]["kernel"])
 
 
 def test_truncated_checkpoint_is_one_line_without_tracebacks(
@@ -218,12 +220,12 @@ def test_truncated_checkpoint_is_one_line_without_tracebacks(
   net = _copy(converted, tmp_path)
   victim = _largest_file(net)
   os.truncate(victim, victim.stat().st_size // 3)
-  env = dict(os.environ, **{networks.VERIFY_ENV: "0"})  # Sizes still count.
-  proc = subprocess.run([sys.executable, "-m", "reprog_jax.model.networks", str(net)],
+  env = dict(os.environ, **{network_dir.VERIFY_ENV: "0"})  # Sizes still count.
+  proc = subprocess.run([sys.executable, "-m", "convert", "inspect", str(net)],
                         capture_output=True, text=True, timeout=120, env=env)
   assert proc.returncode == 1
   assert proc.stderr.count("\n") == 1, proc.stderr
-  assert proc.stderr.startswith(f"networks: error: {victim}: ")
+  assert proc.stderr.startswith(f"convert: error: {victim}: ")
   assert "truncated" in proc.stderr
 
 
@@ -247,8 +249,8 @@ def test_malformed_meta_json_is_one_line(edit, message, converted, tmp_path):
   else:
     edit(meta)
     (net / "meta.json").write_text(json.dumps(meta))
-  with pytest.raises(networks.NetworkDirError) as raised:
-    networks.load(net)
+  with pytest.raises(network_dir.NetworkDirError) as raised:
+    network_dir.load(net)
   assert str(raised.value).startswith(f"{net}")
   assert message in str(raised.value)
   assert "\n" not in str(raised.value)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import smoke_config
+from reprog_jax import layout
 from reprog_jax.train import checkpoints
 from reprog_jax import errors
 from reprog_jax import methods
@@ -228,10 +229,10 @@ def test_checkpoint_killed_before_its_file_record_resumes_exactly(tmp_path):
   whole = train.train_and_evaluate(_lp_config(), str(tmp_path / "whole"))
   workdir = tmp_path / "w"
   _stopped_after_epoch_0(workdir)
-  (workdir / "checkpoints" / "0" / checkpoints.MANIFEST).unlink()
+  (workdir / "checkpoints" / "0" / layout.CHECKPOINT_MANIFEST).unlink()
   resumed = train.train_and_evaluate(_lp_config(), str(workdir))
   assert resumed["per_seed"][0]["last"] == whole["per_seed"][0]["last"]
-  assert (workdir / "checkpoints" / "1" / checkpoints.MANIFEST).exists()
+  assert (workdir / "checkpoints" / "1" / layout.CHECKPOINT_MANIFEST).exists()
 
 
 def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path):
@@ -247,7 +248,7 @@ def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path):
 
 def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path):
   _stopped_after_epoch_0(tmp_path)
-  (tmp_path / workdir_lib.CONFIG_FILE).unlink()
+  (tmp_path / layout.CONFIG_FILE).unlink()
   with pytest.raises(train.TrainingError,
                      match=r"holds a run with checkpoints but no config.json; "
                      r".*--config.overwrite=True"):
@@ -335,7 +336,8 @@ def test_prepare_malformed_split_json_is_one_line(splits, message, tmp_path,
   assert prepare.main(["ucf101", f"--split_json={split_json}",
                        f"--image_dir={tmp_path}", f"--out={out}"]) == 1
   err = capsys.readouterr().err
-  assert err.count("\n") == 1 and err.startswith("error: ucf101: ")
+  assert err.count("\n") == 1
+  assert err.startswith("reprog_jax.data.prepare: error: ucf101: ")
   assert message in err
   assert not out.exists()
 
@@ -354,7 +356,8 @@ def test_prepare_without_network_fails_at_once_saying_what_to_do(
   assert prepare.main(["cifar10", f"--data_dir={data_dir}"]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1, err
-  assert err.startswith("error: cifar10: cannot reach www.cs.toronto.edu:443")
+  assert err.startswith("reprog_jax.data.prepare: error: cifar10: cannot "
+                        "reach www.cs.toronto.edu:443")
   assert f"then copy its <data_dir>/cifar10 folder to {data_dir}/cifar10" in err
 
 
@@ -379,7 +382,7 @@ def finished_run(tmp_path_factory):
 def test_results_are_readable_by_collaborators(finished_run):
   workdir, _ = finished_run
   results = [workdir / name for name in ("metrics.jsonl", "summary.json",
-                                         workdir_lib.CONFIG_FILE)]
+                                         layout.CONFIG_FILE)]
   results += sorted((workdir / "plots").rglob("*.png"))
   results += [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
   features = sorted((workdir / "features").glob("*.npz"))  # Linear probing.
@@ -412,7 +415,7 @@ def test_n_shot_is_written_once(finished_run):
   assert summary["config"]["n_shot"] == 3
   assert "n_shot" not in summary["config"]["data"]
   assert "n_shot" not in _lp_config().data  # One field, at the top.
-  recorded = json.loads((workdir / workdir_lib.CONFIG_FILE).read_text())
+  recorded = json.loads((workdir / layout.CONFIG_FILE).read_text())
   assert recorded["n_shot"] == 3 and "data.n_shot" not in recorded
 
 
@@ -420,7 +423,7 @@ def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
   config = _lp_config()
   workdir_lib.prepare(config, str(tmp_path), np.float32)
   checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32)})
-  path = tmp_path / workdir_lib.CONFIG_FILE
+  path = tmp_path / layout.CONFIG_FILE
   # What config.json held before: `data.n_shot` next to `n_shot`.
   old = {**json.loads(path.read_text()), "data.n_shot": config.n_shot}
   path.write_text(json.dumps(old))

@@ -90,10 +90,10 @@ def test_vmapped_gradient_equals_each_seeds_own():
   import jax
   import optax
   from reprog_jax import methods
-  from reprog_jax.model import networks
+  from reprog_jax.model import network as network_lib
   from reprog_jax.train import sharding
   from reprog_jax.train import steps
-  network = networks.random_network("resnet18")
+  network = network_lib.random_network("resnet18")
   sgd = optax.sgd(1.0)  # One step from zero: minus the gradient.
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (3, 5, 16, 16, 3), np.uint8),

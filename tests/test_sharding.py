@@ -49,9 +49,9 @@ def one_step_gradients() -> dict:
   (4, 8) (seeds split over 4 devices) and (1, 6) (batch split, padded)."""
   import optax
   from reprog_jax import methods
-  from reprog_jax.model import networks
+  from reprog_jax.model import network as network_lib
   from reprog_jax.train import steps
-  network = networks.random_network("resnet18")
+  network = network_lib.random_network("resnet18")
   method = methods.ilm_vp.visual_prompt(32, 10, 64)
   sgd = optax.sgd(1.0)  # One step: the program minus the gradient.
   out = {}
@@ -123,8 +123,8 @@ def test_four_devices_equal_one(case, four_devices, tmp_path):
 def test_four_devices_compute_one_devices_gradient(four_devices):
   import jax
   from reprog_jax import methods
-  from reprog_jax.model import networks
-  network = networks.random_network("resnet18")
+  from reprog_jax.model import network as network_lib
+  network = network_lib.random_network("resnet18")
   method = methods.ilm_vp.visual_prompt(32, 10, 64)
   saved = np.load(four_devices / "gradients.npz")
   for case in ("4x8", "1x6"):

@@ -8,7 +8,7 @@ import pytest
 from conftest import random_mask, torch_reference
 from convert.torch_to_flax import convert_masks, convert_state_dict
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.model import resnet
 from reprog_jax.train import sharding
 from reprog_jax.train import steps
@@ -25,9 +25,9 @@ def ticket(resnet18_state):
   mask = random_mask(resnet18_state, keep=0.5, seed=11)
   tree = convert_state_dict(resnet18_state, "resnet18")
   masks, _ = convert_masks(mask, tree["params"])
-  network = networks.make_network(resnet.ResNet18(), tree["params"],
-                                  tree["batch_stats"], masks,
-                                  {"arch": "resnet18"})
+  network = network_lib.make_network(resnet.ResNet18(), tree["params"],
+                                     tree["batch_stats"], masks,
+                                     {"arch": "resnet18"})
   return network, (resnet18_state, mask)
 
 
@@ -166,7 +166,7 @@ def test_bfloat16_compute_keeps_float32_master_values(ticket):
 def test_eval_and_count_steps_compile_at_the_precision_asked(precision):
   # On an H100, XLA's default runs float32 matmuls and convolutions as
   # TF32; `eval_precision='highest'` must reach every one of them.
-  network = networks.random_network("resnet18")
+  network = network_lib.random_network("resnet18")
   method = methods.ilm_vp.visual_prompt(8, 10, 32)
   params = jax.vmap(method.init)(jnp.stack([jax.random.key(0)]))
   layout = sharding.Layout.create(1)

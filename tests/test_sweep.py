@@ -20,7 +20,8 @@ import pytest
 
 from reprog_jax.study import claims
 from reprog_jax import errors
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
+from reprog_jax.model import network_dir
 from reprog_jax.study import report
 from reprog_jax.study import sweep
 from test_report import fake_summary
@@ -48,15 +49,15 @@ def tiny_study(**networks_):
 
 def save_ticket(directory):
   """The random ResNet-18 the smoke runs use, half of each kernel masked."""
-  net = networks.random_network("resnet18", 0)
+  net = network_lib.random_network("resnet18", 0)
   rng = np.random.default_rng(0)
   masks = jax.tree.map(lambda m: rng.random(m.shape) < 0.5, net.masks)
-  networks.save(directory, arch="resnet18",
-                params=jax.device_get(net.params),
-                batch_stats=jax.device_get(net.batch_stats), masks=masks,
-                meta={"num_classes": 1000, "dense": False,
-                      "ticket": {"made_by": "test_sweep"},
-                      "sources": {"weights": {"random_init": True}}})
+  network_dir.save(directory, arch="resnet18",
+                   params=jax.device_get(net.params),
+                   batch_stats=jax.device_get(net.batch_stats), masks=masks,
+                   meta={"num_classes": 1000, "dense": False,
+                         "ticket": {"made_by": "test_sweep"},
+                         "sources": {"weights": {"random_init": True}}})
   return directory
 
 
@@ -368,13 +369,23 @@ def test_study_presets_and_bad_studies():
     sweep.cells(bad)
 
 
+def test_method_configs_are_modules_of_the_package():
+  from reprog_jax.configs import ilm_vp  # pylint: disable=g-import-not-at-top
+  assert sweep._config_module("ilm_vp") is ilm_vp
+  with pytest.raises(sweep.SweepError, match="method 'nope' has no config "
+                     "module reprog_jax.configs.nope; add "
+                     "reprog_jax/configs/nope.py"):
+    sweep._config_module("nope")
+
+
 def test_command_line_task_out_of_range_is_one_line(tmp_path):
   env = dict(os.environ, SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_MIN="1",
              SLURM_ARRAY_TASK_COUNT="2")
   proc = subprocess.run(
-      [sys.executable, "-m", "reprog_jax.sweep",
-       "--config=configs/study.py:smoke", f"--workdir={tmp_path / 'd'}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+      # The preset by name, from outside the checkout.
+      [sys.executable, "-m", "reprog_jax.sweep", "--config=study:smoke",
+       f"--workdir={tmp_path / 'd'}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert proc.stderr.startswith(
       "reprog_jax.sweep: error: task index 4 is not in [0, 2)")

@@ -208,8 +208,8 @@ def test_bad_input_writes_nothing_and_overwrite_loses_nothing(tmp_path):
   before = sorted(os.listdir(old))
   config = _lp_smoke(overwrite=True, lr=0.5, random_network="",
                      network_dir=str(tmp_path / "typo"))
-  from reprog_jax.model import networks
-  with pytest.raises(networks.NetworkDirError):
+  from reprog_jax.model import network_dir
+  with pytest.raises(network_dir.NetworkDirError):
     train.train_and_evaluate(config, str(old))
   assert sorted(os.listdir(old)) == before
   assert checkpoints.latest_epoch(old) == 0
@@ -259,6 +259,6 @@ def test_network_dir_that_is_not_a_convert_output(tmp_path):
   (tmp_path / "net").mkdir()
   (tmp_path / "net" / "weights.pth").write_text("x")
   config = _lp_smoke(random_network=None, network_dir=str(tmp_path / "net"))
-  from reprog_jax.model import networks
-  with pytest.raises(networks.NetworkDirError, match="not a `convert` output"):
+  from reprog_jax.model import network_dir
+  with pytest.raises(network_dir.NetworkDirError, match="not a `convert` output"):
     train.train_and_evaluate(config, str(tmp_path / "w"))

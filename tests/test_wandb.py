@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import smoke_config
+from reprog_jax import layout
 from reprog_jax import errors
 from reprog_jax.metrics import metric_writer
 from reprog_jax.metrics import plots
@@ -54,13 +55,13 @@ def test_wandb_fields_are_not_a_config_change():
 
 def test_run_id_is_kept_for_a_resume_and_new_otherwise(tmp_path):
   first = wandb_log._run_id(str(tmp_path), resume=False)
-  assert json.loads((tmp_path / wandb_log.RUN_FILE).read_text()) == {
+  assert json.loads((tmp_path / layout.WANDB_FILE).read_text()) == {
       "id": first}
   assert wandb_log._run_id(str(tmp_path), resume=True) == first
   fresh = wandb_log._run_id(str(tmp_path), resume=False)
   assert fresh != first
   assert wandb_log._run_id(str(tmp_path), resume=True) == fresh
-  assert sorted(os.listdir(tmp_path)) == [wandb_log.RUN_FILE]  # No .tmp.
+  assert sorted(os.listdir(tmp_path)) == [layout.WANDB_FILE]  # No .tmp.
 
 
 class RecordingMirror:
@@ -205,7 +206,7 @@ def test_offline_run_logs_config_metrics_and_pictures(offline_run):
 
 def test_resumed_run_continues_the_same_wandb_run(offline_run):
   workdir, runs, _ = offline_run
-  with open(os.path.join(workdir, wandb_log.RUN_FILE)) as f:
+  with open(os.path.join(workdir, layout.WANDB_FILE)) as f:
     run_id = json.load(f)["id"]
   assert [os.path.basename(r).rsplit("-", 1)[-1] for r in runs] == [
       run_id, run_id]

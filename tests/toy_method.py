@@ -14,7 +14,7 @@ import numpy as np
 
 from reprog_jax import methods
 from reprog_jax.methods.base import Method, MethodSpec
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.model import prompts
 
 NAME = "toy_bias"
@@ -22,14 +22,14 @@ NAME = "toy_bias"
 
 def _build(config, network, num_classes, image_size):
   del image_size  # The network sees the images as they come.
-  num_source = len(networks.class_names(network))
+  num_source = len(network_lib.class_names(network))
 
   def init(rng):
     del rng  # Deterministic start: the configured constant.
     return {"bias": jnp.full((num_source,), config.bias_init, jnp.float32)}
 
   def scores(trainable, network, images):
-    logits = networks.forward(network, prompts.imagenet_normalize(images))
+    logits = network_lib.forward(network, prompts.imagenet_normalize(images))
     return logits.astype(jnp.float32) + trainable["bias"]
 
   def epoch_mapping(epoch, current, seeds, count_pass):

@@ -27,6 +27,7 @@ from PIL import Image
 from reprog_jax.data import pipeline
 from reprog_jax.data import sources
 from reprog_jax.data import store as store_lib
+from reprog_jax import cli
 from reprog_jax.data.errors import DataError
 from reprog_jax.data.registry import get_dataset_info
 
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--read_threads', type=int, default=4)
   parser.add_argument('--prefetch_batches', type=int, default=2)
   args = parser.parse_args(argv)
-  try:
+
+  def benchmark():
     cases, workers = _check(args)
     print(f'# {args.dataset or "synthetic"}, batch {args.batch_size}, '
           f'{args.batches} timed batches after {args.warmup}, read_threads '
@@ -156,10 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         decode, serve = _measure(args, source, pool, labels, size, count)
         print(f'| {size} | {args.dataset or kind} | {count} | {decode:,.0f} '
               f'| {serve:,.0f} |', flush=True)
-  except DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
+
+  return cli.run('reprog_jax.data.benchmark', benchmark)
 
 
 if __name__ == '__main__':

@@ -37,6 +37,7 @@ import urllib.parse
 from absl import logging
 import tensorflow_datasets as tfds
 
+from reprog_jax import cli
 from reprog_jax.data import registry
 from reprog_jax.data import tfds_writer
 from reprog_jax.data.errors import DataError
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   # Library chatter (tfds's missing-variant warnings) is not for users.
   logging.set_verbosity(logging.ERROR)
-  try:
+
+  def prepare():
     info = registry.get_dataset_info(args.name)
     data_dir = os.path.expanduser(args.data_dir or tfds.core.constants.DATA_DIR)
     out = args.out or os.path.join(data_dir, 'folders', args.name)
@@ -244,10 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                     out, args.copy)
     else:
       _prepare_tfds(args.name, data_dir)
-  except DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
+
+  return cli.run('reprog_jax.data.prepare', prepare)
 
 
 if __name__ == '__main__':

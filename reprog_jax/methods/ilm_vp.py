@@ -18,7 +18,7 @@ from reprog_jax import errors
 from reprog_jax.methods.base import Method, MethodSpec
 from reprog_jax.metrics import plots
 from reprog_jax.model import label_mapping
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.model import prompts
 
 
@@ -37,7 +37,7 @@ def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
       ImageNet's 1000.
   """
   if source_class_names is None:
-    source_class_names = networks.imagenet_classes()
+    source_class_names = network_lib.imagenet_classes()
   num_source = len(source_class_names)
   if num_classes > num_source:
     raise errors.ConfigError(
@@ -54,7 +54,7 @@ def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
 
   def scores(trainable, network, images):
     # The prompt computes in float32; the network casts to its dtype.
-    return networks.forward(network, prompt.apply({"params": trainable},
+    return network_lib.forward(network, prompt.apply({"params": trainable},
                                                   images))
 
   def epoch_mapping(epoch, current, seeds, count_pass):
@@ -89,7 +89,7 @@ def _build(config, network, num_classes, image_size):
   # The prompt works in front of any network; the mapping needs its classes.
   return visual_prompt(image_size, num_classes, config.prompt_output_size,
                        config.label_mapping, config.mapping_interval,
-                       networks.class_names(network))
+                       network_lib.class_names(network))
 
 
 def _configure(config):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reprog_jax.methods.base import Method, MethodSpec
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.model import prompts
 
 
@@ -31,7 +31,7 @@ def linear_probe(num_features: int, num_classes: int) -> Method:
                                        -bound, bound)}
 
   def encode(network, images):
-    return networks.forward(network, prompts.imagenet_normalize(images),
+    return network_lib.forward(network, prompts.imagenet_normalize(images),
                             features_only=True)
 
   def scores(trainable, network, features):

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from reprog_jax import fileio
+from reprog_jax import layout
 
 # Strict JSON has no NaN or infinity. They are written as these strings (the
 # names JavaScript and Python's `json` give them) and `read_metrics` turns
@@ -88,7 +88,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     floats they stand for. An incomplete last line (a crash while writing
     it) is ignored.
   """
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, layout.METRICS_FILE)
   if not os.path.exists(path):
     return []
   return [_parse_line(line) for line in _complete_lines(path) if line.strip()]
@@ -119,8 +119,8 @@ class MetricWriter:
   def __init__(self, workdir: str, mirror=None):
     self.workdir = workdir
     self.mirror = mirror
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    self.path = os.path.join(workdir, layout.METRICS_FILE)
+    self.tensorboard_dir = os.path.join(workdir, layout.TENSORBOARD_DIR)
     os.makedirs(workdir, exist_ok=True)
     self._drop_torn_line()
     self._file = open(self.path, "a", encoding="utf-8")
@@ -193,8 +193,8 @@ class MetricWriter:
   def truncate_after(self, epoch: int):
     """Keeps only the records with `epoch <= epoch`, for a resumed run.
 
-    The file is rewritten to a temporary file and swapped in with
-    `os.replace`, so a crash leaves either the old or the new file. Later
+    The file is rewritten atomically (`fileio.write_text`), so a crash
+    leaves either the old or the new file. Later
     TensorBoard events are purged from step `epoch + 1` on.
 
     Args:
@@ -203,18 +203,7 @@ class MetricWriter:
     self._file.close()
     kept = [line for line in _complete_lines(self.path)
             if line.strip() and _parse_line(line)["epoch"] <= epoch]
-    # Not `tempfile.mkstemp`, whose files are private (0600): created with
-    # the user's umask, like every other result, collaborators can read it.
-    temp_path = os.path.join(self.workdir, f".{METRICS_FILE}.tmp")
-    try:
-      with open(temp_path, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in kept)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(temp_path, self.path)
-    except BaseException:
-      os.unlink(temp_path)
-      raise
+    fileio.write_text(self.path, "".join(line + "\n" for line in kept))
     self._file = open(self.path, "a", encoding="utf-8")
     self._purge_step = int(epoch) + 1
     if self._summary_writer is not None:

@@ -158,8 +158,9 @@ def plot_label_mapping(counts: np.ndarray, mapping_sequence: Sequence[int],
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   counts = np.asarray(counts)
   if source_names is None:
-    from reprog_jax.model import networks  # pylint: disable=g-import-not-at-top
-    source_names = networks.imagenet_classes()
+    # pylint: disable-next=g-import-not-at-top
+    from reprog_jax.model import network as network_lib
+    source_names = network_lib.imagenet_classes()
   num_sources, num_targets = counts.shape
   if len(source_names) != num_sources or len(target_names) != num_targets:
     raise ValueError(

@@ -28,8 +28,9 @@ import string
 from collections.abc import Mapping
 
 from reprog_jax import errors
+from reprog_jax import fileio
+from reprog_jax import layout
 
-RUN_FILE = "wandb_run.json"
 MODES = ("online", "offline")
 
 
@@ -72,17 +73,13 @@ def _new_id() -> str:
 
 def _run_id(workdir: str, resume: bool) -> str:
   """The id kept in the workdir when resuming, else a new one, stored."""
-  path = os.path.join(workdir, RUN_FILE)
+  path = os.path.join(workdir, layout.WANDB_FILE)
   if resume and os.path.exists(path):
     with open(path) as f:
       return json.load(f)["id"]
   run_id = _new_id()
   # Atomic: a kill at any instant leaves the old id or the new one.
-  with open(path + ".tmp", "w") as f:
-    json.dump({"id": run_id}, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + ".tmp", path)
+  fileio.write_json(path, {"id": run_id})
   return run_id
 
 

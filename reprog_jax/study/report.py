@@ -31,22 +31,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from reprog_jax.data.fewshot import shot_name
+from reprog_jax import cli
 from reprog_jax import errors
 from reprog_jax import fileio
 from reprog_jax import layout
+from reprog_jax.data.fewshot import shot_name
+from reprog_jax.layout import (CELL_FILE, ERROR_FILE, FIGURES_DIR, REPORT_CSV,
+                               REPORT_MD, RUN_SUBDIRS, STUDY_FILE,
+                               SUMMARY_FILE)
 from reprog_jax.study import claims
 from reprog_jax.study import claims_tables
 from reprog_jax.study import figures
 
-SUMMARY_FILE = "summary.json"
-ERROR_FILE = "error.txt"
-CELL_FILE = "cell.json"  # What the sweep says a cell is (its network's name).
-STUDY_FILE = "study.json"
-FIGURES_DIR = "figures"
-# Not searched for summaries: what a run keeps beside its summary.
-_RUN_SUBDIRS = {"checkpoints", "tensorboard", "plots", "features",
-                FIGURES_DIR}
 # (summary key, column heading); the first two are always reported.
 METRICS = (("test_acc", "accuracy (%)"), ("test_ece", "ECE"),
            ("test_ece_adaptive", "adaptive ECE"),
@@ -120,7 +116,7 @@ def collect(directory) -> list[Row]:
   network (dense first, then by decreasing remaining weights)."""
   rows = []
   for root, dirs, files in os.walk(directory):
-    dirs[:] = sorted(d for d in dirs if d not in _RUN_SUBDIRS)
+    dirs[:] = sorted(d for d in dirs if d not in RUN_SUBDIRS)
     cell = os.path.relpath(root, directory)
     if SUMMARY_FILE in files:
       rows.append(_row(cell, _read_json(os.path.join(root, SUMMARY_FILE)),
@@ -146,7 +142,7 @@ def _read_json(path):
       return json.load(f)
   except (OSError, ValueError) as e:
     raise ReportError(f"{path}: unreadable ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:120]}); delete it (re-run "
+                      f"{errors.first_line(e, 120)}); delete it (re-run "
                       f"its cell) or move it out of the directory") from None
 
 
@@ -264,7 +260,7 @@ def write(directory, options=claims.Options()) -> dict:
   os.makedirs(os.path.join(directory, FIGURES_DIR), exist_ok=True)
   for name, draw in figures.figures(done, FIGURES_DIR).items():
     path = os.path.join(directory, name)
-    _write_bytes(path, draw())
+    fileio.write_bytes(path, draw())
     written[name] = path
   for name, text in (
       (layout.SEEDS_CSV, claims_tables.seeds_csv(rows)),
@@ -273,20 +269,13 @@ def write(directory, options=claims.Options()) -> dict:
     path = os.path.join(directory, name)
     fileio.write_text(path, text)
     written[name] = path
-  for name, text in (("report.csv", _csv(rows)),
-                     ("report.md", _markdown(directory, rows, options,
+  for name, text in ((REPORT_CSV, _csv(rows)),
+                     (REPORT_MD, _markdown(directory, rows, options,
                                              sorted(written)))):
     path = os.path.join(directory, name)
-    _write_bytes(path, text.encode())
+    fileio.write_text(path, text)
     written[name] = path
   return written
-
-
-def _write_bytes(path, content: bytes) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(content)
-  os.replace(tmp, path)
 
 
 def _csv(rows) -> str:
@@ -383,14 +372,13 @@ def main(argv=None) -> int:
                       help="claim 1 needs the dense and ticket source top-1 "
                       "within this many percentage points (default 1.0)")
   args = parser.parse_args(argv)
-  try:
+
+  def report():
     written = write(args.directory, claims.Options(
         alpha=args.alpha, similar_source_pp=args.similar_source_pp))
-  except ReportError as e:
-    print(f"reprog_jax.report: error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {', '.join(sorted(written))} in {args.directory}")
-  return 0
+    print(f"wrote {', '.join(sorted(written))} in {args.directory}")
+
+  return cli.run("reprog_jax.report", report)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,31 +22,29 @@ all writing to one workdir on a shared filesystem. The grid is recorded in
 import json
 import os
 import re
-import sys
 import time
 import traceback
 from typing import NamedTuple
 
 import ml_collections
 
+from reprog_jax import cli
 from reprog_jax import data
 from reprog_jax import errors
-from reprog_jax import cli as flag_errors
+from reprog_jax import fileio
+from reprog_jax import layout
 from reprog_jax import methods
-from reprog_jax.study import report
 from reprog_jax.train import run_config
 from reprog_jax.train import loop as train
 from reprog_jax.train import workdir as workdir_lib
 
-# The files of a sweep directory (`reprog_jax.report` reads them).
-STUDY_FILE, CELL_FILE = report.STUDY_FILE, report.CELL_FILE
-ERROR_FILE, SUMMARY_FILE = report.ERROR_FILE, report.SUMMARY_FILE
 FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
           "method_overrides")
 # Training-config fields a study's grid sets per cell; overrides may not.
 GRID_FIELDS = ("method", "n_shot", "data.name", "seed", "seeds", "network",
                "network_dir", "random_network")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+PROG = "reprog_jax.sweep"
 
 
 class SweepError(errors.UserError, ValueError):
@@ -206,20 +204,12 @@ def _override(config, overrides, name, where, prefix=""):
                        f"training config (cell {name})") from None
     except TypeError as e:
       raise SweepError(f"study {where}: {field}={value!r} has the wrong type "
-                       f"({str(e).splitlines()[0]})") from None
+                       f"({errors.first_line(e)})") from None
 
 
 # --------------------------------------------------------------------------
 # The sweep directory
 # --------------------------------------------------------------------------
-
-
-def write_atomically(path, text) -> None:
-  """Writes `text` to `path` through a temporary file and a rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def record_study(workdir, study, grid, extend=False) -> None:
@@ -230,7 +220,7 @@ def record_study(workdir, study, grid, extend=False) -> None:
   change results) is accepted; one that only adds cells needs `extend`;
   any other is refused.
   """
-  path = os.path.join(workdir, STUDY_FILE)
+  path = os.path.join(workdir, layout.STUDY_FILE)
   study = plain_study(study)
   if os.path.exists(path):
     with open(path) as f:
@@ -256,8 +246,7 @@ def record_study(workdir, study, grid, extend=False) -> None:
           f"them too, or use another --workdir")
     if recorded["study"] == study:
       return
-  write_atomically(path, json.dumps(
-      {"study": study, "cells": [c.name for c in grid]}, indent=2) + "\n")
+  fileio.write_json(path, {"study": study, "cells": [c.name for c in grid]})
 
 
 def _differences(old, new) -> list[str]:
@@ -344,15 +333,15 @@ def run_cell(cell, workdir, prefix="") -> dict:
   cell_dir = os.path.join(workdir, cell.workdir_rel)
   outcome = {"workdir": cell_dir, "seconds": 0.0, "message": ""}
   head = f"{prefix} {cell.name} ..."
-  if os.path.exists(os.path.join(cell_dir, SUMMARY_FILE)):
+  if os.path.exists(os.path.join(cell_dir, layout.SUMMARY_FILE)):
     print(f"{head} finished before, skipped", flush=True)
     return {**outcome, "status": "skipped", "message": "finished before"}
   os.makedirs(cell_dir, exist_ok=True)
   config = cell.config
-  write_atomically(os.path.join(cell_dir, CELL_FILE), json.dumps({
+  fileio.write_json(os.path.join(cell_dir, layout.CELL_FILE), {
       "name": cell.name, "network": cell.network, "kind": config.network,
       "method": config.method, "dataset": config.data.name,
-      "n_shot": config.n_shot, "seeds": list(config.seeds)}, indent=2) + "\n")
+      "n_shot": config.n_shot, "seeds": list(config.seeds)})
   started = time.time()
   try:
     summary = train.train_and_evaluate(config, cell_dir)
@@ -360,16 +349,16 @@ def run_cell(cell, workdir, prefix="") -> dict:
   # of memory, a bug) is recorded with its traceback, and the others run.
   except Exception as e:  # pylint: disable=broad-except
     seconds = time.time() - started
-    write_atomically(os.path.join(cell_dir, ERROR_FILE),
-                     traceback.format_exc())
+    fileio.write_text(os.path.join(cell_dir, layout.ERROR_FILE),
+                      traceback.format_exc())
     message = _one_line(e)
     print(f"{head} FAILED after {seconds:.0f} s: {message} (traceback in "
-          f"{os.path.join(cell_dir, ERROR_FILE)})", flush=True)
+          f"{os.path.join(cell_dir, layout.ERROR_FILE)})", flush=True)
     return {**outcome, "status": "failed", "seconds": seconds,
             "message": message}
   seconds = time.time() - started
-  if os.path.exists(os.path.join(cell_dir, ERROR_FILE)):
-    os.remove(os.path.join(cell_dir, ERROR_FILE))  # An earlier try's.
+  if os.path.exists(os.path.join(cell_dir, layout.ERROR_FILE)):
+    os.remove(os.path.join(cell_dir, layout.ERROR_FILE))  # An earlier try's.
   best = summary["seeds_mean_std"]["best"] if summary else None
   # std: ddof=1 over the seeds, None with a single seed.
   message = (f"best acc {best['test_acc']['mean']:.2%} +- "
@@ -382,11 +371,11 @@ def run_cell(cell, workdir, prefix="") -> dict:
 
 
 def _one_line(error) -> str:
-  lines = [l for l in str(error).splitlines() if l.strip()]
-  text = lines[0] if lines else ""
-  if isinstance(error, errors.UserError):
+  """A failed cell in one line: a user error's message, a bug's type too."""
+  text = errors.first_line(error, limit=1000)
+  if isinstance(error, errors.UserError) or text == type(error).__name__:
     return text
-  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return f"{type(error).__name__}: {text}"
 
 
 # --------------------------------------------------------------------------
@@ -400,7 +389,8 @@ def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config = config_flags.DEFINE_config_file(
-      "config", None, "A study and preset, e.g. configs/study.py:smoke.",
+      "config", None, "A study and preset, e.g. configs/study.py:smoke or "
+      "study:smoke.",
       lock_config=True)
   workdir = flags.DEFINE_string(
       "workdir", None, "The sweep directory: one sub-directory per cell; "
@@ -424,36 +414,32 @@ def main(flag_values) -> int:
   config, workdir, extend, task_index, num_tasks = flag_values
   logging.set_verbosity(logging.ERROR)
 
-  def fail(message):
-    print(f"reprog_jax.sweep: error: {message}", file=sys.stderr)
-    return 1
-
   try:
     study = config.value
     study.networks  # A config file that failed to load raises on first use.
   except OSError as e:
-    return fail(flag_errors.one_line(e, "study"))
-  try:
+    return cli.fail(PROG, cli.one_line(e, "study"))
+
+  def sweep():
     index, count = task_index.value, num_tasks.value
     if index is None or count is None:
       env_index, env_count = task_from_environment()
       index = _first_set(index, env_index, 0)
       count = _first_set(count, env_count, 1)
     outcomes = run(study, workdir.value, index, count, extend.value)
-  except errors.UserError as e:
-    return fail(str(e))
-  except KeyboardInterrupt:
-    print("interrupted; finished cells are kept and the interrupted one "
-          "resumes from its last epoch: run the same command again",
-          file=sys.stderr)
-    return 130
-  failed = [name for name, o in outcomes.items() if o["status"] == "failed"]
-  if failed:
-    return fail(f"{len(failed)} of {len(outcomes)} cells failed ("
-                f"{', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''});"
-                f" each one's traceback is in its error.txt; fix and re-run "
-                f"the same command (finished cells are skipped)")
-  return 0
+    failed = [name for name, o in outcomes.items()
+              if o["status"] == "failed"]
+    if failed:
+      raise SweepError(
+          f"{len(failed)} of {len(outcomes)} cells failed ("
+          f"{', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}); "
+          f"each one's traceback is in its error.txt; fix and re-run the "
+          f"same command (finished cells are skipped)")
+
+  return cli.run(
+      PROG, sweep, interrupted="interrupted; finished cells are kept and the "
+      "interrupted one resumes from its last epoch: run the same command "
+      "again")
 
 
 def _first_set(*values):
@@ -463,5 +449,5 @@ def _first_set(*values):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _FLAGS = _define_flags()
-  app.run(lambda argv: main(_FLAGS), flags_parser=flag_errors.parser(
-      "reprog_jax.sweep", "study", "--config.seeds='(0, 1)'"))
+  app.run(lambda argv: main(_FLAGS), flags_parser=cli.parser(
+      PROG, "study", "--config.seeds='(0, 1)'"))

@@ -7,7 +7,7 @@
     python -m reprog_jax.bench --method ilm_vp --device gpu
 
 Both sides train the same thing on the same shapes: the frozen network
-(ours: `networks.random_network`; theirs: torchvision's, randomly
+(ours: `network_lib.random_network`; theirs: torchvision's, randomly
 initialised: speed does not depend on the weights), the same prompt or head,
 Adam. Ours is built through the registry (`methods.build` on the method's
 run config); the PyTorch side is the builder its spec names
@@ -35,16 +35,16 @@ from the decoded uint8 store and put on the device, as training does.
 
 import argparse
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import cli
 from reprog_jax import errors
 from reprog_jax import methods
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.tools import bench_sides
 from reprog_jax.train import run_config
 from reprog_jax.train import steps
@@ -186,27 +186,27 @@ def describe(args, dtype) -> None:
 
 
 def main(argv=None) -> int:
+  return cli.run("bench", _bench, argv)
+
+
+def _bench(argv) -> None:
+  args = parse(argv)
+  device = "cuda" if args.device == "gpu" else "cpu"
+  if args.device == "gpu" and jax.default_backend() != "gpu":
+    raise BenchError("--device gpu: JAX sees no GPU (install jax[cuda12])")
+  if args.device == "cpu" and jax.default_backend() != "cpu":
+    raise BenchError("--device cpu: JAX runs on "
+                     f"{jax.default_backend()}; set JAX_PLATFORMS=cpu")
   try:
-    args = parse(argv)
-    device = "cuda" if args.device == "gpu" else "cpu"
-    if args.device == "gpu" and jax.default_backend() != "gpu":
-      raise BenchError("--device gpu: JAX sees no GPU (install jax[cuda12])")
-    if args.device == "cpu" and jax.default_backend() != "cpu":
-      raise BenchError("--device cpu: JAX runs on "
-                       f"{jax.default_backend()}; set JAX_PLATFORMS=cpu")
     import torch  # pylint: disable=g-import-not-at-top
-    if device == "cuda" and not torch.cuda.is_available():
-      raise BenchError("--device gpu: PyTorch sees no GPU")
   except ImportError as e:
-    print(f"bench: error: {e.name} is missing; pip install -e '.[torch]'",
-          file=sys.stderr)
-    return 1
-  except errors.UserError as e:
-    print(f"bench: error: {e}", file=sys.stderr)
-    return 1
+    raise BenchError(f"{e.name} is missing; pip install -e '.[torch]'"
+                     ) from None
+  if device == "cuda" and not torch.cuda.is_available():
+    raise BenchError("--device gpu: PyTorch sees no GPU")
   dtype = jnp.bfloat16 if args.device == "gpu" else jnp.float32
   describe(args, dtype)
-  network = networks.random_network(args.arch, dtype=dtype)
+  network = network_lib.random_network(args.arch, dtype=dtype)
   method = methods.build(args.config, network, args.num_classes,
                          args.image_size)
   mapping = bench_sides.mapping_for(args, method)
@@ -218,7 +218,6 @@ def main(argv=None) -> int:
   else:
     ratio = _one_step(args, network, theirs, dtype)
   print(f"ratio ours/pytorch = {ratio:.2f}")
-  return 0
 
 
 def _one_step(args, network, theirs, dtype) -> float:

@@ -25,9 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 
 import jax
@@ -35,10 +32,12 @@ from ml_collections import config_dict
 import numpy as np
 from PIL import Image
 
+from reprog_jax import cli
 from reprog_jax import errors
-from reprog_jax import fileio as integrity
+from reprog_jax import fileio
+from reprog_jax import layout
 from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 from reprog_jax.model import pruning
 from reprog_jax.study import report
 from reprog_jax.model import resnet
@@ -115,9 +114,7 @@ def _done(workdir, stage):
 def _mark(workdir, stage, record):
   path = _marker(workdir, stage)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+  fileio.write_json(path, record)
 
 
 def _network_name(k):
@@ -178,7 +175,7 @@ def make_source_networks(workdir, scale: Scale, progress=True) -> dict:
                    f"{scale.rewind_step} of the dense run"),
         "lottery_ticket": True,
         "of": os.path.join(workdir, "networks", "dense")}
-    networks.save(directory, arch=ARCH, params=params,
+    network_dir.save(directory, arch=ARCH, params=params,
                   batch_stats=r.trained["batch_stats"], masks=r.masks,
                   overwrite=True, meta={
                       "num_classes": scale.source_classes,
@@ -240,23 +237,14 @@ def write_digits(root, size=SOURCE_SIZE, test_fraction=0.4, seed=0) -> dict:
   for label in range(10):
     rows = rng.permutation(np.flatnonzero(digits.target == label))
     is_test[rows[:round(test_fraction * len(rows))]] = True
-  parent = os.path.dirname(os.path.abspath(root))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".digits.tmp-", dir=parent)
-  integrity.share(tmp)
-  try:
+  # `replace`: a tree left by an interrupted earlier run goes.
+  with fileio.atomic_directory(root, replace=True) as tmp:
     for i, (image, label) in enumerate(zip(pixels, digits.target)):
       split = "test" if is_test[i] else "train"
       folder = os.path.join(tmp, split, str(label))
       os.makedirs(folder, exist_ok=True)
       Image.fromarray(image).resize((size, size), Image.BICUBIC).save(
           os.path.join(folder, f"{i:04d}.png"))
-    if os.path.exists(root):  # a tree from an interrupted earlier run
-      shutil.rmtree(root)
-    os.rename(tmp, root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return {"train": int(np.sum(~is_test)), "test": int(np.sum(is_test))}
 
 
@@ -333,7 +321,7 @@ def run(workdir, scale: Scale, progress=True) -> dict:
                     f"run's error.txt under {sweep_dir}")
   print("stage 4/4, report")
   written = report.write(sweep_dir)
-  _add_note(written["report.md"], scale, nets)
+  _add_note(written[layout.REPORT_MD], scale, nets)
   return written
 
 
@@ -349,7 +337,7 @@ def _add_note(path, scale: Scale, nets: dict) -> None:
           f"{scale.source_classes} synthetic classes, chance "
           f"{1 / scale.source_classes:.1%}), held-out source accuracy: "
           f"{accuracies}. Written by `python -m reprog_jax.demo`.")
-  integrity.write_text(path, f"{title}\n\n{note}\n{rest}")
+  fileio.write_text(path, f"{title}\n\n{note}\n{rest}")
 
 
 def _configure_jax(workdir):
@@ -377,18 +365,17 @@ def main(argv=None) -> int:
   workdir = os.path.abspath(args.workdir)
   print(f"NOTE: {DISCLAIMER}")
   started = time.time()
-  try:
+
+  def demo():
     _configure_jax(workdir)
     written = run(workdir, QUICK if args.quick else FULL,
                   progress=not args.no_progress)
-  except errors.UserError as e:
-    print(f"demo: error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote, in {time.time() - started:.0f} s:")
-  for path in written.values():
-    print(f"  {path}")
-  print(f"NOTE: {DISCLAIMER}")
-  return 0
+    print(f"wrote, in {time.time() - started:.0f} s:")
+    for path in written.values():
+      print(f"  {path}")
+    print(f"NOTE: {DISCLAIMER}")
+
+  return cli.run("demo", demo)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ in ImageFolder's order. Each image gets torchvision's standard evaluation
 transform: resize the shorter side to 256 (bilinear, antialiased), centre
 crop 224, scale to [0, 1], ImageNet normalisation. The top-1 (in %) is
 written atomically into the network's meta.json as `source_top1`
-(`networks.record_source_accuracy`): the report's claim 1 compares a dense
+(`network_dir.record_source_accuracy`): the report's claim 1 compares a dense
 network and its ticket by it ("their upstream performance is similar").
 """
 
@@ -23,7 +23,7 @@ from PIL import Image
 
 from reprog_jax import errors
 from reprog_jax.data import folder
-from reprog_jax.model import networks
+from reprog_jax.model import network_dir
 from reprog_jax.model import prompts
 
 RESIZE, CROP = 256, 224
@@ -90,7 +90,7 @@ def top1(network, paths, labels, batch_size=64, progress=True) -> float:
 
 def evaluate(network_dir, data_dir, batch_size=64, progress=True) -> float:
   """Measures and records `network_dir`'s source top-1 (%); returns it."""
-  network = networks.load(network_dir)
+  network = network_dir.load(network_dir)
   paths, labels, classes = list_image_folder(data_dir)
   expected = network.meta.get("num_classes", 1000)
   if len(classes) != expected:
@@ -102,7 +102,7 @@ def evaluate(network_dir, data_dir, batch_size=64, progress=True) -> float:
     raise SourceDataError(f"{data_dir}: no images under its class folders "
                           f"({', '.join(folder.IMAGE_EXTENSIONS)})")
   accuracy = top1(network, paths, labels, batch_size, progress)
-  networks.record_source_accuracy(
+  network_dir.record_source_accuracy(
       network_dir, accuracy,
       f"python -m reprog_jax.evaluate_source on {os.path.abspath(data_dir)} "
       f"({len(paths)} images, resize {RESIZE}, centre crop {CROP})")
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     print(f"{parser.prog}: error: {e}", file=sys.stderr)
     return 1
   print(f"source top-1 {accuracy:.2f} %, recorded in "
-        f"{os.path.join(args.network_dir, networks.META_FILE)} (source_top1)")
+        f"{os.path.join(args.network_dir, network_dir.META_FILE)} (source_top1)")
   return 0
 
 

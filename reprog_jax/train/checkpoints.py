@@ -29,12 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reprog_jax import errors
-from reprog_jax import fileio as integrity
+from reprog_jax import fileio
+from reprog_jax import layout
 from reprog_jax.train import best as best_lib
-
-LAST = "checkpoints"
-# In each checkpoint: its files' sizes and sha256, written after Orbax's.
-MANIFEST = "reprog_jax_files.json"
 
 
 class CheckpointError(errors.UserError):
@@ -43,7 +40,7 @@ class CheckpointError(errors.UserError):
 
 def _manager(workdir) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, LAST)),
+      os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
 
@@ -83,15 +80,14 @@ def save(workdir, tree) -> None:
     # Killed before this lands, the checkpoint is complete but unrecorded:
     # it is then restored unchecked, as checkpoints of older versions are.
     step = _step_dir(workdir, epoch)
-    records = integrity.file_records(step, ".", skip={MANIFEST})
-    with open(os.path.join(step, MANIFEST + ".tmp"), "w") as f:
-      json.dump(records, f, indent=1)
-    os.replace(os.path.join(step, MANIFEST + ".tmp"),
-               os.path.join(step, MANIFEST))
+    records = fileio.file_records(step, ".",
+                                  skip={layout.CHECKPOINT_MANIFEST})
+    fileio.write_json(os.path.join(step, layout.CHECKPOINT_MANIFEST),
+                      records, indent=1)
 
 
 def _step_dir(workdir, epoch) -> str:
-  return os.path.join(workdir, LAST, str(epoch))
+  return os.path.join(workdir, layout.CHECKPOINTS_DIR, str(epoch))
 
 
 def _check_files(workdir, epoch) -> None:
@@ -99,7 +95,7 @@ def _check_files(workdir, epoch) -> None:
   differs from what `save` recorded: before Orbax reads anything, whose
   failed background reads would print tracebacks after our error."""
   step = _step_dir(workdir, epoch)
-  path = os.path.join(step, MANIFEST)
+  path = os.path.join(step, layout.CHECKPOINT_MANIFEST)
   if not os.path.exists(path):
     return
   try:
@@ -107,9 +103,9 @@ def _check_files(workdir, epoch) -> None:
       records = json.load(f)
   except (OSError, ValueError) as e:
     records = e
-  problem = (None if integrity.is_wellformed(records) else
+  problem = (None if fileio.is_wellformed(records) else
              f"{path} is unreadable")
-  problem = problem or integrity.first_difference(step, records)
+  problem = problem or fileio.first_difference(step, records)
   if problem:
     raise CheckpointError(_unreadable(step, epoch, problem))
 
@@ -122,7 +118,7 @@ def _unreadable(step, epoch, reason) -> str:
 
 def latest_epoch(workdir) -> int | None:
   """The epoch of the last complete checkpoint, or None."""
-  if not os.path.isdir(os.path.join(workdir, LAST)):
+  if not os.path.isdir(os.path.join(workdir, layout.CHECKPOINTS_DIR)):
     return None
   with _manager(workdir) as manager:
     return manager.latest_step()
@@ -136,14 +132,15 @@ def restore(workdir, like: Any) -> dict:
   with _manager(workdir) as manager:
     epoch = manager.latest_step()
     if epoch is None:
-      raise FileNotFoundError(f"{workdir}/{LAST}: no checkpoint")
+      raise FileNotFoundError(
+          f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
     _check_files(workdir, epoch)
     try:
       tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax and TensorStore raise many types (even bare Exception) for a
     # truncated or corrupted file; every one means "unreadable".
     except Exception as e:  # pylint: disable=broad-except
-      reason = _first_line(e)
+      reason = errors.first_line(e, 200, root_cause=True)
     else:
       reason = None
   if reason is not None:
@@ -154,15 +151,6 @@ def restore(workdir, like: Any) -> dict:
   tree["mapping_sequence"] = np.asarray(tree["mapping_sequence"])
   tree["epoch"] = int(tree["epoch"])
   return tree
-
-
-def _first_line(error) -> str:
-  """The first line of the root cause (TensorStore's, which names the
-  file), shortened."""
-  while error.__cause__ is not None:
-    error = error.__cause__
-  lines = [l for l in str(error).splitlines() if l.strip()]
-  return lines[0][:200] if lines else type(error).__name__
 
 
 def _drop_failed_reads() -> None:
@@ -186,11 +174,12 @@ def read(workdir) -> dict:
   (nested dicts of NumPy arrays; `state` as a dict), for inspection and
   export, whatever devices it was saved from."""
   with ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, LAST)),
+      os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
       item_handlers=ocp.StandardCheckpointHandler()) as manager:
     epoch = manager.latest_step()
     if epoch is None:
-      raise FileNotFoundError(f"{workdir}/{LAST}: no checkpoint")
+      raise FileNotFoundError(
+          f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
     _check_files(workdir, epoch)
     here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(

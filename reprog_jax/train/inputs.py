@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 
 import jax
@@ -41,13 +40,12 @@ import numpy as np
 import tqdm
 
 from reprog_jax import data
-from reprog_jax import fileio as integrity
+from reprog_jax import fileio
+from reprog_jax import layout as file_layout
 from reprog_jax.train import steps
 from reprog_jax.data import fewshot
 from reprog_jax.data import pipeline
 
-FEATURES_DIR = "features"
-_TMP_PREFIX = ".writing-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +169,9 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
   encoded = method.encode is not None and config.cache_features
   if encoded:
     encode = steps.make_encode_step(method, layout)
+    features_dir = os.path.join(workdir, file_layout.FEATURES_DIR)
     stores = [
-        _cached_features(os.path.join(workdir, FEATURES_DIR, f"{name}.npz"),
+        _cached_features(os.path.join(features_dir, f"{name}.npz"),
                          split, positions, net, encode, layout, config,
                          image_size, name)
         for name, split, positions, net in parts]
@@ -297,21 +296,8 @@ def _encode_split(split, positions, network, encode, layout, config,
 def _save_atomically(path, key, store) -> None:
   """Writes the features under `path` in one rename: a crash leaves either
   no file or a complete one."""
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  for name in os.listdir(directory):  # What a crash mid-write left behind.
-    if name.startswith(_TMP_PREFIX):
-      os.remove(os.path.join(directory, name))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX,
-                             suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, key=json.dumps(key, sort_keys=True),
-               features=store.rows, labels=store.labels)
-      f.flush()
-      os.fsync(f.fileno())
-    integrity.share(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fileio.remove_leftovers(path)  # What a crash mid-write left behind.
+  with fileio.atomic_file(path) as f:
+    np.savez(f, key=json.dumps(key, sort_keys=True),
+             features=store.rows, labels=store.labels)

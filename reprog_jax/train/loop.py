@@ -24,7 +24,8 @@ from reprog_jax.errors import TrainingError
 from reprog_jax.metrics import metric_writer
 from reprog_jax.metrics import plots
 from reprog_jax.metrics import wandb_log
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
+from reprog_jax.model import network_dir
 from reprog_jax.train import best as best_lib
 from reprog_jax.train import checkpoints
 from reprog_jax.train import inputs as inputs_lib
@@ -36,14 +37,14 @@ from reprog_jax.train import summary as summary_lib
 from reprog_jax.train import workdir as workdir_lib
 
 
-def load_network(config, dtype) -> networks.Network:
+def load_network(config, dtype) -> network_lib.Network:
   if config.random_network:
     print(f"NOTE: random_network={config.random_network}: a RANDOMLY "
           f"INITIALISED network (smoke run); its results mean nothing.")
     # One fixed network whatever the training seeds, so that runs with
     # different seeds (or several at once) adapt the same network.
-    return networks.random_network(config.random_network, 0, dtype)
-  net = networks.load(config.network_dir, dtype=dtype)
+    return network_lib.random_network(config.random_network, 0, dtype)
+  net = network_dir.load(config.network_dir, dtype=dtype)
   kind = "dense" if net.meta["dense"] else "ticket"
   if kind != config.network:
     raise TrainingError(

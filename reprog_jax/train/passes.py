@@ -17,7 +17,7 @@ from reprog_jax import methods
 from reprog_jax.errors import TrainingError
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import calibration_host
-from reprog_jax.model import networks
+from reprog_jax.model import network as network_lib
 from reprog_jax.train import inputs as inputs_lib
 from reprog_jax.train import sharding
 
@@ -50,9 +50,9 @@ class Run:
   seeds: tuple[int, ...]
   image_size: int
   layout: sharding.Layout
-  net: networks.Network
-  network: networks.Network
-  eval_network: networks.Network
+  net: network_lib.Network
+  network: network_lib.Network
+  eval_network: network_lib.Network
   run_data: inputs_lib.RunData
   inputs: inputs_lib.Inputs
   method: methods.Method

@@ -1,7 +1,6 @@
 """`summary.json`: what a finished run found, per seed and over the seeds."""
 
 import importlib.metadata
-import json
 import os
 import time
 
@@ -9,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reprog_jax import layout as file_layout
+from reprog_jax import fileio
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import metric_writer
 from reprog_jax.train import run_config
@@ -38,7 +39,7 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   Args:
     config: the run's config.
     workdir: the run's directory (its `metrics.jsonl` is read).
-    net: the frozen `networks.Network`.
+    net: the frozen `network.Network`.
     run_data: `inputs.RunData` (classes).
     inputs: `inputs.Inputs` (split sizes).
     mappings: (S, T) the last epoch's mapping sequences.
@@ -103,10 +104,7 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   if len(seeds) == 1:  # The single seed's figures, at the top as before.
     summary.update(best=per_seed[0]["best"], last=per_seed[0]["last"],
                    mapping_sequence=per_seed[0]["mapping_sequence"])
-  path = os.path.join(workdir, "summary.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2, allow_nan=False)
-  os.replace(path + ".tmp", path)
+  fileio.write_json(os.path.join(workdir, file_layout.SUMMARY_FILE), summary)
   best_acc = seeds_mean_std["best"]["test_acc"]
   print(f"best test accuracy {best_acc['mean']:.2%}"
         + (f" +- {best_acc['std']:.2%} (sample std, ddof=1) over "

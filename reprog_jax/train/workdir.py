@@ -12,12 +12,12 @@ import shutil
 
 import jax.numpy as jnp
 
-from reprog_jax import layout as files
+from reprog_jax import layout
+from reprog_jax import fileio
 from reprog_jax.train import checkpoints
 from reprog_jax.train import run_config
 from reprog_jax.errors import TrainingError
 
-CONFIG_FILE = files.CONFIG_FILE
 # Fields that may differ between a run and its resumption: they change how
 # fast or where from, not what is computed.
 NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
@@ -73,7 +73,7 @@ def _mismatch(path, current) -> str | None:
   """Why the run whose config `path` records cannot resume as `current`;
   None if it can."""
   if not os.path.exists(path):
-    return f"checkpoints but no {CONFIG_FILE}"
+    return f"checkpoints but no {layout.CONFIG_FILE}"
   with open(path) as f:
     previous = json.load(f)
   previous = {RENAMED.get(k, k): v for k, v in previous.items()
@@ -91,7 +91,7 @@ def prepare(config, workdir, dtype) -> None:
   simply reused; one holding a run of another config, or of a config it
   does not record, is refused, or with `config.overwrite` emptied.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, layout.CONFIG_FILE)
   current = comparable(config, dtype)
   if checkpoints.latest_epoch(workdir) is not None:
     problem = _mismatch(path, current)
@@ -105,7 +105,5 @@ def prepare(config, workdir, dtype) -> None:
       for name in os.listdir(workdir):
         target = os.path.join(workdir, name)
         (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
-  os.makedirs(os.path.join(workdir, files.PLOTS_DIR), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(current, f, indent=2, allow_nan=False)
-  os.replace(path + ".tmp", path)
+  os.makedirs(os.path.join(workdir, layout.PLOTS_DIR), exist_ok=True)
+  fileio.write_json(path, current)

@@ -1,0 +1,63 @@
+"""cli: the one command-line wrapper, and `--config` by preset name."""
+
+import os
+
+import pytest
+
+from reprog_jax import cli
+from reprog_jax import configs
+from reprog_jax import errors
+
+CONFIGS_DIR = os.path.dirname(configs.__file__)
+
+
+def test_run_prints_a_user_error_as_one_line_and_returns_1(capsys):
+  def bad():
+    raise errors.ConfigError("config: lr is -1; give a positive --config.lr")
+  assert cli.run("prog", bad) == 1
+  assert capsys.readouterr().err == (
+      "prog: error: config: lr is -1; give a positive --config.lr\n")
+  assert cli.run("prog", lambda: None) == 0
+  assert cli.run("prog", lambda x: x, 3) == 3
+
+
+def test_run_keeps_a_bugs_traceback_and_catches_only_what_it_is_told():
+  def bug():
+    raise KeyError("a bug")
+  with pytest.raises(KeyError):
+    cli.run("prog", bug)
+  def missing():
+    raise FileNotFoundError(2, "No such file or directory", "x.pth")
+  with pytest.raises(FileNotFoundError):
+    cli.run("prog", missing)
+  assert cli.run("prog", missing, catch=(OSError,)) == 1
+
+
+def test_run_reports_an_interrupt_only_where_asked(capsys):
+  def interrupted():
+    raise KeyboardInterrupt
+  assert cli.run("prog", interrupted, interrupted="resume with X") == 130
+  assert capsys.readouterr().err == "resume with X\n"
+  with pytest.raises(KeyboardInterrupt):
+    cli.run("prog", interrupted)
+
+
+def test_a_preset_name_is_the_package_file_and_a_path_stays():
+  assert cli.config_path("ilm_vp:smoke") == os.path.join(
+      CONFIGS_DIR, "ilm_vp.py") + ":smoke"
+  assert cli.config_path("study") == os.path.join(CONFIGS_DIR, "study.py")
+  for path in ("configs/ilm_vp.py:smoke", "/x/y.py", "ilm_vp.py:cifar10"):
+    assert cli.config_path(path) == path
+  with pytest.raises(errors.ConfigError,
+                     match=r"no preset module 'nope'; use one of ilm_vp, "
+                     r"linear_probe, study"):
+    cli.config_path("nope:smoke")
+
+
+def test_both_flag_forms_are_resolved():
+  want = os.path.join(CONFIGS_DIR, "linear_probe.py") + ":cifar10"
+  argv = ["prog", "--config=linear_probe:cifar10", "--config.lr=0.1"]
+  assert cli._resolve_config(argv) == ["prog", f"--config={want}",
+                                       "--config.lr=0.1"]
+  assert cli._resolve_config(["prog", "--config", "linear_probe:cifar10"]) == [
+      "prog", "--config", want]
