@@ -369,13 +369,19 @@ def test_study_presets_and_bad_studies():
     sweep.cells(bad)
 
 
-def test_method_configs_are_modules_of_the_package():
-  from reprog_jax.configs import ilm_vp  # pylint: disable=g-import-not-at-top
-  assert sweep._config_module("ilm_vp") is ilm_vp
-  with pytest.raises(sweep.SweepError, match="method 'nope' has no config "
-                     "module reprog_jax.configs.nope; add "
-                     "reprog_jax/configs/nope.py"):
-    sweep._config_module("nope")
+def test_cells_use_the_package_presets_of_each_method():
+  # A sweep cell starts from the same preset `--config=<method>:<dataset>`
+  # loads (the package's `reprog_jax.configs.<method>`), then sets its grid.
+  import importlib  # pylint: disable=g-import-not-at-top
+  study = tiny_study()
+  for cell in sweep.cells(study):
+    method, dataset = cell.config.method, cell.config.data.name
+    preset = importlib.import_module(
+        f"reprog_jax.configs.{method}").get_config(dataset)
+    for field in ("lr", "epochs", "batch_size", "optimizer"):
+      expected = study["overrides"].get(field, preset[field])
+      assert cell.config[field] == expected, (cell.name, field)
+    assert set(preset.keys()) == set(cell.config.keys())
 
 
 def test_command_line_task_out_of_range_is_one_line(tmp_path):

@@ -88,9 +88,10 @@ def top1(network, paths, labels, batch_size=64, progress=True) -> float:
   return 100.0 * correct / len(paths)
 
 
-def evaluate(network_dir, data_dir, batch_size=64, progress=True) -> float:
-  """Measures and records `network_dir`'s source top-1 (%); returns it."""
-  network = network_dir.load(network_dir)
+def evaluate(directory, data_dir, batch_size=64, progress=True) -> float:
+  """Measures and records the source top-1 (%) of the network in
+  `directory`; returns it."""
+  network = network_dir.load(directory)
   paths, labels, classes = list_image_folder(data_dir)
   expected = network.meta.get("num_classes", 1000)
   if len(classes) != expected:
@@ -103,7 +104,7 @@ def evaluate(network_dir, data_dir, batch_size=64, progress=True) -> float:
                           f"({', '.join(folder.IMAGE_EXTENSIONS)})")
   accuracy = top1(network, paths, labels, batch_size, progress)
   network_dir.record_source_accuracy(
-      network_dir, accuracy,
+      directory, accuracy,
       f"python -m reprog_jax.evaluate_source on {os.path.abspath(data_dir)} "
       f"({len(paths)} images, resize {RESIZE}, centre crop {CROP})")
   return accuracy
