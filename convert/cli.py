@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "`convert` output; nothing else is ever deleted)")
   p.add_argument("--no-verify", dest="verify", action="store_false",
                  help="skip running both networks on a random batch")
-  p.add_argument("--verify-size", type=_positive_int, default=224,
+  p.add_argument("--verify-size", type=cli.positive_int, default=224,
                  metavar="PX",
                  help="image size of the verification batch (default 224)")
   p.add_argument("--verify-tol", type=float, default=1e-3, metavar="TOL",
@@ -104,17 +104,6 @@ def _resolve_sources(args, parser):
   if args.random_init and args.mask is not None:
     parser.error("--random-init takes no --mask")
   return args.weights, args.mask, None
-
-
-def _positive_int(text) -> int:
-  """argparse type: an integer >= 1."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-  return value
 
 
 def check_out(args) -> None:

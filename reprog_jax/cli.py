@@ -13,6 +13,7 @@ turns a `errors.UserError` into `prog: error: <one line>` and exit status 1;
 any other exception is a bug and keeps its traceback.
 """
 
+import argparse
 import importlib.util
 import os
 import re
@@ -125,3 +126,47 @@ def parser(prog, fields, example):
     return args
 
   return parse
+
+
+# --------------------------------------------------------------------------
+# argparse commands
+# --------------------------------------------------------------------------
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """An argparse parser whose bad flag is one line (what, and where to look
+  for the fix) with exit status 1, like every other bad input."""
+
+  def error(self, message):
+    self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text) -> int:
+  """argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+  return value
+
+
+def non_negative(text) -> float:
+  """argparse type: a finite number >= 0."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not 0 <= value < float("inf"):
+    raise argparse.ArgumentTypeError(f"{text!r} is negative or not finite")
+  return value
+
+
+def probability(text) -> float:
+  """argparse type: a number strictly between 0 and 1 (a level alpha)."""
+  value = non_negative(text)
+  if not 0 < value < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1); give e.g. "
+                                     "0.05")
+  return value

@@ -61,3 +61,23 @@ def test_both_flag_forms_are_resolved():
                                        "--config.lr=0.1"]
   assert cli._resolve_config(["prog", "--config", "linear_probe:cifar10"]) == [
       "prog", "--config", want]
+
+
+def test_argparse_types_and_parser_give_one_line(capsys):
+  import argparse  # pylint: disable=g-import-not-at-top
+  assert cli.positive_int("3") == 3 and cli.non_negative("0") == 0.0
+  assert cli.probability("0.05") == 0.05
+  for convert, text in ((cli.positive_int, "0"), (cli.positive_int, "2.5"),
+                        (cli.non_negative, "-1"), (cli.non_negative, "inf"),
+                        (cli.non_negative, "nan"), (cli.probability, "1"),
+                        (cli.probability, "0")):
+    with pytest.raises(argparse.ArgumentTypeError):
+      convert(text)
+  parser = cli.ArgumentParser(prog="tool")
+  parser.add_argument("--alpha", type=cli.probability)
+  with pytest.raises(SystemExit) as exited:
+    parser.parse_args(["--alpha", "2"])
+  assert exited.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("tool: error: argument --alpha: '2' is not in (0, 1)")
+  assert err.count("\n") == 1

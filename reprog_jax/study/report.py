@@ -21,7 +21,6 @@ beside `report.md`, every seed's numbers to `seeds.csv`
   python -m reprog_jax.report runs/study --alpha 0.05 --similar-source-pp 1.0
 """
 
-import argparse
 import csv
 import io
 import json
@@ -359,16 +358,16 @@ def _not_run(directory, rows) -> str:
 
 
 def main(argv=None) -> int:
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog="python -m reprog_jax.report",
       description="Writes report.md, report.csv and figures/ from every "
       "summary.json under DIR.")
   parser.add_argument("directory", metavar="DIR",
                       help="a sweep's --workdir, or any tree of runs")
-  parser.add_argument("--alpha", type=_probability, default=0.05,
+  parser.add_argument("--alpha", type=cli.probability, default=0.05,
                       help="family-wise significance level of the claims' "
                       "Holm-corrected tests (default 0.05)")
-  parser.add_argument("--similar-source-pp", type=_non_negative, default=1.0,
+  parser.add_argument("--similar-source-pp", type=cli.non_negative, default=1.0,
                       help="claim 1 needs the dense and ticket source top-1 "
                       "within this many percentage points (default 1.0)")
   args = parser.parse_args(argv)
@@ -379,31 +378,6 @@ def main(argv=None) -> int:
     print(f"wrote {', '.join(sorted(written))} in {args.directory}")
 
   return cli.run("reprog_jax.report", report)
-
-
-class _Parser(argparse.ArgumentParser):
-  """A bad flag is one line (what, and the fix), exit status 1."""
-
-  def error(self, message):
-    self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _probability(text) -> float:
-  value = _non_negative(text)
-  if not 0 < value < 1:
-    raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1); give e.g. "
-                                     "0.05")
-  return value
-
-
-def _non_negative(text) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-  if not value >= 0:
-    raise argparse.ArgumentTypeError(f"{text!r} is negative")
-  return value
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ written atomically into the network's meta.json as `source_top1`
 network and its ticket by it ("their upstream performance is similar").
 """
 
-import argparse
+
 import os
 import sys
 
 import numpy as np
 from PIL import Image
 
+from reprog_jax import cli
 from reprog_jax import errors
 from reprog_jax.data import folder
 from reprog_jax.model import network_dir
@@ -110,24 +111,8 @@ def evaluate(directory, data_dir, batch_size=64, progress=True) -> float:
   return accuracy
 
 
-def _positive_int(text) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-  return value
-
-
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv=None) -> int:
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog="python -m reprog_jax.evaluate_source",
       description="Measures a network directory's source (ImageNet) top-1 on "
       "an ImageFolder validation set and records it in its meta.json "
@@ -137,19 +122,19 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", required=True, metavar="DIR",
                       help="ImageFolder-layout validation set, one folder "
                       "per class (sorted names = the network's classes)")
-  parser.add_argument("--batch_size", type=_positive_int, default=64)
+  parser.add_argument("--batch_size", type=cli.positive_int, default=64)
   parser.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar")
   args = parser.parse_args(argv)
-  try:
+
+  def measure():
     accuracy = evaluate(args.network_dir, args.data_dir, args.batch_size,
                         args.progress)
-  except errors.UserError as e:
-    print(f"{parser.prog}: error: {e}", file=sys.stderr)
-    return 1
-  print(f"source top-1 {accuracy:.2f} %, recorded in "
-        f"{os.path.join(args.network_dir, network_dir.META_FILE)} (source_top1)")
-  return 0
+    print(f"source top-1 {accuracy:.2f} %, recorded in "
+          f"{os.path.join(args.network_dir, network_dir.META_FILE)} "
+          f"(source_top1)")
+
+  return cli.run("reprog_jax.evaluate_source", measure)
 
 
 if __name__ == "__main__":
