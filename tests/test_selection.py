@@ -263,7 +263,8 @@ def test_checkpoint_without_the_validation_record_is_refused(tmp_path,
       refuse()
     message = str(caught.value)
     assert "\n" not in message and "--config.overwrite=True" in message
-    assert "earlier version" in message and "delete that directory" not in message
+    assert "earlier version" in message
+    assert "delete that directory" not in message
   config.overwrite = True
   workdir_lib.prepare(config, workdir, dtype)
   assert checkpoints.latest_epoch(workdir) is None
