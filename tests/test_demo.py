@@ -149,11 +149,16 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   claim_rows = recompute_claims(sweep_dir)
   with open(sweep_dir / "seeds.csv") as f:
     seed_rows = list(csv.DictReader(f))
-  assert len(seed_rows) == len(rows) * len(scale.seeds) * 2  # best, last
-  assert {r["selection"] for r in seed_rows} == {"best_test", "last"}
+  # Validation (the digits leave examples outside every subset), last and
+  # best test.
+  assert len(seed_rows) == len(rows) * len(scale.seeds) * 3
+  assert {r["selection"] for r in seed_rows} == {"validation", "best_test",
+                                                 "last"}
   ones = [r for r in claim_rows if r["claim"] == "1"]
   assert {r["method"] for r in ones} == {"ilm_vp"}
-  assert len(ones) == 2 * len(scale.n_shots)  # one ticket, two selections
+  assert len(ones) == 3 * len(scale.n_shots)  # one ticket, three selections
+  assert report_md.index("Selection `validation`") < report_md.index(
+      "Selection `last`") < report_md.index("Selection `best_test`")
   # The demo records its networks' source accuracies: the gap is stated.
   assert all(r["source_gap_pp"] != "" for r in ones)
   assert dense.meta["source_top1"] == pytest.approx(

@@ -422,7 +422,9 @@ def test_n_shot_is_written_once(finished_run):
 def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
   config = _lp_config()
   workdir_lib.prepare(config, str(tmp_path), np.float32)
-  checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32)})
+  # A checkpoint of this version's format (it keeps a validation epoch).
+  checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32),
+                                   "best": {"val_acc": np.zeros(1)}})
   path = tmp_path / layout.CONFIG_FILE
   # What config.json held before: `data.n_shot` next to `n_shot`.
   old = {**json.loads(path.read_text()), "data.n_shot": config.n_shot}

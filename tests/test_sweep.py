@@ -72,6 +72,10 @@ def swept(tmp_path_factory):
   nets = tmp_path_factory.mktemp("nets")
   study = tiny_study(lt=("ticket", save_ticket(nets / "lt")),
                      gone=("ticket", nets / "no-such-network"))
+  # Enough mock examples per class (6) for a validation split beside the
+  # 2-shot subset and a 1-example temperature hold-out.
+  study["overrides"].update(calibration_holdout=1, validation_per_class=2)
+  study["overrides"]["data"]["mock_num_examples"] = 60
   workdir = tmp_path_factory.mktemp("sweep") / "study"
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
@@ -151,9 +155,17 @@ def test_report_of_the_sweep_equals_its_summaries(swept, tmp_path):
   assert gaps[("gone", "best_test")]["verdict"] == "not testable"
   text = open(written["report.md"]).read()
   assert "**FAILED** `vp/gone/cifar10/2-shot`" in text
-  # Claim 1's overall verdict once per selection (last, best_test).
-  assert text.count("**Overall: ") == 2
+  # Claim 1's overall verdict once per selection (validation, last,
+  # best_test).
+  assert text.count("**Overall: ") == 3
   assert (copy / "claims.csv").exists() and (copy / "seeds.csv").exists()
+  assert all("validation" in s["seeds_mean_std"] for s in summaries.values())
+  # `python -m reprog_jax.report` shows the validation selection first.
+  assert report.main([str(copy)]) == 0
+  text = (copy / "report.md").read_text()
+  where = [text.index(f"### Selection `{selection}`")
+           for selection in ("validation", "last", "best_test")]
+  assert where == sorted(where)
 
 
 def test_rerun_skips_finished_cells_and_resumes_the_rest(swept, tmp_path,

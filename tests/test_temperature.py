@@ -129,7 +129,9 @@ def test_temperature_is_fitted_on_each_seeds_holdout_and_trains_nothing(
     assert TS_FIELDS <= set(summary["per_seed"][k]["best"])
   assert TS_FIELDS <= set(summary["seeds_mean_std"]["best"])
   # Without a hold-out: the same training and test figures, no TS fields.
-  _, without = _lp(tmp_path, "none", seeds=seeds, calibration_holdout=0)
+  # (No validation split either: it would take the freed examples.)
+  _, without = _lp(tmp_path, "none", seeds=seeds, calibration_holdout=0,
+                   validation_per_class=0)
   for key, record in without.items():
     assert not TS_FIELDS & set(record)
     assert record == {k: v for k, v in records[key].items()

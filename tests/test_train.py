@@ -167,7 +167,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def _fake_checkpoint(workdir):
-  checkpoints.save(str(workdir), {"epoch": np.asarray(0, np.int32)})
+  """A checkpoint of this version's format (it keeps a validation epoch),
+  with nothing else in it."""
+  checkpoints.save(str(workdir), {"epoch": np.asarray(0, np.int32),
+                                  "best": {"val_acc": np.zeros(1)}})
 
 
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):

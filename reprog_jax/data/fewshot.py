@@ -138,10 +138,12 @@ def stratified_holdout(
   return train.astype(np.int64), test.astype(np.int64)
 
 
-# The calibration hold-out is drawn with one fixed seed, not the run's: a
-# seed then gets the same held-out examples alone or among other seeds, and
-# the sets of several seeds overlap (fewer images to decode).
+# The calibration hold-out and the validation split are drawn with fixed
+# seeds, not the run's: a seed then gets the same held-out examples alone or
+# among other seeds, and the sets of several seeds overlap (fewer images to
+# decode). Two seeds, so that the two draws are independent orders.
 CALIBRATION_HOLDOUT_SEED = 0
+VALIDATION_SEED = 1
 
 
 def calibration_holdout_indices(
@@ -184,3 +186,37 @@ def calibration_holdout_indices(
     held_out.append(members[:take])
   return np.sort(np.concatenate(held_out or [np.zeros(0, np.int64)])).astype(
       np.int64)
+
+
+def validation_indices(
+    labels: np.ndarray,
+    per_class: int,
+    exclude: np.ndarray | Sequence[int] = (),
+    *,
+    keep_per_class: int = 0,
+    seed: int = VALIDATION_SEED,
+) -> np.ndarray:
+  """Up to `per_class` examples of each class outside `exclude`, to select
+  a seed's epoch on (model selection that never looks at the test split).
+
+  The rule of `calibration_holdout_indices`, with the validation seed: per
+  class in label order, one permutation of all the class's indices by
+  `RandomState(seed)`; the first `per_class` not in `exclude` are kept (a
+  class with fewer gives what it has, less `keep_per_class`). Pass a seed's
+  few-shot subset and its temperature hold-out as `exclude`, so that the
+  three sets are disjoint. Only the labels matter: a dense and a ticket run
+  of one seed get the same validation examples.
+
+  Args:
+    labels: int array (N,), the label of every example of the split.
+    per_class: validation examples per class (at most).
+    exclude: indices never drawn (the seed's subset and hold-out).
+    keep_per_class: how many of each class's non-excluded examples stay out
+      of the validation split (1 when carving it out of the training data).
+    seed: seed of the permutations.
+
+  Returns:
+    Sorted int64 indices into `labels`, disjoint from `exclude`.
+  """
+  return calibration_holdout_indices(labels, per_class, exclude,
+                                     keep_per_class=keep_per_class, seed=seed)

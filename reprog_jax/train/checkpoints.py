@@ -3,9 +3,11 @@
 What is saved after every epoch is exactly what a resumed run needs to end
 with the result of an uninterrupted one, for every seed of the run: the
 trained values, the optimiser state and step, the mapping sequences, the
-epoch, and each seed's best epoch so far with its test accuracy, trained
-values, mapping and reliability-diagram bins. Data order needs no state: it
-derives from (seed, epoch).
+epoch, and each seed's selected epochs so far (`best.Best`: the best-test
+and the validation epoch) with their accuracy, trained values, mapping and
+reliability-diagram bins. Data order needs no state: it derives from (seed,
+epoch). A checkpoint of an earlier version, without the validation epoch,
+is refused (`outdated`): its run cannot end as a run of this one would.
 
   workdir/checkpoints/<epoch>/   the last completed epoch (one kept), with
                                  reprog_jax_files.json: its files' sizes and
@@ -51,21 +53,22 @@ def pack(state, *, epoch, mappings, best) -> dict:
     state: the `steps.TrainState` (leading seed axis).
     epoch: the epoch just completed.
     mappings: (S, T) mapping sequences used in that epoch.
-    best: each seed's best epoch so far (`best.Best`); saved as a dict
-      of its fields, so checkpoints stay plain nested dicts of arrays
-      (`read`, the exporter) and those of earlier versions restore.
+    best: each seed's selected epochs so far (`best.Best`); saved as a
+      dict of its fields, so checkpoints stay plain nested dicts of arrays
+      (`read`, the exporter).
   """
+  dtypes = {"mapping_sequence": np.int32, "val_mapping_sequence": np.int32,
+            "test_acc": np.float64, "val_acc": np.float64,
+            "epoch": np.int32, "val_epoch": np.int32,
+            "reliability": np.float32, "val_reliability": np.float32}
   return {
       "state": state,
       "epoch": np.asarray(epoch, np.int32),
       "mapping_sequence": np.asarray(mappings, np.int32),
-      "best": {"params": best.params,
-               "mapping_sequence": np.asarray(best.mapping_sequence,
-                                              np.int32),
-               "test_acc": np.asarray(best.test_acc, np.float64),
-               "epoch": np.asarray(best.epoch, np.int32),
-               "reliability": {name: np.asarray(sums, np.float32)
-                               for name, sums in best.reliability.items()}},
+      "best": {name: (value if name not in dtypes else
+                      jax.tree.map(lambda x, t=dtypes[name]: np.asarray(x, t),
+                                   value))
+               for name, value in best.fields().items()},
   }
 
 
@@ -116,6 +119,29 @@ def _unreadable(step, epoch, reason) -> str:
           f"another --workdir")
 
 
+def outdated(workdir) -> str | None:
+  """Why the latest checkpoint in `workdir` cannot be resumed by this
+  version ('a checkpoint ... of an earlier version ...'), or None (no
+  checkpoint, or one of this version)."""
+  epoch = latest_epoch(workdir)
+  if epoch is None:
+    return None
+  _check_files(workdir, epoch)  # A damaged one is refused as such.
+  with ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
+      item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    try:
+      tree = manager.item_metadata(epoch).tree
+    # As in `restore`: any failure here means unreadable, which `restore`
+    # then reports in one line.
+    except Exception:  # pylint: disable=broad-except
+      return None
+  if "val_acc" in (tree or {}).get("best", {}):
+    return None
+  return (f"a checkpoint (epoch {epoch}) of an earlier version, which kept "
+          f"no validation-selected epoch")
+
+
 def latest_epoch(workdir) -> int | None:
   """The epoch of the last complete checkpoint, or None."""
   if not os.path.isdir(os.path.join(workdir, layout.CHECKPOINTS_DIR)):
@@ -129,6 +155,11 @@ def restore(workdir, like: Any) -> dict:
   shardings of `like` (a `pack` tree of the same run: restoring needs the
   optimiser state's structure); its 'best' is a `best.Best` again."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  problem = outdated(workdir)
+  if problem:
+    raise CheckpointError(
+        f"{workdir} holds {problem}; pass --config.overwrite=True to start "
+        f"the run over, or use another --workdir")
   with _manager(workdir) as manager:
     epoch = manager.latest_step()
     if epoch is None:

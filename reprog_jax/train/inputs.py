@@ -26,6 +26,14 @@ alone or among others); they are decoded (or encoded) once, into one store
 holding the union, like the test split. With `n_shot = -1` there are none
 unless `config.calibration_carve_holdout` takes them out of every seed's
 training split (training then differs from the PyTorch version's).
+
+Model selection needs a validation split that neither trains nor is the
+test split. Each seed's is up to `config.validation_per_class` training
+examples per class from outside its few-shot subset and its temperature
+hold-out (`data.fewshot.validation_indices`: one fixed draw of its own), in
+a store of their union evaluated like the test split; with `n_shot = -1`
+there is none unless `config.validation_carve` takes it out of every seed's
+training split.
 """
 
 import dataclasses
@@ -58,6 +66,8 @@ class RunData:
     class_names: the target classes' names.
     holdout: None (no temperature scaling), or per seed the sorted
       positions in `train` of its held-out examples.
+    validation: None (no validation split), or per seed the sorted
+      positions in `train` of its validation examples.
   """
 
   train: object
@@ -65,6 +75,7 @@ class RunData:
   pools: np.ndarray
   class_names: tuple
   holdout: tuple[np.ndarray, ...] | None = None
+  validation: tuple[np.ndarray, ...] | None = None
 
   @property
   def num_classes(self) -> int:
@@ -87,6 +98,8 @@ class Inputs:
       (images or encoded rows, like `test`).
     holdout_batches: that store, unshuffled, shared by the seeds.
     holdout_rows: bool (S, len(holdout)): which rows are seed s's.
+    validation, validation_batches, validation_rows: the same for the
+      seeds' validation examples (None without a validation split).
   """
 
   train: data.RowStore
@@ -99,6 +112,9 @@ class Inputs:
   holdout: data.RowStore | None = None
   holdout_batches: data.Sampler | None = None
   holdout_rows: np.ndarray | None = None
+  validation: data.RowStore | None = None
+  validation_batches: data.Sampler | None = None
+  validation_rows: np.ndarray | None = None
 
 
 def open_run_data(config, seeds) -> RunData:
@@ -114,7 +130,9 @@ def open_run_data(config, seeds) -> RunData:
       train.labels, config.n_shot, seeds, num_classes=info.num_classes,
       class_names=train.class_names)
   pools, holdout = _calibration_holdout(config, train.labels, pools)
-  return RunData(train, test, pools, tuple(train.class_names), holdout)
+  pools, validation = _validation_split(config, train.labels, pools, holdout)
+  return RunData(train, test, pools, tuple(train.class_names), holdout,
+                 validation)
 
 
 def _calibration_holdout(config, labels, pools):
@@ -142,6 +160,38 @@ def _calibration_holdout(config, labels, pools):
   return np.tile(kept, (len(pools), 1)), (carved,) * len(pools)
 
 
+def _validation_split(config, labels, pools, holdout):
+  """The seeds' pools and validation examples (see the module docstring)."""
+  per_class = config.validation_per_class
+  if not per_class:
+    return pools, None
+  held = holdout or (np.zeros(0, np.int64),) * len(pools)
+  if config.n_shot != -1:
+    validation = tuple(
+        fewshot.validation_indices(labels, per_class,
+                                   np.concatenate([pool, mine]))
+        for pool, mine in zip(pools, held))
+    if all(len(v) for v in validation):
+      return pools, validation
+    print("NOTE: no training examples lie outside a seed's few-shot subset "
+          "and its temperature hold-out, so there is no validation split "
+          "(no `validation` model selection); lower --config.n_shot or "
+          "--config.calibration_holdout")
+    return pools, None
+  if not config.validation_carve:
+    print("NOTE: n_shot=-1 trains on the whole training split, so there is "
+          "no validation split (no `validation` model selection); "
+          "--config.validation_carve=True holds out "
+          f"{per_class} examples per class from training for it")
+    return pools, None
+  # Every seed trains on the same examples here: carve once, from what the
+  # temperature hold-out left, keeping one example of each class to train.
+  carved = fewshot.validation_indices(labels, per_class, held[0],
+                                      keep_per_class=1)
+  kept = np.setdiff1d(pools[0], carved)
+  return np.tile(kept, (len(pools), 1)), (carved,) * len(pools)
+
+
 def load(run_data: RunData, config, *, seeds, image_size, method, network,
          eval_network, layout, workdir) -> Inputs:
   """Decodes the run's images once, or loads / computes cached features.
@@ -160,12 +210,15 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
   """
   union = np.unique(run_data.pools)
   test_positions = np.arange(len(run_data.test.labels))
-  # Held-out examples are scored like test ones: by the evaluation network.
+  # Held-out and validation examples are scored like test ones: by the
+  # evaluation network.
   parts = [("train", run_data.train, union, network),
            ("test", run_data.test, test_positions, eval_network)]
-  if run_data.holdout is not None:
-    parts.append(("holdout", run_data.train,
-                  np.unique(np.concatenate(run_data.holdout)), eval_network))
+  for name, per_seed in (("holdout", run_data.holdout),
+                         ("validation", run_data.validation)):
+    if per_seed is not None:
+      parts.append((name, run_data.train, np.unique(np.concatenate(per_seed)),
+                    eval_network))
   encoded = method.encode is not None and config.cache_features
   if encoded:
     encode = steps.make_encode_step(method, layout)
@@ -180,18 +233,23 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
               for name, split, positions, _ in parts]
   for store in stores:
     layout.keep_on_device(store, config.data.store_on_device)
-  train, test, holdout = (stores + [None])[:3]
+  by_name = {part[0]: store for part, store in zip(parts, stores)}
+  train, test = by_name["train"], by_name["test"]
   rows = train.row_of(run_data.pools)
   pad_to = layout.batch_pad
-  holdout_fields = {}
-  if holdout is not None:
-    holdout_fields = dict(
-        holdout=holdout,
-        holdout_batches=data.Sampler(np.arange(len(holdout))[None], (0,),
-                                     batch_size=config.eval_batch_size,
-                                     shuffle=False, pad_to=pad_to),
-        holdout_rows=np.stack([np.isin(holdout.split_positions, mine)
-                               for mine in run_data.holdout]))
+  held_fields = {}
+  for name, per_seed in (("holdout", run_data.holdout),
+                         ("validation", run_data.validation)):
+    if per_seed is not None:
+      store = by_name[name]
+      held_fields.update({
+          name: store,
+          f"{name}_batches": data.Sampler(
+              np.arange(len(store))[None], (0,),
+              batch_size=config.eval_batch_size, shuffle=False,
+              pad_to=pad_to),
+          f"{name}_rows": np.stack([np.isin(store.split_positions, mine)
+                                    for mine in per_seed])})
   return Inputs(
       train=train, test=test,
       train_batches=data.Sampler(rows, seeds, batch_size=config.batch_size,
@@ -205,7 +263,7 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
       encoded=encoded,
       examples=(None if encoded
                 else test.rows[:8].astype(np.float32) / np.float32(255)),
-      **holdout_fields)
+      **held_fields)
 
 
 def _decode(split, positions, image_size, config, name) -> data.RowStore:

@@ -3,8 +3,9 @@
 `train_and_evaluate(config, workdir)` runs a whole config (see `configs/`)
 for every seed of `config.seeds` at once: setup (network, data, method,
 optimiser, steps: one `passes.Run`), restore, then per epoch each seed's
-label mapping, training, evaluation on the full test split, metrics, plots
-and one checkpoint; finally `summary.json`. The loop never asks which
+label mapping, training, evaluation on the full test split (and the
+validation split, which selects an epoch per seed: `best.Best`), metrics,
+plots and one checkpoint; finally `summary.json`. The loop never asks which
 method runs: what varies lives in `methods.Method`. Re-running it on the
 same workdir resumes after the last checkpointed epoch and ends with
 exactly the result of an uninterrupted run.
@@ -192,8 +193,10 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
   test_metrics, bins, test_counts = passes.evaluate(run, state,
                                                     mappings_on_device)
   params = layout.to_host(state.params)
-  best = best.update(epoch, params, mappings,
-                     [m["test_accuracy"] for m in test_metrics], bins)
+  best = best.update(
+      epoch, params, mappings, [m["test_accuracy"] for m in test_metrics],
+      bins, val_accuracies=(None if run.inputs.validation is None else
+                            [m["val_acc"] for m in test_metrics]))
   lr = steps.epoch_lr(config.lr, config.epochs, epoch,
                       config.milestone_fractions, config.gamma)
   timing = {"train_images_per_second":

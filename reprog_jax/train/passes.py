@@ -1,7 +1,8 @@
 """What a run builds once (`Run`), and one pass of each kind over its data,
 every seed at once: the label-mapping counts, a training epoch, and the
 evaluation on the test split (with temperature scaling on held-out
-examples). The loop (`loop.py`) calls them epoch by epoch.
+examples, and each seed's validation accuracy). The loop (`loop.py`) calls
+them epoch by epoch.
 """
 
 import dataclasses
@@ -158,9 +159,18 @@ def score_pass(run: Run, params, mappings, store, sampler, desc):
   return logits, np.concatenate(order), np.asarray(layout.to_host(counts))
 
 
+def _own_rows(order, rows) -> np.ndarray:
+  """Which scored rows (`order`: store rows, -1 padding) are one seed's
+  (`rows`: bool per store row): its own rows of a union, unpadded."""
+  mine = order >= 0
+  mine[mine] = rows[order[mine]]
+  return mine
+
+
 def evaluate(run: Run, state, mappings):
-  """Each seed's accuracy and calibration over the whole test split, and
-  with held-out examples its temperature and the test calibration at it.
+  """Each seed's accuracy and calibration over the whole test split; with
+  held-out examples its temperature and the test calibration at it; with a
+  validation split its accuracy and ECE there (`val_acc`, `val_ece`).
 
   Returns:
     (per-seed metric dicts, per-seed `CalibrationBins`, (S, K, T) counts of
@@ -170,19 +180,24 @@ def evaluate(run: Run, state, mappings):
   logits, order, counts = score_pass(run, state.params, mappings,
                                      inputs.test, inputs.test_batches, "test")
   valid, labels = order >= 0, inputs.test.labels_at(order)
-  if inputs.holdout is not None:  # Evaluated exactly as the test split.
+  # Held-out and validation examples: evaluated exactly as the test split.
+  if inputs.holdout is not None:
     held_logits, held_order, _ = score_pass(
         run, state.params, mappings, inputs.holdout, inputs.holdout_batches,
         "held-out")
     held_labels = inputs.holdout.labels_at(held_order)
+  if inputs.validation is not None:
+    val_logits, val_order, _ = score_pass(
+        run, state.params, mappings, inputs.validation,
+        inputs.validation_batches, "validation")
+    val_labels = inputs.validation.labels_at(val_order)
   metrics, bins = [], []
   for k, seed_logits in enumerate(logits):
     seed_metrics = {f"test_{name}": value for name, value in
                     calibration_host.split_report(seed_logits, labels,
                                                   valid).items()}
     if inputs.holdout is not None:
-      mine = held_order >= 0  # Seed k's own rows of the union, unpadded.
-      mine[mine] = inputs.holdout_rows[k][held_order[mine]]
+      mine = _own_rows(held_order, inputs.holdout_rows[k])
       temperature = calibration_host.fit_temperature(held_logits[k],
                                                      held_labels, mine)
       seed_metrics["temperature"] = temperature
@@ -190,6 +205,13 @@ def evaluate(run: Run, state, mappings):
           f"test_{name}": value for name, value in
           calibration_host.temperature_scaled_report(
               seed_logits, labels, temperature, valid).items()})
+    if inputs.validation is not None:
+      # As the test split's metrics are computed, on seed k's own rows.
+      report = calibration.metrics_from_logits(
+          np.asarray(val_logits[k], np.float32), val_labels,
+          _own_rows(val_order, inputs.validation_rows[k]))
+      seed_metrics["val_acc"] = float(report["accuracy"])
+      seed_metrics["val_ece"] = float(report["ece"])
     metrics.append(seed_metrics)
     bins.append(calibration.calibration_bins(
         jax.nn.softmax(jnp.asarray(seed_logits, jnp.float32)), labels,

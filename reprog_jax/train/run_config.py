@@ -95,6 +95,17 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   # version's); with n_shot > 0 that switch changes nothing.
   config.calibration_holdout = 20
   config.calibration_carve_holdout = False
+  # Model selection: each seed also keeps the epoch with the best accuracy
+  # on a validation split of up to this many training examples per class,
+  # from outside its few-shot subset and its temperature hold-out (never
+  # trained on); 0 turns it off. The PyTorch version selects on the test
+  # split (recorded as `best`, optimistic). With n_shot=-1 there is none
+  # unless `validation_carve` holds them out of training (which then
+  # differs from the PyTorch version's); with n_shot > 0 that switch
+  # changes nothing. A switch of its own, so that a full-data run can
+  # carve either split without the other.
+  config.validation_per_class = 20
+  config.validation_carve = False
   config.progress = True  # tqdm bars.
   config.plot_interval = 1  # Epochs between pictures (the last always).
   config.overwrite = False  # Start over in a workdir holding another config.
@@ -196,6 +207,9 @@ def check(config) -> None:
   if config.calibration_holdout < 0:
     bad(f"calibration_holdout must be >= 0 (examples per class; 0: no "
         f"temperature scaling), got {config.calibration_holdout}")
+  if config.validation_per_class < 0:
+    bad(f"validation_per_class must be >= 0 (examples per class; 0: no "
+        f"validation split), got {config.validation_per_class}")
   # NaN passes every comparison, and infinity turns Adam's step into NaN.
   for field in ("lr", "b1", "b2", "eps", "gamma", "weight_decay"):
     if not math.isfinite(config[field]):

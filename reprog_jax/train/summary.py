@@ -1,4 +1,10 @@
-"""`summary.json`: what a finished run found, per seed and over the seeds."""
+"""`summary.json`: what a finished run found, per seed and over the seeds.
+
+Each seed's metrics at three model selections: `validation` (the epoch
+with its best validation accuracy, the first of equals; only with a
+validation split), `best` (its best test accuracy: the PyTorch version's
+selection, optimistic) and `last` (the last epoch).
+"""
 
 import importlib.metadata
 import os
@@ -43,7 +49,7 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
     run_data: `inputs.RunData` (classes).
     inputs: `inputs.Inputs` (split sizes).
     mappings: (S, T) the last epoch's mapping sequences.
-    best: each seed's best epoch (`best.Best`).
+    best: each seed's selected epochs (`best.Best`).
     seeds: the run's seeds.
     layout: its `sharding.Layout`.
     started: when this invocation started (`time.time()`).
@@ -54,6 +60,13 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   for k, seed in enumerate(seeds):
     mine = [{key: v for key, v in r.items() if key not in timing}
             for r in records if r.get("seed") == seed]
+    selected = {}
+    if run_data.validation is not None:
+      selected = {
+          "validation": _epoch_record(mine, int(best.val_epoch[k]), seed),
+          "validation_mapping_sequence": [
+              int(i) for i in best.val_mapping_sequence[k]],
+          "validation_reliability": _reliability(best.val_reliability, k)}
     per_seed.append({
         "seed": seed,
         "best": max(mine, key=lambda r: (r["test_acc"], -r["epoch"])),
@@ -61,7 +74,8 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
         "mapping_sequence": [int(i) for i in mappings[k]],
         "best_mapping_sequence": [int(i)
                                   for i in best.mapping_sequence[k]],
-        "reliability": _reliability(best.reliability, k)})
+        "reliability": _reliability(best.reliability, k),
+        **selected})
   numbers = [key for key, v in per_seed[0]["best"].items()
              if metric_writer.is_number(v)
              and key not in ("epoch", "seed", "lr", "best_epoch")]
@@ -104,6 +118,8 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   if len(seeds) == 1:  # The single seed's figures, at the top as before.
     summary.update(best=per_seed[0]["best"], last=per_seed[0]["last"],
                    mapping_sequence=per_seed[0]["mapping_sequence"])
+    if "validation" in per_seed[0]:
+      summary["validation"] = per_seed[0]["validation"]
   fileio.write_json(os.path.join(workdir, file_layout.SUMMARY_FILE), summary)
   best_acc = seeds_mean_std["best"]["test_acc"]
   print(f"best test accuracy {best_acc['mean']:.2%}"
@@ -112,9 +128,21 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
            if len(seeds) > 1 else
            f" (ECE {per_seed[0]['best']['test_ece']:.4f}) at epoch "
            f"{per_seed[0]['best']['epoch']}")
+        + (f"; at the validation-selected epochs "
+           f"{seeds_mean_std['validation']['test_acc']['mean']:.2%}"
+           if "validation" in seeds_mean_std else "")
         + f"; results in {workdir}: summary.json, metrics.jsonl, plots/, "
         f"tensorboard/, checkpoints/")
   return summary
+
+
+def _epoch_record(records, epoch, seed) -> dict:
+  """The metrics line of `epoch` among one seed's `records`."""
+  for record in records:
+    if record["epoch"] == epoch:
+      return record
+  raise ValueError(f"metrics.jsonl has no line of epoch {epoch} (seed "
+                   f"{seed}), the epoch its checkpoint selected")
 
 
 def mean_std(values) -> dict:

@@ -2,7 +2,8 @@
 
 `check` refuses a workdir that can never be written before anything slow
 happens; `prepare` creates it or checks that the run it holds has the same
-config (`config.json`, written atomically), refusing another one unless
+config (`config.json`, written atomically), refusing another one, or a
+checkpoint an earlier version wrote in another format, unless
 `config.overwrite`.
 """
 
@@ -94,7 +95,7 @@ def prepare(config, workdir, dtype) -> None:
   path = os.path.join(workdir, layout.CONFIG_FILE)
   current = comparable(config, dtype)
   if checkpoints.latest_epoch(workdir) is not None:
-    problem = _mismatch(path, current)
+    problem = checkpoints.outdated(workdir) or _mismatch(path, current)
     if problem:
       if not config.overwrite:
         raise TrainingError(
