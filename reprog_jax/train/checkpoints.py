@@ -17,6 +17,7 @@ Orbax write to a temporary directory renamed when complete, and a crash
 leaves the previous epoch's checkpoint intact.
 """
 
+import errno
 import gc
 import json
 import logging
@@ -36,6 +37,14 @@ from reprog_jax.train import best as best_lib
 
 class CheckpointError(errors.UserError):
   """A checkpoint that cannot be read; the message is one line."""
+
+
+class CheckpointWriteError(errors.UserError):
+  """A checkpoint that could not be written (a full disk); one line."""
+
+
+# What a full disk or an exhausted quota raises, through whichever layer.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _manager(workdir) -> ocp.CheckpointManager:
@@ -74,8 +83,23 @@ def save(workdir, tree) -> None:
   records its files' sizes and hashes in it (see `restore`)."""
   epoch = int(tree["epoch"])
   with _manager(workdir) as manager:
-    manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
-    manager.wait_until_finished()
+    try:
+      manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_no_space(e):
+        raise
+      no_space = e
+    else:
+      no_space = None
+  if no_space is not None:
+    _drop_failed_reads()
+    raise CheckpointWriteError(
+        f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "
+        f"{epoch} failed: no space left on device "
+        f"({errors.first_line(no_space, 120, root_cause=True)}); nothing "
+        f"committed was lost ({_kept(workdir)}); free space and run the "
+        f"same command to resume") from None
   if jax.process_index() == 0:
     # Killed before this lands, the checkpoint is complete but unrecorded:
     # it is then restored unchecked, as checkpoints of older versions are.
@@ -86,18 +110,49 @@ def save(workdir, tree) -> None:
                       records, indent=1)
 
 
+def _is_no_space(error) -> bool:
+  """Whether `error`, or one it was raised from, is a full disk: an OSError
+  with ENOSPC or EDQUOT, or TensorStore's text for it."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+      return True
+    if any(os.strerror(code) in str(error) for code in _NO_SPACE):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _kept(workdir) -> str:
+  latest = latest_epoch(workdir)
+  return ("no epoch had been checkpointed yet" if latest is None else
+          f"the checkpoint of epoch {latest} is intact")
+
+
 def _step_dir(workdir, epoch) -> str:
   return os.path.join(workdir, layout.CHECKPOINTS_DIR, str(epoch))
 
 
-def _check_files(workdir, epoch) -> None:
+def _is_collective(error) -> bool:
+  """Whether `error` is a failure between processes (a barrier's timeout
+  or mismatch, a collective's runtime error), not one of the files."""
+  return isinstance(error, (jax.errors.JaxRuntimeError, AssertionError))
+
+
+def _check_files(workdir, epoch) -> bool:
   """Raises `CheckpointError` if a file of the checkpoint of `epoch`
   differs from what `save` recorded: before Orbax reads anything, whose
-  failed background reads would print tracebacks after our error."""
+  failed background reads would print tracebacks after our error.
+
+  Returns:
+    Whether the files were checked (a checkpoint killed before its record
+    was written, or of an older version, has none).
+  """
   step = _step_dir(workdir, epoch)
   path = os.path.join(step, layout.CHECKPOINT_MANIFEST)
   if not os.path.exists(path):
-    return
+    return False
   try:
     with open(path) as f:
       records = json.load(f)
@@ -108,6 +163,7 @@ def _check_files(workdir, epoch) -> None:
   problem = problem or fileio.first_difference(step, records)
   if problem:
     raise CheckpointError(_unreadable(step, epoch, problem))
+  return True
 
 
 def _unreadable(step, epoch, reason) -> str:
@@ -117,29 +173,43 @@ def _unreadable(step, epoch, reason) -> str:
 
 
 def latest_epoch(workdir) -> int | None:
-  """The epoch of the last complete checkpoint, or None."""
-  if not os.path.isdir(os.path.join(workdir, layout.CHECKPOINTS_DIR)):
+  """The epoch of the last complete (finalized) checkpoint, or None.
+
+  Reads the directory only: unlike a `CheckpointManager`, whose
+  construction is a barrier of every process, any one process may ask (a
+  multi-host run's lead does, and broadcasts the answer).
+  """
+  directory = os.path.join(workdir, layout.CHECKPOINTS_DIR)
+  if not os.path.isdir(directory):
     return None
-  with _manager(workdir) as manager:
-    return manager.latest_step()
+  return max(ocp.step.checkpoint_steps(os.path.abspath(directory)),
+             default=None)
 
 
-def restore(workdir, like: Any) -> dict:
-  """Restores the latest checkpoint with the structure, dtypes and
+def restore(workdir, like: Any, epoch: int | None = None) -> dict:
+  """Restores the checkpoint of `epoch` (default: the latest) with the structure, dtypes and
   shardings of `like` (a `pack` tree of the same run: restoring needs the
-  optimiser state's structure); its 'best' is a `best.Best` again."""
+  optimiser state's structure); its 'best' is a `best.Best` again.
+
+  Every process of a run calls it, with the same `epoch` (the lead's
+  `latest_epoch`, broadcast).
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  epoch = latest_epoch(workdir) if epoch is None else epoch
+  if epoch is None:
+    raise FileNotFoundError(
+        f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
+  verified = _check_files(workdir, epoch)
   with _manager(workdir) as manager:
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise FileNotFoundError(
-          f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
-    _check_files(workdir, epoch)
     try:
       tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax and TensorStore raise many types (even bare Exception) for a
-    # truncated or corrupted file; every one means "unreadable".
+    # truncated or corrupted file. But a failed barrier or collective is no
+    # damage, and files that match their record are intact: never advise
+    # deleting those.
     except Exception as e:  # pylint: disable=broad-except
+      if verified or _is_collective(e):
+        raise
       reason = errors.first_line(e, 200, root_cause=True)
     else:
       reason = None
