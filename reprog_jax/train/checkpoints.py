@@ -17,6 +17,7 @@ Orbax write to a temporary directory renamed when complete, and a crash
 leaves the previous epoch's checkpoint intact.
 """
 
+import contextlib
 import errno
 import gc
 import json
@@ -82,24 +83,25 @@ def save(workdir, tree) -> None:
   """Saves `tree` (from `pack`) as the checkpoint of its epoch, then
   records its files' sizes and hashes in it (see `restore`)."""
   epoch = int(tree["epoch"])
-  with _manager(workdir) as manager:
-    try:
+  try:
+    # Orbax's background writer logs each failure with its traceback (a
+    # full disk: five); what failed is raised here, and said once.
+    with _quiet_absl(), _manager(workdir) as manager:
       manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
       manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      if not _is_no_space(e):
-        raise
-      no_space = e
-    else:
-      no_space = None
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_no_space(e):
+      raise
+    no_space = e
+  else:
+    no_space = None
   if no_space is not None:
     _drop_failed_reads()
     raise CheckpointWriteError(
         f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "
-        f"{epoch} failed: no space left on device "
-        f"({errors.first_line(no_space, 120, root_cause=True)}); nothing "
-        f"committed was lost ({_kept(workdir)}); free space and run the "
-        f"same command to resume") from None
+        f"{epoch} failed: no space left on device{_where(no_space)}; "
+        f"nothing committed was lost ({_kept(workdir)}); free space and run "
+        f"the same command to resume") from None
   if jax.process_index() == 0:
     # Killed before this lands, the checkpoint is complete but unrecorded:
     # it is then restored unchecked, as checkpoints of older versions are.
@@ -108,6 +110,17 @@ def save(workdir, tree) -> None:
                                   skip={layout.CHECKPOINT_MANIFEST})
     fileio.write_json(os.path.join(step, layout.CHECKPOINT_MANIFEST),
                       records, indent=1)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    absl_log.setLevel(level)
 
 
 def _is_no_space(error) -> bool:
@@ -122,6 +135,18 @@ def _is_no_space(error) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+def _where(error) -> str:
+  """' (writing FILE)' for the first error in `error`'s chain that names
+  its file; '' if none does."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.filename:
+      return f" (writing {error.filename})"
+    error = error.__cause__ or error.__context__
+  return ""
 
 
 def _kept(workdir) -> str:
@@ -187,8 +212,9 @@ def latest_epoch(workdir) -> int | None:
 
 
 def restore(workdir, like: Any, epoch: int | None = None) -> dict:
-  """Restores the checkpoint of `epoch` (default: the latest) with the structure, dtypes and
-  shardings of `like` (a `pack` tree of the same run: restoring needs the
+  """Restores the checkpoint of `epoch` (default: the latest) with the
+  structure, dtypes and shardings of `like` (a `pack` tree of the same run:
+  restoring needs the
   optimiser state's structure); its 'best' is a `best.Best` again.
 
   Every process of a run calls it, with the same `epoch` (the lead's

@@ -130,13 +130,15 @@ def _calibration_holdout(config, labels, pools):
                     for pool in pools)
     if all(len(h) for h in holdout):
       return pools, holdout
-    processes.say("NOTE: no training examples lie outside a seed's few-shot subset, "
-          "so there is no temperature scaling; lower --config.n_shot")
+    processes.say("NOTE: no training examples lie outside a seed's few-shot "
+                  "subset, so there is no temperature scaling; lower "
+                  "--config.n_shot")
     return pools, None
   if not config.calibration_carve_holdout:
-    processes.say("NOTE: n_shot=-1 trains on the whole training split, so there is "
-          "no temperature scaling; --config.calibration_carve_holdout=True "
-          f"holds out {per_class} examples per class from training for it")
+    processes.say(
+        "NOTE: n_shot=-1 trains on the whole training split, so there is "
+        "no temperature scaling; --config.calibration_carve_holdout=True "
+        f"holds out {per_class} examples per class from training for it")
     return pools, None
   carved = fewshot.calibration_holdout_indices(labels, per_class,
                                                keep_per_class=1)

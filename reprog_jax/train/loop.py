@@ -41,8 +41,9 @@ from reprog_jax.train import workdir as workdir_lib
 
 def load_network(config, dtype) -> network_lib.Network:
   if config.random_network:
-    processes.say(f"NOTE: random_network={config.random_network}: a RANDOMLY "
-          f"INITIALISED network (smoke run); its results mean nothing.")
+    processes.say(f"NOTE: random_network={config.random_network}: a "
+                  f"RANDOMLY INITIALISED network (smoke run); its results "
+                  f"mean nothing.")
     # One fixed network whatever the training seeds, so that runs with
     # different seeds (or several at once) adapt the same network.
     return network_lib.random_network(config.random_network, 0, dtype)

@@ -14,6 +14,7 @@ function here is a plain call.
 from typing import Callable
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from reprog_jax import errors
@@ -68,7 +69,6 @@ def lead_decides(fn: Callable[[], int | None]) -> int | None:
 
 
 def _broadcast(status, result, message) -> tuple[int, int | None, str]:
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   text = np.zeros(_MESSAGE_BYTES, np.uint8)
   encoded = message.encode("utf-8")[:_MESSAGE_BYTES]
   text[:len(encoded)] = np.frombuffer(encoded, np.uint8)
@@ -83,7 +83,6 @@ def _broadcast(status, result, message) -> tuple[int, int | None, str]:
 def barrier(name: str) -> None:
   """Waits until every process got here (nothing with one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
@@ -101,7 +100,6 @@ def gather_shares(local: np.ndarray, n: int) -> np.ndarray:
   count = jax.process_count()
   if count == 1:
     return local
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   longest = -(-n // count)
   padded = np.zeros((longest,) + local.shape[1:], local.dtype)
   padded[:len(local)] = local
