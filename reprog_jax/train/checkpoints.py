@@ -97,6 +97,7 @@ def save(workdir, tree) -> None:
     no_space = None
   if no_space is not None:
     _drop_failed_reads()
+    _ignore_closed_loop_callbacks()
     raise CheckpointWriteError(
         f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "
         f"{epoch} failed: no space left on device{_where(no_space)}; "
@@ -115,12 +116,29 @@ def save(workdir, tree) -> None:
 @contextlib.contextmanager
 def _quiet_absl():
   absl_log = logging.getLogger("absl")
-  level = absl_log.level
+  level, hooks = absl_log.level, (sys.excepthook, sys.unraisablehook)
   absl_log.setLevel(logging.CRITICAL)
+  _ignore_closed_loop_callbacks()
   try:
     yield
   finally:
     absl_log.setLevel(level)
+    sys.excepthook, sys.unraisablehook = hooks
+
+
+def _closed_loop(error) -> bool:
+  return (isinstance(error, RuntimeError)
+          and str(error) == "Event loop is closed")
+
+
+def _without_closed_loop(excepthook):
+  """`excepthook`, quiet for 'Event loop is closed': what TensorStore's
+  callbacks print (through `sys.excepthook`) when a failed save's writes
+  end after Orbax gave up on its event loop."""
+  def hook(kind, value, tb):
+    if not _closed_loop(value):
+      excepthook(kind, value, tb)
+  return hook
 
 
 def _is_no_space(error) -> bool:
@@ -263,6 +281,20 @@ def _drop_failed_reads() -> None:
   finally:
     asyncio_log.setLevel(level)
     sys.unraisablehook = hook
+
+
+def _ignore_closed_loop_callbacks() -> None:
+  """From now on, drops the 'Event loop is closed' errors of a failed
+  save's writes that end later: each would print a traceback after our
+  one-line error. Any other error is still reported."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  sys.excepthook = _without_closed_loop(sys.excepthook)
 
 
 def read(workdir) -> dict:
