@@ -93,3 +93,60 @@ def test_without_flock_a_dead_owner_is_taken_over_and_a_live_one_refused(
   finally:
     alive.kill()
     alive.wait()
+
+
+# --------------------------------------------------------------------------
+# Wired into a run
+# --------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_finishes(
+    tmp_path, monkeypatch):
+  import threading
+  from conftest import smoke_config
+  from reprog_jax.metrics import metric_writer
+  from reprog_jax.train import loop
+  # The first run, here, holds the workdir in epoch 1 until the second
+  # (another process, as a requeued job would be) has been refused.
+  refused = threading.Event()
+  real_epoch = loop._epoch
+
+  def epoch_waiting_at_1(run, writer, state, mappings, best, epoch):
+    if epoch == 1:
+      assert refused.wait(timeout=300)
+    return real_epoch(run, writer, state, mappings, best, epoch)
+
+  monkeypatch.setattr(loop, "_epoch", epoch_waiting_at_1)
+  config = smoke_config("linear_probe", epochs=3, image_size=32)
+  first = {}
+  thread = threading.Thread(target=lambda: first.update(
+      summary=loop.train_and_evaluate(config, str(tmp_path))))
+  thread.start()
+  try:
+    lock = tmp_path / layout.LOCK_FILE
+    while thread.is_alive() and not (lock.exists() and lock.read_text()):
+      thread.join(timeout=0.1)
+    second = subprocess.run(
+        [sys.executable, "-m", "reprog_jax.main",
+         "--config=configs/linear_probe.py:smoke", f"--workdir={tmp_path}",
+         "--config.epochs=3", "--config.image_size=32",
+         "--config.progress=False"], cwd=ROOT, env=dict(os.environ),
+        capture_output=True, text=True, timeout=300)
+  finally:
+    refused.set()
+    thread.join()
+  assert second.returncode == 1, second.stderr[-3000:]
+  assert second.stderr.count("\n") == 1, second.stderr[-3000:]
+  assert second.stderr.startswith(
+      f"reprog_jax.main: error: {tmp_path}: run pid {os.getpid()} on "
+      f"{socket.gethostname()}")
+  assert "is using this workdir" in second.stderr
+  assert first["summary"]["method"] == "linear_probe"
+  records = metric_writer.read_metrics(tmp_path)
+  assert [r["epoch"] for r in records] == [0, 1, 2]
+  # Ended: the lock names nobody, and the next run may take it.
+  assert lock.read_text() == ""
+  with run_lock.hold(tmp_path):
+    pass

@@ -171,3 +171,26 @@ def test_batches_gathered_on_the_device_equal_the_hosts():
   # 'auto' leaves a CPU run's images in host memory (they are the device's).
   other = data.RowStore(store.rows, store.labels, store.split_positions)
   assert not layout.keep_on_device(other, "auto")
+
+
+def test_auto_store_budget_counts_every_store_together(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from reprog_jax import data
+  layout = sharding.Layout.create(1, jax.devices()[:1])
+
+  class Accelerator:  # With 1000 bytes: a quarter is 250.
+    def memory_stats(self):
+      return {"bytes_limit": 1000}
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "local_devices", lambda: [Accelerator()])
+
+  def store(nbytes):
+    return data.RowStore(np.zeros((nbytes, 1), np.uint8),
+                         np.zeros(nbytes), np.arange(nbytes))
+  # Each fits a quarter alone; together (300 bytes) they do not.
+  three = [store(100), store(100), store(100)]
+  assert not layout.keep_on_device(three, "auto")
+  assert all(s.device_rows is None for s in three)
+  two = [store(100), store(150)]  # 250 bytes: exactly the budget.
+  assert layout.keep_on_device(two, "auto")
+  assert all(s.device_rows is not None for s in two)

@@ -417,3 +417,27 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
   with pytest.raises(errors.UserError, match="is not a directory"):
     sweep.run(study_preset("smoke"), str(path))
   assert path.read_text() == "not a directory"
+
+
+def test_a_cell_another_task_runs_is_reported_busy(tmp_path, fake_training,
+                                                   monkeypatch):
+  from reprog_jax.train import run_lock
+  fake = sweep.train.train_and_evaluate
+
+  def locking(config, workdir, stop_after_epoch=None):
+    with run_lock.hold(workdir):  # As the real run does.
+      return fake(config, workdir, stop_after_epoch)
+
+  monkeypatch.setattr(sweep.train, "train_and_evaluate", locking)
+  study = grid_study()
+  cell_dir = tmp_path / "vp/lt/cifar10/5-shot"
+  out = io.StringIO()
+  with run_lock.hold(cell_dir), contextlib.redirect_stdout(out):
+    outcomes = sweep.run(study, str(tmp_path))
+  busy = {n: o for n, o in outcomes.items() if o["status"] == "busy"}
+  assert list(busy) == ["vp/lt/cifar10/5-shot"]
+  assert "is using this workdir" in busy["vp/lt/cifar10/5-shot"]["message"]
+  assert not (cell_dir / "error.txt").exists()  # Not ours to write in.
+  assert "vp/lt/cifar10/5-shot ... busy: " in out.getvalue()
+  assert ("23 done, 0 finished before, 1 run by another task now, 0 failed"
+          in out.getvalue())

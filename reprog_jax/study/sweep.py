@@ -35,6 +35,7 @@ from reprog_jax import fileio
 from reprog_jax import layout
 from reprog_jax import methods
 from reprog_jax.train import run_config
+from reprog_jax.train import run_lock
 from reprog_jax.train import loop as train
 from reprog_jax.train import workdir as workdir_lib
 
@@ -301,7 +302,7 @@ def run(study, workdir, task_index=0, num_tasks=1, extend=False) -> dict:
     extend: accept a study that adds cells to the one recorded in workdir.
 
   Returns:
-    {cell name: {'status': 'done'|'skipped'|'failed', 'seconds': float,
+    {cell name: {'status': 'done'|'skipped'|'busy'|'failed', 'seconds': float,
     'message': str, 'workdir': str}} for this task's cells, in order.
 
   Raises:
@@ -320,9 +321,11 @@ def run(study, workdir, task_index=0, num_tasks=1, extend=False) -> dict:
   for k, cell in enumerate(mine, 1):
     outcomes[cell.name] = run_cell(cell, workdir, f"[{k}/{len(mine)}]")
   counts = {s: sum(o["status"] == s for o in outcomes.values())
-            for s in ("done", "skipped", "failed")}
+            for s in ("done", "skipped", "busy", "failed")}
+  busy = (f"{counts['busy']} run by another task now, " if counts["busy"]
+          else "")
   print(f"sweep: {counts['done']} done, {counts['skipped']} finished before, "
-        f"{counts['failed']} failed; report: python -m reprog_jax.report "
+        f"{busy}{counts['failed']} failed; report: python -m reprog_jax.report "
         f"{workdir}", flush=True)
   return outcomes
 
@@ -345,6 +348,11 @@ def run_cell(cell, workdir, prefix="") -> dict:
   started = time.time()
   try:
     summary = train.train_and_evaluate(config, cell_dir)
+  except run_lock.WorkdirBusyError as e:
+    # Another task runs this cell now: nothing failed, and its workdir is
+    # not ours to write in.
+    print(f"{head} busy: {e}", flush=True)
+    return {**outcome, "status": "busy", "message": str(e)}
   # Deliberately broad: whatever stops one cell (a bad input, running out
   # of memory, a bug) is recorded with its traceback, and the others run.
   except Exception as e:  # pylint: disable=broad-except

@@ -19,6 +19,8 @@ Orbax write to a temporary directory renamed when complete, and a crash
 leaves the previous epoch's checkpoint intact.
 """
 
+import contextlib
+import errno
 import gc
 import json
 import logging
@@ -38,6 +40,14 @@ from reprog_jax.train import best as best_lib
 
 class CheckpointError(errors.UserError):
   """A checkpoint that cannot be read; the message is one line."""
+
+
+class CheckpointWriteError(errors.UserError):
+  """A checkpoint that could not be written (a full disk); one line."""
+
+
+# What a full disk or an exhausted quota raises, through whichever layer.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _manager(workdir) -> ocp.CheckpointManager:
@@ -76,9 +86,26 @@ def save(workdir, tree) -> None:
   """Saves `tree` (from `pack`) as the checkpoint of its epoch, then
   records its files' sizes and hashes in it (see `restore`)."""
   epoch = int(tree["epoch"])
-  with _manager(workdir) as manager:
-    manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
-    manager.wait_until_finished()
+  try:
+    # Orbax's background writer logs each failure with its traceback (a
+    # full disk: five); what failed is raised here, and said once.
+    with _quiet_absl(), _manager(workdir) as manager:
+      manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
+      manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_no_space(e):
+      raise
+    no_space = e
+  else:
+    no_space = None
+  if no_space is not None:
+    _drop_failed_reads()
+    _ignore_closed_loop_callbacks()
+    raise CheckpointWriteError(
+        f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "
+        f"{epoch} failed: no space left on device{_where(no_space)}; "
+        f"nothing committed was lost ({_kept(workdir)}); free space and run "
+        f"the same command to resume") from None
   if jax.process_index() == 0:
     # Killed before this lands, the checkpoint is complete but unrecorded:
     # it is then restored unchecked, as checkpoints of older versions are.
@@ -89,18 +116,89 @@ def save(workdir, tree) -> None:
                       records, indent=1)
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+  absl_log = logging.getLogger("absl")
+  level, hooks = absl_log.level, (sys.excepthook, sys.unraisablehook)
+  absl_log.setLevel(logging.CRITICAL)
+  _ignore_closed_loop_callbacks()
+  try:
+    yield
+  finally:
+    absl_log.setLevel(level)
+    sys.excepthook, sys.unraisablehook = hooks
+
+
+def _closed_loop(error) -> bool:
+  return (isinstance(error, RuntimeError)
+          and str(error) == "Event loop is closed")
+
+
+def _without_closed_loop(excepthook):
+  """`excepthook`, quiet for 'Event loop is closed': what TensorStore's
+  callbacks print (through `sys.excepthook`) when a failed save's writes
+  end after Orbax gave up on its event loop."""
+  def hook(kind, value, tb):
+    if not _closed_loop(value):
+      excepthook(kind, value, tb)
+  return hook
+
+
+def _is_no_space(error) -> bool:
+  """Whether `error`, or one it was raised from, is a full disk: an OSError
+  with ENOSPC or EDQUOT, or TensorStore's text for it."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+      return True
+    if any(os.strerror(code) in str(error) for code in _NO_SPACE):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _where(error) -> str:
+  """' (writing FILE)' for the first error in `error`'s chain that names
+  its file; '' if none does."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.filename:
+      return f" (writing {error.filename})"
+    error = error.__cause__ or error.__context__
+  return ""
+
+
+def _kept(workdir) -> str:
+  latest = latest_epoch(workdir)
+  return ("no epoch had been checkpointed yet" if latest is None else
+          f"the checkpoint of epoch {latest} is intact")
+
+
 def _step_dir(workdir, epoch) -> str:
   return os.path.join(workdir, layout.CHECKPOINTS_DIR, str(epoch))
 
 
-def _check_files(workdir, epoch) -> None:
+def _is_collective(error) -> bool:
+  """Whether `error` is a failure between processes (a barrier's timeout
+  or mismatch, a collective's runtime error), not one of the files."""
+  return isinstance(error, (jax.errors.JaxRuntimeError, AssertionError))
+
+
+def _check_files(workdir, epoch) -> bool:
   """Raises `CheckpointError` if a file of the checkpoint of `epoch`
   differs from what `save` recorded: before Orbax reads anything, whose
-  failed background reads would print tracebacks after our error."""
+  failed background reads would print tracebacks after our error.
+
+  Returns:
+    Whether the files were checked (a checkpoint killed before its record
+    was written, or of an older version, has none).
+  """
   step = _step_dir(workdir, epoch)
   path = os.path.join(step, layout.CHECKPOINT_MANIFEST)
   if not os.path.exists(path):
-    return
+    return False
   try:
     with open(path) as f:
       records = json.load(f)
@@ -111,6 +209,7 @@ def _check_files(workdir, epoch) -> None:
   problem = problem or fileio.first_difference(step, records)
   if problem:
     raise CheckpointError(_unreadable(step, epoch, problem))
+  return True
 
 
 def _unreadable(step, epoch, reason) -> str:
@@ -122,55 +221,73 @@ def _unreadable(step, epoch, reason) -> str:
 def outdated(workdir) -> str | None:
   """Why the latest checkpoint in `workdir` cannot be resumed by this
   version ('a checkpoint ... of an earlier version ...'), or None (no
-  checkpoint, or one of this version)."""
+  checkpoint, or one of this version).
+
+  Reads Orbax's tree metadata file itself: a `CheckpointManager` would be
+  a barrier of every process, and a multi-host run's lead asks alone.
+  """
   epoch = latest_epoch(workdir)
   if epoch is None:
     return None
   _check_files(workdir, epoch)  # A damaged one is refused as such.
-  with ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
-      item_handlers=ocp.StandardCheckpointHandler()) as manager:
-    try:
-      tree = manager.item_metadata(epoch).tree
-    # As in `restore`: any failure here means unreadable, which `restore`
-    # then reports in one line.
-    except Exception:  # pylint: disable=broad-except
-      return None
-  if "val_acc" in (tree or {}).get("best", {}):
+  path = os.path.join(_step_dir(workdir, epoch), "default", "_METADATA")
+  try:
+    with open(path) as f:
+      keys = json.load(f)["tree_metadata"].keys()
+  # Unreadable here means unreadable for `restore` too, which then says so
+  # in one line; this check only tells versions apart.
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return None
+  if any(key.startswith("('best', 'val_acc'") for key in keys):
     return None
   return (f"a checkpoint (epoch {epoch}) of an earlier version, which kept "
           f"no validation-selected epoch")
 
 
 def latest_epoch(workdir) -> int | None:
-  """The epoch of the last complete checkpoint, or None."""
-  if not os.path.isdir(os.path.join(workdir, layout.CHECKPOINTS_DIR)):
+  """The epoch of the last complete (finalized) checkpoint, or None.
+
+  Reads the directory only: unlike a `CheckpointManager`, whose
+  construction is a barrier of every process, any one process may ask (a
+  multi-host run's lead does, and broadcasts the answer).
+  """
+  directory = os.path.join(workdir, layout.CHECKPOINTS_DIR)
+  if not os.path.isdir(directory):
     return None
-  with _manager(workdir) as manager:
-    return manager.latest_step()
+  return max(ocp.step.checkpoint_steps(os.path.abspath(directory)),
+             default=None)
 
 
-def restore(workdir, like: Any) -> dict:
-  """Restores the latest checkpoint with the structure, dtypes and
-  shardings of `like` (a `pack` tree of the same run: restoring needs the
-  optimiser state's structure); its 'best' is a `best.Best` again."""
+def restore(workdir, like: Any, epoch: int | None = None) -> dict:
+  """Restores the checkpoint of `epoch` (default: the latest) with the
+  structure, dtypes and shardings of `like` (a `pack` tree of the same run:
+  restoring needs the
+  optimiser state's structure); its 'best' is a `best.Best` again.
+
+  Every process of a run calls it, with the same `epoch` (the lead's
+  `latest_epoch`, broadcast).
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   problem = outdated(workdir)
   if problem:
     raise CheckpointError(
         f"{workdir} holds {problem}; pass --config.overwrite=True to start "
         f"the run over, or use another --workdir")
+  epoch = latest_epoch(workdir) if epoch is None else epoch
+  if epoch is None:
+    raise FileNotFoundError(
+        f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
+  verified = _check_files(workdir, epoch)
   with _manager(workdir) as manager:
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise FileNotFoundError(
-          f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
-    _check_files(workdir, epoch)
     try:
       tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax and TensorStore raise many types (even bare Exception) for a
-    # truncated or corrupted file; every one means "unreadable".
+    # truncated or corrupted file. But a failed barrier or collective is no
+    # damage, and files that match their record are intact: never advise
+    # deleting those.
     except Exception as e:  # pylint: disable=broad-except
+      if verified or _is_collective(e):
+        raise
       reason = errors.first_line(e, 200, root_cause=True)
     else:
       reason = None
@@ -198,6 +315,20 @@ def _drop_failed_reads() -> None:
   finally:
     asyncio_log.setLevel(level)
     sys.unraisablehook = hook
+
+
+def _ignore_closed_loop_callbacks() -> None:
+  """From now on, drops the 'Event loop is closed' errors of a failed
+  save's writes that end later: each would print a traceback after our
+  one-line error. Any other error is still reported."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  sys.excepthook = _without_closed_loop(sys.excepthook)
 
 
 def read(workdir) -> dict:

@@ -50,6 +50,8 @@ import tqdm
 from reprog_jax import data
 from reprog_jax import fileio
 from reprog_jax import layout as file_layout
+from reprog_jax.train import processes
+from reprog_jax.train import sharding
 from reprog_jax.train import steps
 from reprog_jax.data import fewshot
 from reprog_jax.data import pipeline
@@ -146,13 +148,15 @@ def _calibration_holdout(config, labels, pools):
                     for pool in pools)
     if all(len(h) for h in holdout):
       return pools, holdout
-    print("NOTE: no training examples lie outside a seed's few-shot subset, "
-          "so there is no temperature scaling; lower --config.n_shot")
+    processes.say("NOTE: no training examples lie outside a seed's few-shot "
+                  "subset, so there is no temperature scaling; lower "
+                  "--config.n_shot")
     return pools, None
   if not config.calibration_carve_holdout:
-    print("NOTE: n_shot=-1 trains on the whole training split, so there is "
-          "no temperature scaling; --config.calibration_carve_holdout=True "
-          f"holds out {per_class} examples per class from training for it")
+    processes.say(
+        "NOTE: n_shot=-1 trains on the whole training split, so there is "
+        "no temperature scaling; --config.calibration_carve_holdout=True "
+        f"holds out {per_class} examples per class from training for it")
     return pools, None
   carved = fewshot.calibration_holdout_indices(labels, per_class,
                                                keep_per_class=1)
@@ -221,18 +225,20 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
                     eval_network))
   encoded = method.encode is not None and config.cache_features
   if encoded:
-    encode = steps.make_encode_step(method, layout)
+    # With several processes each encodes its share on its own devices.
+    encode_layout = (layout if jax.process_count() == 1 else
+                     sharding.Layout.create(1, jax.local_devices()))
+    encode = steps.make_encode_step(method, encode_layout)
     features_dir = os.path.join(workdir, file_layout.FEATURES_DIR)
     stores = [
         _cached_features(os.path.join(features_dir, f"{name}.npz"),
-                         split, positions, net, encode, layout, config,
+                         split, positions, net, encode, encode_layout, config,
                          image_size, name)
         for name, split, positions, net in parts]
   else:
     stores = [_decode(split, positions, image_size, config, name)
               for name, split, positions, _ in parts]
-  for store in stores:
-    layout.keep_on_device(store, config.data.store_on_device)
+  layout.keep_on_device(stores, config.data.store_on_device)
   by_name = {part[0]: store for part, store in zip(parts, stores)}
   train, test = by_name["train"], by_name["test"]
   rows = train.row_of(run_data.pools)
@@ -267,12 +273,16 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
 
 
 def _decode(split, positions, image_size, config, name) -> data.RowStore:
-  return data.decode_split(
-      split, positions, image_size=image_size,
-      worker_count=config.data.worker_count,
+  """The images at `positions`, each process decoding its share of them."""
+  mine = data.decode_split(
+      split, positions[processes.share(len(positions))],
+      image_size=image_size, worker_count=config.data.worker_count,
       read_threads=config.data.read_threads,
       prefetch_batches=config.data.prefetch_batches,
-      progress=config.progress, desc=f"decoding {name} images (once)")
+      progress=config.progress and processes.is_lead(),
+      desc=f"decoding {name} images (once)")
+  return data.RowStore(processes.gather_shares(mine.rows, len(positions)),
+                       split.labels[positions], positions)
 
 
 # --------------------------------------------------------------------------
@@ -312,27 +322,46 @@ def feature_key(network, split, positions, config, image_size) -> dict:
 def _cached_features(path, split, positions, network, encode, layout, config,
                      image_size, name) -> data.RowStore:
   key = feature_key(network, split, positions, config, image_size)
-  if os.path.exists(path):
-    try:
-      with np.load(path) as stored:
-        if json.loads(str(stored["key"])) == key:
-          return data.RowStore(stored["features"], stored["labels"],
-                               positions)
-      why = "features of another network or config"
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-      why = f"no readable features ({type(e).__name__})"
-    print(f"{path} holds {why}; recomputing them")
+  # Every process must agree whether to encode (a collective): the lead
+  # looks, and the others follow (reading the same file if it is good).
+  if processes.lead_decides(lambda: int(_stored(path, key) is not None)):
+    stored = _stored(path, key)
+    return data.RowStore(stored[0], stored[1], positions)
   features = _encode_split(split, positions, network, encode, layout, config,
                            image_size, name)
   store = data.RowStore(features, split.labels[positions], positions)
-  if jax.process_index() == 0:
+  if processes.is_lead():
     _save_atomically(path, key, store)
   return store
 
 
+def _stored(path, key) -> tuple[np.ndarray, np.ndarray] | None:
+  """The (features, labels) that `path` holds for `key`; None (said why,
+  by the lead) if there are none."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as stored:
+      if json.loads(str(stored["key"])) == key:
+        return stored["features"], stored["labels"]
+    why = "features of another network or config"
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    why = f"no readable features ({type(e).__name__})"
+  processes.say(f"{path} holds {why}; recomputing them")
+  return None
+
+
 def _encode_split(split, positions, network, encode, layout, config,
                   image_size, name) -> np.ndarray:
-  """One streaming pass: decode, resize, encode; (N, F) float32."""
+  """One streaming pass: decode, resize, encode; (N, F) float32.
+
+  With several processes each encodes its share of the rows on its own
+  devices (no collective per batch), and the shares are gathered.
+  """
+  every = len(positions)
+  if jax.process_count() > 1:  # `layout` is this process's devices'.
+    positions = positions[processes.share(every)]
+    network = layout.put(network, layout.replicated)
   batch_size = -(-config.eval_batch_size // layout.num_devices) * (
       layout.num_devices)
   batches = data.decode_batches(
@@ -344,11 +373,13 @@ def _encode_split(split, positions, network, encode, layout, config,
   bar = tqdm.tqdm(batches, total=pipeline.num_batches(len(positions),
                                                       batch_size),
                   leave=False, desc=f"features of the {name} split (once)",
-                  dynamic_ncols=True, disable=not config.progress)
+                  dynamic_ncols=True,
+                  disable=not (config.progress and processes.is_lead()))
   for batch in bar:
     outputs.append(encode(network, layout.put(batch["image"], layout.batch)))
-  features = np.concatenate([layout.to_host(o) for o in outputs])
-  return np.asarray(features[:len(positions)], np.float32)
+  features = np.concatenate([jax.device_get(o) for o in outputs])
+  return processes.gather_shares(
+      np.asarray(features[:len(positions)], np.float32), every)
 
 
 def _save_atomically(path, key, store) -> None:

@@ -31,6 +31,8 @@ from reprog_jax.train import best as best_lib
 from reprog_jax.train import checkpoints
 from reprog_jax.train import inputs as inputs_lib
 from reprog_jax.train import passes
+from reprog_jax.train import processes
+from reprog_jax.train import run_lock
 from reprog_jax.train import run_config
 from reprog_jax.train import sharding
 from reprog_jax.train import steps
@@ -40,8 +42,9 @@ from reprog_jax.train import workdir as workdir_lib
 
 def load_network(config, dtype) -> network_lib.Network:
   if config.random_network:
-    print(f"NOTE: random_network={config.random_network}: a RANDOMLY "
-          f"INITIALISED network (smoke run); its results mean nothing.")
+    processes.say(f"NOTE: random_network={config.random_network}: a "
+                  f"RANDOMLY INITIALISED network (smoke run); its results "
+                  f"mean nothing.")
     # One fixed network whatever the training seeds, so that runs with
     # different seeds (or several at once) adapt the same network.
     return network_lib.random_network(config.random_network, 0, dtype)
@@ -71,10 +74,10 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
 def _run(config, workdir, stop_after_epoch, closing) -> dict:
   """`train_and_evaluate`, with `closing` to close what it opens."""
   # --- Setup: every input checked, then the one `Run`. ---------------------
-  run = _setup(config, workdir)
+  run, latest = _setup(config, workdir, closing)
 
   # --- Restore: the state, mappings and best epochs of a checkpoint. -------
-  state, mappings, best, start_epoch = _restore(run)
+  state, mappings, best, start_epoch = _restore(run, latest)
   writer = _open_writer(run, start_epoch, closing)
 
   # --- Loop: map, train, evaluate, record, checkpoint. ---------------------
@@ -84,7 +87,8 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
       if epoch + 1 < config.epochs:
         if writer:
           writer.close()
-        print(f"stopped after epoch {epoch}; run the same command to resume")
+        processes.say(f"stopped after epoch {epoch}; run the same command "
+                      f"to resume")
         return {}
   if not writer:
     return {}
@@ -95,9 +99,17 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
                            mappings, best, run.seeds, run.layout, run.started)
 
 
-def _setup(config, workdir) -> passes.Run:
+def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
   """Checks the config, loads the network and data, builds the method, the
-  optimiser and the steps, and prepares the workdir (its first write)."""
+  optimiser and the steps, and prepares the workdir (its first write) under
+  the run's lock (held until `closing` closes).
+
+  Returns:
+    The `Run`, and the epoch of the checkpoint to resume from (None: none).
+    With several processes, the lead alone checks, locks and prepares the
+    workdir and finds that epoch; every process gets its answer, or its
+    error, before anything collective.
+  """
   started = time.time()
   run_config.check(config)
   wandb_log.check(config)  # Before any slow work: is wandb there if asked?
@@ -105,9 +117,8 @@ def _setup(config, workdir) -> passes.Run:
   seeds = run_config.seeds(config)
   image_size = run_config.image_size(config)
   layout = sharding.Layout.create(len(seeds))
-  is_lead = jax.process_index() == 0  # The process that writes files.
-  if is_lead:
-    workdir_lib.check(workdir)
+  is_lead = processes.is_lead()  # The process that writes files.
+  processes.lead_decides(lambda: workdir_lib.check(workdir))
 
   # Network: one frozen pytree, replicated on every device; evaluation and
   # label mapping run at `eval_dtype` (float32: the PyTorch version runs
@@ -125,8 +136,13 @@ def _setup(config, workdir) -> passes.Run:
       config.gamma, config.b1, config.b2, config.eps, config.weight_decay)
 
   # Workdir: every input is checked by now, so this is the first write.
-  if is_lead:
+  def claim():
+    closing.enter_context(run_lock.hold(workdir))  # One run per workdir.
     workdir_lib.prepare(config, workdir, dtype)
+    return checkpoints.latest_epoch(workdir)
+  latest = processes.lead_decides(claim)
+  # Nobody reads the workdir before overwrite's deletions are done.
+  processes.barrier("reprog_jax: workdir prepared")
   inputs = inputs_lib.load(run_data, config, seeds=seeds,
                            image_size=image_size, method=method,
                            network=network, eval_network=eval_network,
@@ -140,22 +156,22 @@ def _setup(config, workdir) -> passes.Run:
                                        inputs.encoded),
       eval_step=steps.make_eval_step(method, layout, inputs.encoded),
       count_step=steps.make_count_step(method, layout, inputs.encoded),
-      started=started, is_lead=is_lead)
+      started=started, is_lead=is_lead), latest
 
 
-def _restore(run: passes.Run):
-  """(state, mappings, best, first epoch to run): fresh, or the latest
-  checkpoint's."""
+def _restore(run: passes.Run, latest):
+  """(state, mappings, best, first epoch to run): fresh, or those of the
+  checkpoint of epoch `latest`."""
   layout, seeds = run.layout, run.seeds
   state = layout.put(steps.init_state(run.method, run.optimizer, seeds),
                      layout.per_seed)
   mappings = np.tile(run.method.initial_mapping, (len(seeds), 1))
   best = best_lib.Best.initial(layout.to_host(state.params), mappings)
-  if checkpoints.latest_epoch(run.workdir) is None:
+  if latest is None:
     return state, mappings, best, 0
   restored = checkpoints.restore(run.workdir, checkpoints.pack(
-      state, epoch=0, mappings=mappings, best=best))
-  print(f"resuming {run.workdir} after epoch {restored['epoch']}")
+      state, epoch=0, mappings=mappings, best=best), latest)
+  processes.say(f"resuming {run.workdir} after epoch {restored['epoch']}")
   return (restored["state"], restored["mapping_sequence"], restored["best"],
           restored["epoch"] + 1)
 
@@ -217,7 +233,7 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
       _plots(run, writer, epoch, params, bins, test_counts, mappings)
   checkpoints.save(run.workdir, checkpoints.pack(
       state, epoch=epoch, mappings=mappings, best=best))
-  print(_epoch_line(epoch, records, best))
+  processes.say(_epoch_line(epoch, records, best))
   return state, mappings, best
 
 

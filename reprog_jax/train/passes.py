@@ -70,9 +70,11 @@ class Run:
     return self.run_data.num_classes
 
   def bar(self, iterable, total, desc):
-    """A progress bar over `iterable`, if the config wants them."""
+    """A progress bar over `iterable`, if the config wants them (on the
+    lead process only: one bar however many hosts)."""
     return tqdm.tqdm(iterable, total=total, desc=desc, leave=False,
-                     dynamic_ncols=True, disable=not self.config.progress)
+                     dynamic_ncols=True,
+                     disable=not (self.config.progress and self.is_lead))
 
   def zero_counts(self, num_seeds):
     """(num_seeds, num_scores, T) int32 zeros, seed-sharded: the counts of

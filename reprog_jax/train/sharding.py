@@ -90,27 +90,31 @@ class Layout:
                                           lambda index: x[index])
     return jax.tree.map(leaf, tree)
 
-  def keep_on_device(self, store, where: str = "auto",
+  def keep_on_device(self, stores, where: str = "auto",
                      budget: float = 0.25) -> bool:
-    """Copies `store.rows` to every device if `where` says so; then every
-    batch is gathered there and only row positions cross from the host.
+    """Copies the rows of `stores` to every device if `where` says so; then
+    every batch is gathered there and only row positions cross from the
+    host.
 
     Args:
-      store: a `data.RowStore`.
-      where: 'yes', 'no', or 'auto': yes on an accelerator when the copy
-        takes at most `budget` of each device's memory (on a CPU the host
-        memory already is the device's).
+      stores: a `data.RowStore`, or a list of those of one run.
+      where: 'yes', 'no', or 'auto': yes on an accelerator when the copies
+        of all `stores` together take at most `budget` of each device's
+        memory (on a CPU the host memory already is the device's).
       budget: the fraction of device memory 'auto' may use.
     Returns:
       Whether the rows are now on the devices.
     """
+    stores = stores if isinstance(stores, (list, tuple)) else [stores]
     if where == "auto":
       stats = jax.local_devices()[0].memory_stats() or {}
-      where = "yes" if (jax.default_backend() != "cpu" and store.rows.nbytes
+      total = sum(store.rows.nbytes for store in stores)
+      where = "yes" if (jax.default_backend() != "cpu" and total
                         <= budget * stats.get("bytes_limit", 0)) else "no"
     if where == "yes":
-      store.device_rows = self.put(store.rows, self.replicated)
-    return store.device_rows is not None
+      for store in stores:
+        store.device_rows = self.put(store.rows, self.replicated)
+    return where == "yes"
 
   def put_rows(self, store, index: np.ndarray,
                sharding: NamedSharding) -> dict:

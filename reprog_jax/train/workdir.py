@@ -104,6 +104,8 @@ def prepare(config, workdir, dtype) -> None:
             f"over")
       print(f"overwrite: deleting the run in {workdir} (it has {problem})")
       for name in os.listdir(workdir):
+        if name == layout.LOCK_FILE:
+          continue  # This run's own lock: removed, it would lock nothing.
         target = os.path.join(workdir, name)
         (shutil.rmtree if os.path.isdir(target) else os.remove)(target)
   os.makedirs(os.path.join(workdir, layout.PLOTS_DIR), exist_ok=True)
