@@ -258,7 +258,7 @@ def test_checkpoint_without_the_validation_record_is_refused(tmp_path,
                "test_acc": np.zeros(1), "epoch": np.zeros(1, np.int32),
                "reliability": {"count": np.zeros((1, 15), np.float32)}}})
   for refuse in (lambda: workdir_lib.prepare(config, workdir, dtype),
-                 lambda: checkpoints.restore(workdir, {})):
+                 lambda: checkpoints.restore(workdir, {"best": {}})):
     with pytest.raises(errors.UserError) as caught:
       refuse()
     message = str(caught.value)

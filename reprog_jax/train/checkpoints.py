@@ -268,7 +268,8 @@ def restore(workdir, like: Any, epoch: int | None = None) -> dict:
   `latest_epoch`, broadcast).
   """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  problem = outdated(workdir)
+  # A run's checkpoint (`pack`, with its best record) of an older version.
+  problem = outdated(workdir) if "best" in like else None
   if problem:
     raise CheckpointError(
         f"{workdir} holds {problem}; pass --config.overwrite=True to start "

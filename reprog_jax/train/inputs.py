@@ -177,16 +177,16 @@ def _validation_split(config, labels, pools, holdout):
         for pool, mine in zip(pools, held))
     if all(len(v) for v in validation):
       return pools, validation
-    print("NOTE: no training examples lie outside a seed's few-shot subset "
-          "and its temperature hold-out, so there is no validation split "
-          "(no `validation` model selection); lower --config.n_shot or "
-          "--config.calibration_holdout")
+    processes.say("NOTE: no training examples lie outside a seed's few-shot "
+                  "subset and its temperature hold-out, so there is no "
+                  "validation split (no `validation` model selection); lower "
+                  "--config.n_shot or --config.calibration_holdout")
     return pools, None
   if not config.validation_carve:
-    print("NOTE: n_shot=-1 trains on the whole training split, so there is "
-          "no validation split (no `validation` model selection); "
-          "--config.validation_carve=True holds out "
-          f"{per_class} examples per class from training for it")
+    processes.say("NOTE: n_shot=-1 trains on the whole training split, so "
+                  "there is no validation split (no `validation` model "
+                  "selection); --config.validation_carve=True holds out "
+                  f"{per_class} examples per class from training for it")
     return pools, None
   # Every seed trains on the same examples here: carve once, from what the
   # temperature hold-out left, keeping one example of each class to train.
