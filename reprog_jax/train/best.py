@@ -21,7 +21,8 @@ class Best:
 
   Attributes:
     params: the trained values of that epoch (a pytree, on the host).
-    mapping_sequence: (S, T) int32, the mapping used in it.
+    mapping_sequence: the mapping used in it: (S, T) int32 sequences or
+      (S, K, T) float32 matrices.
     test_acc: (S,) float64, its test accuracy (-1 before the first epoch).
     epoch: (S,) int32, its number (-1 before the first epoch).
     reliability: its test `calibration.CalibrationBins` fields, each
@@ -38,7 +39,7 @@ class Best:
     """Nothing kept yet: every later epoch improves on it."""
     num_seeds = len(mappings)
     return cls(params=params,
-               mapping_sequence=np.asarray(mappings, np.int32),
+               mapping_sequence=np.asarray(mappings).copy(),
                test_acc=np.full(num_seeds, -1.0),
                epoch=np.full(num_seeds, -1, np.int32),
                reliability={name: np.zeros((num_seeds,

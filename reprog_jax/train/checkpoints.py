@@ -50,7 +50,8 @@ def pack(state, *, epoch, mappings, best) -> dict:
   Args:
     state: the `steps.TrainState` (leading seed axis).
     epoch: the epoch just completed.
-    mappings: (S, T) mapping sequences used in that epoch.
+    mappings: (S, T) mapping sequences (int32) or (S, K, T) mapping
+      matrices (float32) used in that epoch.
     best: each seed's best epoch so far (`best.Best`); saved as a dict
       of its fields, so checkpoints stay plain nested dicts of arrays
       (`read`, the exporter) and those of earlier versions restore.
@@ -58,15 +59,20 @@ def pack(state, *, epoch, mappings, best) -> dict:
   return {
       "state": state,
       "epoch": np.asarray(epoch, np.int32),
-      "mapping_sequence": np.asarray(mappings, np.int32),
+      "mapping_sequence": _mapping_array(mappings),
       "best": {"params": best.params,
-               "mapping_sequence": np.asarray(best.mapping_sequence,
-                                              np.int32),
+               "mapping_sequence": _mapping_array(best.mapping_sequence),
                "test_acc": np.asarray(best.test_acc, np.float64),
                "epoch": np.asarray(best.epoch, np.int32),
                "reliability": {name: np.asarray(sums, np.float32)
                                for name, sums in best.reliability.items()}},
   }
+
+
+def _mapping_array(mappings) -> np.ndarray:
+  """Sequences as int32 (as ever), matrices as float32."""
+  mappings = np.asarray(mappings)
+  return mappings.astype(np.float32 if mappings.ndim == 3 else np.int32)
 
 
 def save(workdir, tree) -> None:

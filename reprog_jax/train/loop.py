@@ -148,7 +148,7 @@ def _restore(run: passes.Run):
   layout, seeds = run.layout, run.seeds
   state = layout.put(steps.init_state(run.method, run.optimizer, seeds),
                      layout.per_seed)
-  mappings = np.tile(run.method.initial_mapping, (len(seeds), 1))
+  mappings = np.stack([run.method.initial_mapping] * len(seeds))
   best = best_lib.Best.initial(layout.to_host(state.params), mappings)
   if checkpoints.latest_epoch(run.workdir) is None:
     return state, mappings, best, 0
