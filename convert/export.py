@@ -13,7 +13,6 @@ names and PyTorch's tensor layouts, as the run's method lays them out
 
   ILM-VP  {'visual_prompt_dict': {'program': (3, H, W) float32,
                                   'mask': (3, H, W) float32},
-           'prompt': 'expansive' or 'padding',
            'mapping_sequence': (T,) int64 (ILM, FLM, RLM), or
            'mapping_matrix': (S, T) float32 (BLM, BLM++), or
            'output_mapping_dict': {'weight': (T, S), 'bias': (T,)} (FullyMap),
@@ -26,8 +25,8 @@ names and PyTorch's tensor layouts, as the run's method lays them out
 `network(prompt(x))[:, mapping_sequence]` (`network(prompt(x)) @
 mapping_matrix`, or `output_mapping(network(prompt(x)))` with
 `output_mapping = torch.nn.Linear(S, T)` loading `output_mapping_dict`).
-The padding prompt is `normalize(resize(x)) + program * mask` (bilinear,
-`align_corners=False`). `epoch` counts from 0 and
+The padding prompt's arrays are `padding_prompt_dict` instead, for
+`normalize(resize(x)) + program * mask` (bilinear, `align_corners=False`). `epoch` counts from 0 and
 `best_acc` is a fraction, as there. There is no `optimizer_dict`: the best
 epoch's optimiser state is not kept, and the file is for using the result,
 not for resuming PyTorch training. `exported_from` says where it came from.
@@ -133,8 +132,6 @@ def _tensors(layout):
   torch, _ = torch_io.import_torch()
   if isinstance(layout, dict):
     return {key: _tensors(value) for key, value in layout.items()}
-  if isinstance(layout, str):  # A name ('prompt'), kept as it is.
-    return layout
   return torch.from_numpy(np.array(layout, copy=True, order="C"))
 
 

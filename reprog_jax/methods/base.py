@@ -70,6 +70,11 @@ def _no_fields(config) -> None:
   del config  # The base config's fields are all this method needs.
 
 
+def _no_variant(config) -> str:
+  del config  # One form only.
+  return ""
+
+
 def _no_problem(config, image_size) -> None:
   del config, image_size  # Nothing of its own to check.
 
@@ -112,6 +117,12 @@ class MethodSpec:
       `reprog_jax.tools.torch_reference`); a name, imported only when the
       benchmark asks, so that this package never imports torch. None: no
       reference.
+    variant: `config -> str`, which variant of the method a config (a
+      ConfigDict or its JSON dict) runs: '' for the method's defaults,
+      else a short name ('blmpp', 'padding'); the sweep puts it in a cell's
+      directory name and the report tests the claims per variant.
+    variant_fields: the config fields a study may vary per cell
+      (`label_mapping` and `prompt` for ILM-VP).
   """
 
   name: str
@@ -125,6 +136,9 @@ class MethodSpec:
   encodes: bool = False
   to_pytorch: Callable[[dict, np.ndarray, int, dict], dict] | None = None
   torch_reference: str | None = None
+
+  variant: Callable[[Any], str] = _no_variant
+  variant_fields: tuple[str, ...] = ()
 
   def torch_reference_builder(self) -> Callable[..., Any]:
     """The function `torch_reference` names, imported now.

@@ -221,6 +221,16 @@ def _check(config, image_size):
   return None
 
 
+# The variant fields and their defaults: a run with other values is a
+# variant of ILM-VP, e.g. 'blmpp' or 'blmpp-padding' (`MethodSpec.variant`).
+VARIANT_DEFAULTS = (("label_mapping", "ilm"), ("prompt", "expansive"))
+
+
+def _variant(config):
+  return "-".join(str(config.get(field)) for field, default in
+                  VARIANT_DEFAULTS if config.get(field, default) != default)
+
+
 def _smoke(config):
   config.prompt_output_size = 64  # Fully convolutional: any size runs.
   config.pad = 8
@@ -229,11 +239,10 @@ def _smoke(config):
 def _to_pytorch(params, mapping, image_size, config=None):
   """One seed's prompt and mapping as PyTorch tensors' arrays.
 
-  `visual_prompt_dict`: `program` and `mask`, (3, H, W) float32; for the
-  expansive prompt, what the PyTorch version's `ExpansiveVisualPrompt`
-  loads (`normalize(pad(x) + sigmoid(program) * mask)`); for the padding
-  prompt (then `prompt` is 'padding'), `normalize(resize(x)) + program *
-  mask`. The mapping: `mapping_sequence` (T,) int64 (`logits[:, seq]`),
+  `visual_prompt_dict`: `program` and `mask`, (3, H, W) float32, what the
+  PyTorch version's `ExpansiveVisualPrompt` loads (`normalize(pad(x) +
+  sigmoid(program) * mask)`); for the padding prompt the same arrays as
+  `padding_prompt_dict`, for `normalize(resize(x)) + program * mask`. The mapping: `mapping_sequence` (T,) int64 (`logits[:, seq]`),
   `mapping_matrix` (S, T) float32 (BLM's key: `logits @ matrix`), or for
   FullyMap `output_mapping_dict` (`weight` (T, S), `bias` (T,): a
   `torch.nn.Linear(S, T)` on the logits, AutoVP's `output_mapping.layers`).
@@ -246,8 +255,8 @@ def _to_pytorch(params, mapping, image_size, config=None):
     mask = prompts.frame_mask(image_size, program.shape[0])
   mask = np.broadcast_to(mask, program.shape)
   chw = lambda a: np.ascontiguousarray(np.transpose(a, (2, 0, 1)))
-  out = {"visual_prompt_dict": {"program": chw(program), "mask": chw(mask)},
-         "prompt": prompt}
+  key = "padding_prompt_dict" if prompt == "padding" else "visual_prompt_dict"
+  out = {key: {"program": chw(program), "mask": chw(mask)}}
   if KERNEL in params:
     out["output_mapping_dict"] = {
         "weight": np.ascontiguousarray(
@@ -262,6 +271,7 @@ def _to_pytorch(params, mapping, image_size, config=None):
 
 SPEC = MethodSpec(
     name="ilm_vp", short="vp", label="VP", family="prompt", build=_build,
-    configure=_configure, check=_check, smoke=_smoke,
+    configure=_configure, check=_check, smoke=_smoke, variant=_variant,
+    variant_fields=tuple(field for field, _ in VARIANT_DEFAULTS),
     to_pytorch=_to_pytorch,
     torch_reference="reprog_jax.tools.torch_reference:build_variant_reference")
