@@ -51,7 +51,7 @@ def _configure(config):
 
 
 def _check(config, image_size):
-  del image_size, config
+  del image_size
   if not math.isfinite(config.bias_init):
     return f"bias_init must be a finite number, got {config.bias_init}"
   return None
