@@ -90,3 +90,22 @@ def test_bad_variant_fields_are_one_line_config_errors(overrides, message):
   with pytest.raises(errors.ConfigError) as caught:
     run_config.check(smoke_config("ilm_vp", **overrides))
   assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_blmpp_seeds_vmapped_equal_a_seed_alone(tmp_path):
+  from conftest import assert_records_close, per_seed_records
+  from reprog_jax.train import loop as train
+  train.train_and_evaluate(
+      smoke_config("ilm_vp", epochs=2, seeds=(0, 1), label_mapping="blmpp"),
+      str(tmp_path / "together"))
+  train.train_and_evaluate(
+      smoke_config("ilm_vp", epochs=2, seed=1, label_mapping="blmpp"),
+      str(tmp_path / "alone"))
+  together, alone = (checkpoints.read(tmp_path / w)["mapping_sequence"]
+                     for w in ("together", "alone"))
+  assert together.shape == (2, 1000, 10) and alone.shape == (1, 1000, 10)
+  np.testing.assert_allclose(together[1], alone[0], rtol=0, atol=1e-5)
+  assert np.abs(together[0] - together[1]).max() > 1e-3  # Own subsets.
+  # Every (epoch, seed 1) record of the group is the seed's alone.
+  assert_records_close(per_seed_records(tmp_path / "together"),
+                       per_seed_records(tmp_path / "alone"), 1e-4)

@@ -110,17 +110,14 @@ def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
 
   def pictures(plot_dir, trainable, test_counts, mapping, examples,
                class_names, title):
-    paths = {"prompted_examples": os.path.join(plot_dir,
-                                               "prompted_examples.png")}
+    paths = {"label_mapping": os.path.join(plot_dir, "label_mapping.png")}
     if learned or label_mapping.is_matrix(mapping):
-      paths["label_mapping"] = os.path.join(plot_dir, "label_mapping.png")
       matrix = trainable[KERNEL] if learned else mapping
       mapping_plot.plot_mapping_matrix(
           np.asarray(matrix), class_names, source_class_names,
           paths["label_mapping"], title=title,
           what="Dense kernel weight" if learned else "BLM weight")
     else:
-      paths["label_mapping"] = os.path.join(plot_dir, "label_mapping.png")
       plots.plot_label_mapping(test_counts, mapping, class_names,
                                source_class_names, paths["label_mapping"],
                                title=title)
@@ -129,6 +126,8 @@ def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
       plots.plot_prompt(np.asarray(trainable["program"]), image_size,
                         paths["prompt"], title=title)
     # What the frozen network sees: test images inside the learned prompt.
+    paths["prompted_examples"] = os.path.join(plot_dir,
+                                              "prompted_examples.png")
     plots.plot_prompted_examples(np.asarray(prompted(trainable, examples)),
                                  paths["prompted_examples"], columns=4,
                                  title=title)
