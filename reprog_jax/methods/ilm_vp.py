@@ -180,8 +180,15 @@ def _build(config, network, num_classes, image_size):
   return visual_prompt(image_size, num_classes, config.prompt_output_size,
                        config.label_mapping, config.mapping_interval,
                        network_lib.class_names(network),
-                       prompt=config.prompt, pad=config.pad, lap=config.lap,
-                       top_k=config.top_k)
+                       **_variant_fields(config))
+
+
+def _variant_fields(config) -> dict:
+  """The prompt and label-mapping options of `config`, their defaults where
+  it lacks them (a config built before they existed)."""
+  return {"prompt": config.get("prompt", "expansive"),
+          "pad": config.get("pad", 30), "lap": config.get("lap"),
+          "top_k": config.get("top_k", 3)}
 
 
 def _configure(config):
@@ -200,23 +207,24 @@ def _configure(config):
 
 def _check(config, image_size):
   label_mapping.get_label_mapping(config.label_mapping)  # Lists the names.
-  if config.prompt not in prompts.PROMPTS:
+  fields = _variant_fields(config)
+  if fields["prompt"] not in prompts.PROMPTS:
     raise errors.ConfigError(
-        f"config: prompt {config.prompt!r} is not one of "
+        f"config: prompt {fields['prompt']!r} is not one of "
         f"{', '.join(prompts.PROMPTS)}")
   if config.mapping_interval < 1:
     return f"mapping_interval must be >= 1, got {config.mapping_interval}"
   if not 0 < image_size <= config.prompt_output_size:
     return (f"image_size {image_size} must be in "
             f"[1, prompt_output_size={config.prompt_output_size}]")
-  if config.prompt == "padding" and not (
-      0 < config.pad <= config.prompt_output_size // 2):
-    return (f"pad {config.pad} must be in [1, prompt_output_size // 2 = "
+  if fields["prompt"] == "padding" and not (
+      0 < fields["pad"] <= config.prompt_output_size // 2):
+    return (f"pad {fields['pad']} must be in [1, prompt_output_size // 2 = "
             f"{config.prompt_output_size // 2}]")
-  if config.lap is not None and not config.lap >= 0:
-    return f"lap must be >= 0, got {config.lap}"
-  if not 1 <= config.top_k <= label_mapping.NUM_IMAGENET_CLASSES:
-    return f"top_k must be in [1, 1000], got {config.top_k}"
+  if fields["lap"] is not None and not fields["lap"] >= 0:
+    return f"lap must be >= 0, got {fields['lap']}"
+  if not 1 <= fields["top_k"] <= label_mapping.NUM_IMAGENET_CLASSES:
+    return f"top_k must be in [1, 1000], got {fields['top_k']}"
   return None
 
 
