@@ -115,12 +115,12 @@ def label(method) -> str:
   return f"{spec.label} {variant}" if variant else spec.label
 
 
-def method_rank(method) -> int:
-  """A method's place in tables and figures: the registry's order (its
-  variants after it, by name)."""
+def method_rank(method) -> tuple[int, str]:
+  """A method's place in tables and figures: the registry's order, then
+  its variants after it by name."""
   names = list(methods.names())
-  name = _split(method)[0]
-  return names.index(name) if name in names else len(names)
+  name, variant = _split(method)
+  return (names.index(name) if name in names else len(names)), variant
 
 
 class Comparison(NamedTuple):
