@@ -26,10 +26,10 @@ names and PyTorch's tensor layouts, as the run's method lays them out
 mapping_matrix`, or `output_mapping(network(prompt(x)))` with
 `output_mapping = torch.nn.Linear(S, T)` loading `output_mapping_dict`).
 The padding prompt's arrays are `padding_prompt_dict` instead, for
-`normalize(resize(x)) + program * mask` (bilinear, `align_corners=False`). `epoch` counts from 0 and
-`best_acc` is a fraction, as there. There is no `optimizer_dict`: the best
-epoch's optimiser state is not kept, and the file is for using the result,
-not for resuming PyTorch training. `exported_from` says where it came from.
+`normalize(resize(x)) + program * mask` (bilinear, `align_corners=False`).
+`epoch` counts from 0 and `best_acc` is a fraction, as there. There is no
+`optimizer_dict`: the best epoch's optimiser state is not kept, and the
+file is for using the result, not for resuming PyTorch training. `exported_from` says where it came from.
 It loads with `torch.load(FILE, weights_only=True)`.
 """
 

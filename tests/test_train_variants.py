@@ -96,10 +96,10 @@ def test_blmpp_seeds_vmapped_equal_a_seed_alone(tmp_path):
   from conftest import assert_records_close, per_seed_records
   from reprog_jax.train import loop as train
   train.train_and_evaluate(
-      smoke_config("ilm_vp", epochs=2, seeds=(0, 1), label_mapping="blmpp"),
+      smoke_config("ilm_vp", epochs=1, seeds=(0, 1), label_mapping="blmpp"),
       str(tmp_path / "together"))
   train.train_and_evaluate(
-      smoke_config("ilm_vp", epochs=2, seed=1, label_mapping="blmpp"),
+      smoke_config("ilm_vp", epochs=1, seed=1, label_mapping="blmpp"),
       str(tmp_path / "alone"))
   together, alone = (checkpoints.read(tmp_path / w)["mapping_sequence"]
                      for w in ("together", "alone"))

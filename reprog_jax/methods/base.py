@@ -109,8 +109,9 @@ class MethodSpec:
       once); the benchmark asks this before building anything.
     to_pytorch: `(params, mapping, image_size, config) -> dict`, one seed's
       trained values and mapping (`config`: the run's config as a dict) as
-      the PyTorch version's checkpoint holds them: its key names, NumPy arrays in PyTorch's layouts (`python -m
-      convert export` turns them into tensors); None: not exportable.
+      the PyTorch version's checkpoint holds them: its key names, NumPy
+      arrays in PyTorch's layouts (`python -m convert export` turns them
+      into tensors); None: not exportable.
     torch_reference: 'module:function' naming a builder of the method's
       PyTorch reference step, `(config, torch_network, mapping_sequence,
       image_size, device, amp) -> reference` (see

@@ -249,7 +249,8 @@ def _to_pytorch(params, mapping, image_size, config=None):
   `visual_prompt_dict`: `program` and `mask`, (3, H, W) float32, what the
   PyTorch version's `ExpansiveVisualPrompt` loads (`normalize(pad(x) +
   sigmoid(program) * mask)`); for the padding prompt the same arrays as
-  `padding_prompt_dict`, for `normalize(resize(x)) + program * mask`. The mapping: `mapping_sequence` (T,) int64 (`logits[:, seq]`),
+  `padding_prompt_dict`, for `normalize(resize(x)) + program * mask`.
+  The mapping: `mapping_sequence` (T,) int64 (`logits[:, seq]`),
   `mapping_matrix` (S, T) float32 (BLM's key: `logits @ matrix`), or for
   FullyMap `output_mapping_dict` (`weight` (T, S), `bias` (T,): a
   `torch.nn.Linear(S, T)` on the logits, AutoVP's `output_mapping.layers`).

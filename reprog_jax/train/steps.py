@@ -125,7 +125,8 @@ def make_train_step(method, optimizer, layout, encoded: bool = False):
   """`(state, network, mappings, batch) -> (state, metrics)`, jitted.
 
   Every seed's step at once: `state` and `mappings` ((S, T) sequences or
-  (S, K, T) matrices) carry a leading seed axis, and so does `batch` ((S, B, ...): each seed its own examples).
+  (S, K, T) matrices) carry a leading seed axis, and so does `batch`
+  ((S, B, ...): each seed its own examples).
   `metrics` holds per-seed (S,) `loss` and the sums `loss_sum`, `correct`,
   `count`, so that epochs aggregate exactly whatever the batch padding.
   """
