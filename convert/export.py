@@ -29,8 +29,9 @@ The padding prompt's arrays are `padding_prompt_dict` instead, for
 `normalize(resize(x)) + program * mask` (bilinear, `align_corners=False`).
 `epoch` counts from 0 and `best_acc` is a fraction, as there. There is no
 `optimizer_dict`: the best epoch's optimiser state is not kept, and the
-file is for using the result, not for resuming PyTorch training. `exported_from` says where it came from.
-It loads with `torch.load(FILE, weights_only=True)`.
+file is for using the result, not for resuming PyTorch training.
+`exported_from` says where it came from. It loads with
+`torch.load(FILE, weights_only=True)`.
 """
 
 import json

@@ -10,8 +10,9 @@ probing and ILM-VP on the dense network and the tickets, at two few-shot
 budgets and several seeds (and ILM-VP with the BLM++ label mapping on the
 dense network and one ticket: the report tests claim 1 per mapping), on
 scikit-learn's bundled 8x8 handwritten digits (upsampled), and writes the
-report (report.md, report.csv, seeds.csv, claims.csv, figures). Each network's held-out source accuracy is recorded
-as its `source_top1`, so claim 1 checks the networks' upstream similarity.
+report (report.md, report.csv, seeds.csv, claims.csv, figures). Each
+network's held-out source accuracy is recorded as its `source_top1`, so
+claim 1 checks the networks' upstream similarity.
 
 It is a miniature of the protocol, NOT the paper's experiment: the numbers
 describe a toy source task and a toy target, and say nothing about ImageNet
