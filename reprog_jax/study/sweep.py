@@ -120,8 +120,10 @@ def cells(study) -> list[Cell]:
                               dataset, data.shot_name(n_shot)))
             config = _cell_config(study, where, network, entry, method,
                                   dataset, n_shot, variant)
+            # The study's variant axes name the directory, not overrides:
+            # a sweep that set a label mapping by overrides keeps its paths.
             short = "-".join(filter(None, (spec.short,
-                                           spec.variant(config))))
+                                           spec.variant(variant))))
             name = "/".join((short, network, dataset,
                              data.shot_name(n_shot)))
             grid.append(Cell(name, name, config, network))
