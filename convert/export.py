@@ -13,17 +13,25 @@ names and PyTorch's tensor layouts, as the run's method lays them out
 
   ILM-VP  {'visual_prompt_dict': {'program': (3, H, W) float32,
                                   'mask': (3, H, W) float32},
-           'mapping_sequence': (T,) int64, 'epoch': int, 'best_acc': float}
+           'mapping_sequence': (T,) int64 (ILM, FLM, RLM), or
+           'mapping_matrix': (S, T) float32 (BLM, BLM++), or
+           'output_mapping_dict': {'weight': (T, S), 'bias': (T,)} (FullyMap),
+           'epoch': int, 'best_acc': float}
   LP      {'fc_dict': {'weight': (T, F) float32, 'bias': (T,) float32},
            'epoch': int, 'best_acc': float}
 
 `program` and `mask` load into the PyTorch version's `ExpansiveVisualPrompt`
 (`load_state_dict`), `fc_dict` into its `network.fc`; target logits are
-`network(prompt(x))[:, mapping_sequence]`. `epoch` counts from 0 and
-`best_acc` is a fraction, as there. There is no `optimizer_dict`: the best
-epoch's optimiser state is not kept, and the file is for using the result,
-not for resuming PyTorch training. `exported_from` says where it came from.
-It loads with `torch.load(FILE, weights_only=True)`.
+`network(prompt(x))[:, mapping_sequence]` (`network(prompt(x)) @
+mapping_matrix`, or `output_mapping(network(prompt(x)))` with
+`output_mapping = torch.nn.Linear(S, T)` loading `output_mapping_dict`).
+The padding prompt's arrays are `padding_prompt_dict` instead, for
+`normalize(resize(x)) + program * mask` (bilinear, `align_corners=False`).
+`epoch` counts from 0 and `best_acc` is a fraction, as there. There is no
+`optimizer_dict`: the best epoch's optimiser state is not kept, and the
+file is for using the result, not for resuming PyTorch training.
+`exported_from` says where it came from. It loads with
+`torch.load(FILE, weights_only=True)`.
 """
 
 import json
@@ -188,7 +196,7 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
     epoch = int(tree["epoch"])
   params = {name: np.asarray(value)[index] for name, value in params.items()}
   obj = _tensors(spec.to_pytorch(params, np.asarray(mapping)[index],
-                                 _image_size(config)))
+                                 _image_size(config), config))
   best_acc = float(best["test_acc"][index])
   obj.update({
       "epoch": epoch, "best_acc": best_acc,

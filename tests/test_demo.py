@@ -134,8 +134,9 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert any(f.startswith("reliability_") for f in figures)
   with open(sweep_dir / "report.csv") as f:
     rows = list(csv.DictReader(f))
+  # LP and ILM-VP, and ILM-VP with BLM++ (its own method key).
   expected = {(m, n, "digits", str(s))
-              for m in ("linear_probe", "ilm_vp")
+              for m in ("linear_probe", "ilm_vp", "ilm_vp[blmpp]")
               for n in ("dense", f"ticket_k{k}") for s in scale.n_shots}
   assert {(r["method"], r["network"], r["dataset"], r["n_shot"])
           for r in rows} == expected
@@ -143,6 +144,8 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert all(r["seeds"] == " ".join(map(str, scale.seeds)) for r in rows)
   report_md = (sweep_dir / "report.md").read_text()
   assert "MINIATURE" in report_md and "## Claims" in report_md
+  assert "##### VP\n" in report_md and "##### VP blmpp\n" in report_md
+  assert (sweep_dir / "blmpp" / "vp-blmpp" / "dense").is_dir()
 
   # seeds.csv and claims.csv: claims.csv recomputed from seeds.csv with
   # scipy (paired t, Holm) gives the same numbers and verdicts.
@@ -155,8 +158,9 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert {r["selection"] for r in seed_rows} == {"validation", "best_test",
                                                  "last"}
   ones = [r for r in claim_rows if r["claim"] == "1"]
-  assert {r["method"] for r in ones} == {"ilm_vp"}
-  assert len(ones) == 3 * len(scale.n_shots)  # one ticket, three selections
+  assert {r["method"] for r in ones} == {"ilm_vp", "ilm_vp[blmpp]"}
+  # Per mapping: one ticket, three selections.
+  assert len(ones) == 2 * 3 * len(scale.n_shots)
   assert report_md.index("Selection `validation`") < report_md.index(
       "Selection `last`") < report_md.index("Selection `best_test`")
   # The demo records its networks' source accuracies: the gap is stated.

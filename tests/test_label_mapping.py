@@ -196,8 +196,12 @@ def test_registry():
   assert label_mapping.get_label_mapping("flm").from_predictions
   assert not label_mapping.get_label_mapping("flm").remap_every_interval
   assert not label_mapping.get_label_mapping("rlm").from_predictions
-  with pytest.raises(ValueError, match="'flm', 'ilm', 'rlm'"):
-    label_mapping.get_label_mapping("blm")
+  assert label_mapping.get_label_mapping("blm").form == "bayesian"
+  assert label_mapping.get_label_mapping("blmpp").statistic == "top_k"
+  assert label_mapping.get_label_mapping("fullymap").form == "learned"
+  with pytest.raises(ValueError, match="'blm', 'blmpp', 'flm', 'fullymap', "
+                     "'ilm', 'rlm'"):
+    label_mapping.get_label_mapping("best")
 
 
 def test_mapping_epochs():
@@ -207,3 +211,110 @@ def test_mapping_epochs():
   assert [e for e in range(7) if ilm.is_mapping_epoch(e, 3)] == [0, 3, 6]
   assert [e for e in range(7) if flm.is_mapping_epoch(e, 3)] == [0]
   assert [e for e in range(7) if rlm.is_mapping_epoch(e)] == [0]
+
+
+# --- BLM, BLM++ and matrix mappings ------------------------------------------
+# Transcribed from the published description (Cai et al., NeurIPS 2024, as
+# issue 19 states it), with plain loops, not from our code.
+
+
+def described_blm(logits, labels, num_classes, lap):
+  """Counts of (source argmax, target label); each source row divided by
+  its total plus `lap`; each target column normalised to sum 1."""
+  num_source = logits.shape[1]
+  counts = np.zeros((num_source, num_classes), np.float64)
+  for row, label in zip(logits, labels):
+    counts[int(np.argmax(row)), int(label)] += 1
+  return counts, _described_normalisation(counts, lap)
+
+
+def described_blmpp(logits, labels, num_classes, lap, top_k):
+  """As BLM, with each example adding its top-k softmax probabilities to
+  its label's column instead of a count of 1 for its argmax."""
+  num_source = logits.shape[1]
+  sums = np.zeros((num_source, num_classes), np.float64)
+  for row, label in zip(logits.astype(np.float64), labels):
+    probabilities = np.exp(row - row.max())
+    probabilities /= probabilities.sum()
+    for source in np.argsort(-probabilities, kind="stable")[:top_k]:
+      sums[source, int(label)] += probabilities[source]
+  return sums, _described_normalisation(sums, lap)
+
+
+def _described_normalisation(counts, lap):
+  matrix = np.zeros_like(counts)
+  for s in range(counts.shape[0]):
+    total = counts[s].sum() + lap
+    if total > 0:  # 0 / 0 (never predicted, lap 0): no weight.
+      matrix[s] = counts[s] / total
+  for t in range(counts.shape[1]):
+    total = matrix[:, t].sum()
+    if total > 0:
+      matrix[:, t] /= total
+  return matrix
+
+
+def _random_logits(seed, n=200, num_source=30, num_classes=6):
+  rng = np.random.default_rng(seed)
+  # A few dominant sources, so that counts pile up as with a real network.
+  logits = rng.normal(size=(n, num_source)).astype(np.float32)
+  logits[:, :5] += 2.0 * rng.random(5).astype(np.float32)
+  labels = rng.integers(0, num_classes, n)
+  return logits, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_blm_matches_the_published_description(seed):
+  logits, labels = _random_logits(seed)
+  counts, expected = described_blm(logits, labels, 6, lap=1.0)
+  ours = label_mapping.count_matrix(logits, labels, 6)
+  np.testing.assert_array_equal(np.asarray(ours), counts)  # Exact counts.
+  matrix = np.asarray(label_mapping.bayesian_matrix(ours, 1.0))
+  np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(matrix.sum(0), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_blmpp_matches_the_published_description(seed):
+  # More sources than top-3 slots filled: some never count (0 / 0 rows).
+  logits, labels = _random_logits(seed, n=60, num_source=300)
+  sums, expected = described_blmpp(logits, labels, 6, lap=0.0, top_k=3)
+  # Summed over two batches, as the loop's mapping pass does.
+  mask = np.ones(len(labels), bool)
+  ours = sum(label_mapping.topk_probability_matrix(
+      logits[part], labels[part], 6, mask[part], top_k=3)
+             for part in (slice(0, 77), slice(77, None)))
+  np.testing.assert_allclose(np.asarray(ours), sums, rtol=0, atol=1e-6)
+  matrix = np.asarray(label_mapping.bayesian_matrix(ours, 0.0))
+  np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-6)
+  assert np.isfinite(matrix).all()  # Sources never in a top-3: weight 0.
+  assert (sums.sum(1) == 0).any()
+
+
+def test_blmpp_masked_rows_add_nothing():
+  logits, labels = _random_logits(2, n=40)
+  mask = np.arange(40) < 25
+  labels = np.where(mask, labels, 99)  # Padding's junk labels.
+  ours = label_mapping.topk_probability_matrix(logits, labels, 6, mask,
+                                               top_k=2)
+  expected, _ = described_blmpp(logits[:25], labels[:25], 6, 0.0, 2)
+  np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-6)
+
+
+def test_one_hot_matrix_gives_the_sequence_logits_and_losses_exactly():
+  import optax
+  rng = np.random.default_rng(7)
+  logits = (rng.normal(size=(16, 1000)) * 30).astype(np.float32)
+  sequence = rng.permutation(1000)[:10].astype(np.int32)
+  one_hot = np.zeros((1000, 10), np.float32)
+  one_hot[sequence, np.arange(10)] = 1.0
+  by_index = label_mapping.apply_mapping(jnp.asarray(logits), sequence)
+  by_matrix = jax.jit(label_mapping.apply_mapping)(jnp.asarray(logits),
+                                                   jnp.asarray(one_hot))
+  np.testing.assert_array_equal(np.asarray(by_matrix), np.asarray(by_index))
+  labels = rng.integers(0, 10, 16)
+  loss = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels)
+  np.testing.assert_array_equal(np.asarray(loss(by_matrix)),
+                                np.asarray(loss(by_index)))
+  np.testing.assert_array_equal(label_mapping.dominant_sources(one_hot),
+                                sequence)

@@ -281,3 +281,29 @@ def test_curves_have_plain_tick_labels(tmp_path):
       assert abs(shown - position) < 0.01 * spacing, (axes.get_title(), ticks)
     # Epochs are whole numbers.
     assert all(float(x).is_integer() for x in axes.get_xticks())
+
+
+# ---------------------------------------------------------------------------
+# A matrix mapping's heat map (`mapping_plot`).
+# ---------------------------------------------------------------------------
+
+
+def test_top_weights_per_target_hand_computed(tmp_path):
+  from reprog_jax.metrics import mapping_plot
+  matrix = np.array([[0.5, 0.0, 0.2],
+                     [0.1, 0.7, 0.2],
+                     [0.4, 0.3, 0.6]])
+  table = mapping_plot.top_weights(matrix, top_k=2, max_targets=2)
+  np.testing.assert_array_equal(table.sources, [[0, 2], [1, 2]])
+  np.testing.assert_allclose(table.weights, [[0.5, 0.4], [0.7, 0.3]])
+  # Ties: the first source (0.2 at sources 0 and 1 of target 2).
+  tied = mapping_plot.top_weights(matrix, top_k=3)
+  np.testing.assert_array_equal(tied.sources[2], [2, 0, 1])
+  path = tmp_path / "m.png"
+  mapping_plot.plot_mapping_matrix(matrix, ["a", "b", "c"],
+                                   ["s0", "s1", "s2"], str(path),
+                                   title="run")
+  with Image.open(path) as image:
+    assert image.format == "PNG" and image.size[0] > 300
+  with pytest.raises(ValueError, match="Need 3 source and 3 target names"):
+    mapping_plot.plot_mapping_matrix(matrix, ["a"], ["s0"], str(path))

@@ -1,4 +1,5 @@
-"""Tests for reprog_jax.model.prompts: the ILM-VP expansive prompt."""
+"""Tests for reprog_jax.model.prompts: the ILM-VP expansive prompt and the
+padding prompt."""
 
 import jax
 import jax.numpy as jnp
@@ -154,3 +155,35 @@ def test_registry():
   assert prompts.get_prompt("expansive") is prompts.ExpansivePrompt
   with pytest.raises(ValueError, match="expansive"):
     prompts.get_prompt("pad")
+
+
+# --- The padding prompt (Bahng et al. 2022) ---------------------------------
+
+
+def test_border_mask_is_one_on_a_border_pad_wide():
+  mask = prompts.border_mask(10, 3)[..., 0]
+  assert mask.shape == (10, 10)
+  assert mask[3:7, 3:7].sum() == 0 and mask.sum() == 100 - 16
+  with pytest.raises(ValueError, match="pad must be in"):
+    prompts.border_mask(10, 6)
+
+
+def test_padding_prompt_resizes_normalises_and_adds_the_border():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(2)
+  x = rng.random((2, 8, 8, 3), np.float32)
+  module = prompts.PaddingPrompt(image_size=8, output_size=20, pad=4)
+  params = module.init(jax.random.key(1), jnp.asarray(x))["params"]
+  program = np.asarray(params["program"])
+  assert program.shape == (20, 20, 3) and 0.8 < program.std() < 1.2
+  got = np.asarray(module.apply({"params": params}, jnp.asarray(x)))
+  # By hand: PyTorch's bilinear resize (align_corners=False), ImageNet
+  # normalisation, then the program on the border only.
+  resized = torch.nn.functional.interpolate(
+      torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(20, 20),
+      mode="bilinear", align_corners=False).numpy().transpose(0, 2, 3, 1)
+  border = np.ones((20, 20, 1), np.float32)
+  border[4:16, 4:16] = 0
+  expected = (resized - MEAN) / STD + program * border
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+  assert prompts.get_prompt("padding") is prompts.PaddingPrompt

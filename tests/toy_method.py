@@ -61,8 +61,8 @@ def _smoke(config):
   config.image_size = 16
 
 
-def _to_pytorch(params, mapping_sequence, image_size):
-  del image_size
+def _to_pytorch(params, mapping_sequence, image_size, config=None):
+  del image_size, config
   return {"bias": np.asarray(params["bias"], np.float32),
           "mapping_sequence": np.asarray(mapping_sequence, np.int64)}
 

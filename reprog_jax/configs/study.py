@@ -20,6 +20,12 @@ Fields:
   overrides: a partial nested dict of the training config, applied to
     every cell, e.g. {'epochs': 2, 'data': {'mock': True}}.
   method_overrides: {method: partial nested dict}, applied after.
+  label_mappings, prompts: optional; ILM-VP's label mappings ('ilm', 'flm',
+    'rlm', 'blm', 'blmpp', 'fullymap') and prompts ('expansive', 'padding')
+    to run, each a cell of its own (`vp-blmpp/...`; the defaults ilm and
+    expansive keep the plain `vp/...`); unset: the method's config's.
+    E.g. --config.label_mappings="('ilm', 'blmpp')" asks whether the
+    ticket gap survives BLM++; the report tests claim 1 per variant.
 
 Presets:
   smoke: mock CIFAR-10, a random ResNet-18, both methods, 2 shots, 2
@@ -92,6 +98,8 @@ def get_config(preset=None):
                        "data": {"mock": True, "worker_count": 0}}
     study.method_overrides = {"linear_probe": {"image_size": 32},
                               "ilm_vp": {"prompt_output_size": 64}}
+    study.label_mappings = config_dict.placeholder(tuple)
+    study.prompts = config_dict.placeholder(tuple)
   elif preset == "paper":
     raise ValueError("configs/study.py: preset 'paper' is now 'grid' (only "
                      "some of its values are the paper's: see "
@@ -106,6 +114,8 @@ def get_config(preset=None):
     study.seeds = (0, 1, 2)
     study.overrides = {}  # The PyTorch version's defaults (100 epochs).
     study.method_overrides = {}
+    study.label_mappings = config_dict.placeholder(tuple)  # ILM only.
+    study.prompts = config_dict.placeholder(tuple)
   else:
     raise ValueError(f"configs/study.py: unknown preset {preset!r}; use "
                      f"smoke or grid")

@@ -7,8 +7,11 @@ and benchmark reference); everything else in the package (the configs, the
 config checks, the loop, the sweep, the report, the exporter, the
 benchmark) asks this registry by name and never names a method.
 
-- ILM-VP (`ilm_vp`): trains the `ExpansivePrompt` program in front of the
-  frozen network; its mapping is a label mapping.
+- ILM-VP (`ilm_vp`): trains a prompt (the `ExpansivePrompt` frame, or
+  the `PaddingPrompt` border: `config.prompt`) in front of the frozen
+  network; its mapping is a label mapping (ILM, FLM, RLM sequences, BLM and
+  BLM++ matrices, or FullyMap's trained Dense layer:
+  `config.label_mapping`), its variants for the sweep and the report.
 - Linear probing (`linear_probe`): trains a new Dense head on the frozen
   network's pooled features; its mapping is the identity.
 

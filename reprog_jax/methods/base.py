@@ -2,8 +2,10 @@
 `MethodSpec` the registry (`reprog_jax.methods`) keeps of it.
 
 Every method ends in a mapping: target logits are
-`scores[..., mapping_sequence]`. A method whose scores are already the
-target logits (linear probing) keeps the identity mapping.
+`scores[..., mapping_sequence]`, or `scores @ mapping_matrix` for a matrix
+mapping (`label_mapping.apply_mapping`). A method whose scores are already
+the target logits (linear probing, ILM-VP with FullyMap) keeps the identity
+mapping.
 """
 
 import dataclasses
@@ -16,9 +18,11 @@ import numpy as np
 from reprog_jax import errors
 
 Trainable = Any
-# (epoch, current (S, T) mapping, seeds, count_pass) -> (S, T) mapping.
-# `count_pass()` runs the network over each seed's training set and returns
-# the (S, num_scores, T) counts of (argmax score, label) pairs.
+# (epoch, current mappings, seeds, count_pass) -> mappings, each (S, T)
+# sequences or (S, K, T) matrices. `count_pass()` runs the network over
+# each seed's training set and returns the (S, num_scores, T) sums of the
+# method's `mapping_statistic` (by default, counts of (argmax score, label)
+# pairs).
 EpochMapping = Callable[[int, np.ndarray, Sequence[int],
                          Callable[[], np.ndarray]], np.ndarray]
 
@@ -31,9 +35,10 @@ class Method:
     name: the registry key.
     init: `rng -> trainable` initial values (one seed's).
     scores: `(trainable, network, inputs) -> (N, num_scores)`, float32;
-      target logits are `scores[:, mapping_sequence]`.
+      target logits are `label_mapping.apply_mapping(scores, mapping)`.
     num_scores: K, the width of `scores`.
-    initial_mapping: (T,) int32, the mapping before any epoch.
+    initial_mapping: the mapping before any epoch: (T,) int32, a sequence,
+      or (K, T) float32, a matrix; every epoch's has its shape and dtype.
     epoch_mapping: the mapping sequence of each epoch (see `EpochMapping`).
     pictures: `(plot_dir, trainable, test_counts, mapping_sequence,
       examples, class_names, title) -> {tag: png path}` for one seed: what
@@ -44,6 +49,10 @@ class Method:
       anything trained (linear probing's pooled features), or None when
       `scores` takes the images themselves. Its outputs may be computed
       once and cached.
+    mapping_statistic: `(scores, labels, num_classes, mask) -> (K, T)`
+      float32, what the mapping pass sums over each seed's training set for
+      `epoch_mapping` (BLM++'s top-k probabilities); None: the int32 counts
+      of (argmax score, label), `label_mapping.count_matrix`.
   """
 
   name: str
@@ -54,10 +63,16 @@ class Method:
   epoch_mapping: EpochMapping
   pictures: Callable[..., dict]
   encode: Callable[..., jax.Array] | None = None
+  mapping_statistic: Callable[..., jax.Array] | None = None
 
 
 def _no_fields(config) -> None:
   del config  # The base config's fields are all this method needs.
+
+
+def _no_variant(config) -> str:
+  del config  # One form only.
+  return ""
 
 
 def _no_problem(config, image_size) -> None:
@@ -92,16 +107,23 @@ class MethodSpec:
       (seconds on a CPU), after the base fields are shrunk.
     encodes: whether its `Method` has `encode` (frozen features computed
       once); the benchmark asks this before building anything.
-    to_pytorch: `(params, mapping_sequence, image_size) -> dict`, one seed's
-      trained values and mapping as the PyTorch version's checkpoint holds
-      them: its key names, NumPy arrays in PyTorch's layouts (`python -m
-      convert export` turns them into tensors); None: not exportable.
+    to_pytorch: `(params, mapping, image_size, config) -> dict`, one seed's
+      trained values and mapping (`config`: the run's config as a dict) as
+      the PyTorch version's checkpoint holds them: its key names, NumPy
+      arrays in PyTorch's layouts (`python -m convert export` turns them
+      into tensors); None: not exportable.
     torch_reference: 'module:function' naming a builder of the method's
       PyTorch reference step, `(config, torch_network, mapping_sequence,
       image_size, device, amp) -> reference` (see
       `reprog_jax.tools.torch_reference`); a name, imported only when the
       benchmark asks, so that this package never imports torch. None: no
       reference.
+    variant: `config -> str`, which variant of the method a config (a
+      ConfigDict or its JSON dict) runs: '' for the method's defaults,
+      else a short name ('blmpp', 'padding'); the sweep puts it in a cell's
+      directory name and the report tests the claims per variant.
+    variant_fields: the config fields a study may vary per cell
+      (`label_mapping` and `prompt` for ILM-VP).
   """
 
   name: str
@@ -113,8 +135,11 @@ class MethodSpec:
   check: Callable[[Any, int], str | None] = _no_problem
   smoke: Callable[[Any], None] = _no_fields
   encodes: bool = False
-  to_pytorch: Callable[[dict, np.ndarray, int], dict] | None = None
+  to_pytorch: Callable[[dict, np.ndarray, int, dict], dict] | None = None
   torch_reference: str | None = None
+
+  variant: Callable[[Any], str] = _no_variant
+  variant_fields: tuple[str, ...] = ()
 
   def torch_reference_builder(self) -> Callable[..., Any]:
     """The function `torch_reference` names, imported now.

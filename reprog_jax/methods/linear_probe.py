@@ -66,10 +66,10 @@ def _smoke(config):
   config.image_size = 64
 
 
-def _to_pytorch(params, mapping_sequence, image_size):
+def _to_pytorch(params, mapping_sequence, image_size, config=None):
   """The PyTorch version's `fc_dict` (what its `network.fc` loads: `weight`
   (T, F) and `bias` (T,), float32); the mapping is the identity."""
-  del mapping_sequence, image_size  # The head is all there is.
+  del mapping_sequence, image_size, config  # The head is all there is.
   # Ours is (in, out), as Flax's Dense; torch.nn.Linear's weight is (out, in).
   return {"fc_dict": {
       "weight": np.ascontiguousarray(

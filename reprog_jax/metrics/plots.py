@@ -121,7 +121,7 @@ def mean_mapped_percentage(counts: np.ndarray,
   return float(100.0 * np.mean(mapped[has_examples] / totals[has_examples]))
 
 
-def _shorten(name: str, length: int = 22) -> str:
+def shorten(name: str, length: int = 22) -> str:
   # ImageNet names can be a list of synonyms; one is enough for a label.
   name = name.split(",")[0].strip()
   return name if len(name) <= length else name[:length - 1] + "\u2026"
@@ -187,9 +187,9 @@ def plot_label_mapping(counts: np.ndarray, mapping_sequence: Sequence[int],
   colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
   colorbar.set_label("examples predicted as the source (%)")
   axes.set_xticks(np.arange(columns),
-                  [_shorten(source_names[s]) for s in table.source_indices])
+                  [shorten(source_names[s]) for s in table.source_indices])
   axes.set_yticks(np.arange(rows),
-                  [_shorten(target_names[t]) for t in table.target_indices])
+                  [shorten(target_names[t]) for t in table.target_indices])
   axes.tick_params(top=True, bottom=False, labeltop=True, labelbottom=False,
                    labelsize=8)
   for label in axes.get_xticklabels():

@@ -17,6 +17,20 @@ Three ways to choose it, as in the PyTorch version:
 - RLM (random label mapping): the first `T` entries of a seeded random
   permutation of the source classes (`rlm`).
 
+Beyond one-to-one, a mapping may be a `(S, T)` matrix `W` of weights, and
+the target logits `source_logits @ W` (`apply_mapping` takes either; a
+one-hot matrix gives the sequence's logits exactly):
+
+- BLM (Bayesian-guided label mapping, Cai et al., NeurIPS 2024): from the
+  same counts as ILM, each source row divided by its total plus a Laplace
+  term `lap`, then each target column normalised to sum 1
+  (`bayesian_matrix`). Recomputed on ILM's schedule.
+- BLM++: the same, from the sum over each target class's examples of their
+  top-k softmax probabilities (`topk_probability_matrix`) instead of the
+  argmax counts.
+- FullyMap (AutoVP, Tsao et al., ICLR 2024): a Dense layer S -> T trained
+  with the prompt; it is part of the method's scores, not a mapping here.
+
 "Every epoch" versus "once" is the training loop's business; this module only
 computes mappings. The counts are a sum over examples, so the loop can run the
 network batch by batch, add up `count_matrix` of each batch, and call
@@ -208,18 +222,103 @@ def rlm(
   return permutation[:num_classes].astype(jnp.int32)
 
 
-def apply_mapping(source_logits: jax.Array,
-                  mapping_sequence: jax.Array) -> jax.Array:
-  """Target logits: the source logits of the mapped classes, in target order.
+def topk_probability_matrix(
+    source_logits: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    mask: jax.Array | None = None,
+    *,
+    top_k: int = 3,
+) -> jax.Array:
+  """BLM++'s statistic: per (source class, target class), the summed top-k
+  softmax probabilities of that target's examples.
+
+  Each example's softmax over the source classes keeps its `top_k` largest
+  probabilities (the others count 0), added to its label's column. Sums of
+  several batches add up to the sums of their union, as `count_matrix`'s.
+
+  Args:
+    source_logits: Shape `(N, S)`.
+    labels: Integer target labels, shape `(N,)`.
+    num_classes: Number of target classes `T`.
+    mask: Optional validity mask, shape `(N,)`; false rows add nothing.
+    top_k: How many of each example's most probable sources count.
+
+  Returns:
+    A float32 array of shape `(S, T)`.
+  """
+  source_logits = jnp.asarray(source_logits, jnp.float32)
+  num_source = source_logits.shape[-1]
+  probabilities = jax.nn.softmax(source_logits, axis=-1)
+  values, indices = jax.lax.top_k(probabilities, top_k)  # (N, k) each.
+  if mask is not None:
+    values = values * jnp.asarray(mask).astype(jnp.float32)[:, None]
+  labels = jnp.broadcast_to(jnp.asarray(labels)[:, None], indices.shape)
+  return jnp.zeros((num_source, num_classes), jnp.float32).at[
+      indices, labels].add(values, mode="drop")
+
+
+def bayesian_matrix(counts: jax.Array, lap: float) -> jax.Array:
+  """BLM's mapping matrix from (source, target) counts or probability sums.
+
+  `W[s, t] = (c[s, t] / (sum_t' c[s, t'] + lap))`, then each column divided
+  by its sum, so that every target's weights sum to 1: an estimate of
+  P(target | source) turned into weights over the sources of each target.
+  Where a denominator is 0 (a source never predicted with `lap` = 0, or a
+  target without examples) the weights are 0: the published code's 0 / 0
+  would make them NaN.
+
+  Args:
+    counts: Shape `(S, T)`, non-negative (`count_matrix` or
+      `topk_probability_matrix` summed over the training set).
+    lap: The Laplace term added to each source's total (BLM: 1).
+
+  Returns:
+    float32 `(S, T)`; each column sums to 1 (or is all 0).
+  """
+  counts = jnp.asarray(counts, jnp.float32)
+  row_totals = jnp.sum(counts, axis=1, keepdims=True) + lap
+  given_source = jnp.where(row_totals > 0,
+                           counts / jnp.where(row_totals > 0, row_totals, 1),
+                           0.0)
+  column_totals = jnp.sum(given_source, axis=0, keepdims=True)
+  return jnp.where(column_totals > 0, given_source
+                   / jnp.where(column_totals > 0, column_totals, 1), 0.0)
+
+
+def is_matrix(mapping) -> bool:
+  """Whether one seed's mapping is an `(S, T)` matrix (else a `(T,)`
+  sequence)."""
+  return np.ndim(mapping) == 2
+
+
+def apply_mapping(source_logits: jax.Array, mapping: jax.Array) -> jax.Array:
+  """Target logits from source logits, by a mapping sequence or matrix.
 
   Args:
     source_logits: Shape `(..., S)`.
-    mapping_sequence: Integer, shape `(T,)`.
+    mapping: Integer `(T,)`, a mapping sequence, or float `(S, T)`, a
+      mapping matrix.
 
   Returns:
-    Shape `(..., T)`; `[..., t]` is `source_logits[..., mapping_sequence[t]]`.
+    Shape `(..., T)`: for a sequence, `[..., t]` is
+    `source_logits[..., mapping[t]]` (a gather: bit-exact, and what the
+    PyTorch version does); for a matrix, `source_logits @ mapping` in full
+    float32 (an accelerator's default TF32 would round it).
   """
-  return jnp.take(source_logits, mapping_sequence, axis=-1)
+  if is_matrix(mapping):
+    return jnp.matmul(source_logits.astype(jnp.float32), mapping,
+                      precision=jax.lax.Precision.HIGHEST)
+  return jnp.take(source_logits, mapping, axis=-1)
+
+
+def dominant_sources(mapping) -> np.ndarray:
+  """Each target's mapped source: a sequence itself, or a matrix's source
+  of largest weight per target column (first on ties); (T,) int."""
+  mapping = np.asarray(mapping)
+  if is_matrix(mapping):
+    return np.argmax(mapping, axis=0)
+  return mapping
 
 
 class LabelMapping(NamedTuple):
@@ -227,16 +326,22 @@ class LabelMapping(NamedTuple):
 
   Attributes:
     name: The registry key.
-    from_predictions: True if computed by `greedy_mapping` of the counts of
-      the prompted network's predictions on the training set; False if drawn
-      at random by `rlm`.
+    from_predictions: True if computed from the prompted network's outputs
+      on the training set; False if drawn at random by `rlm` or learned.
     remap_every_interval: True if recomputed at the start of every epoch
-      with `epoch % mapping_interval == 0` (ILM); False if computed once,
-      before training (FLM, RLM).
+      with `epoch % mapping_interval == 0` (ILM, BLM, BLM++); False if
+      computed once, before training (FLM, RLM).
+    form: 'sequence' (a one-to-one `(T,)` sequence: ILM, FLM, RLM),
+      'bayesian' (a `(S, T)` matrix by `bayesian_matrix`: BLM, BLM++) or
+      'learned' (a Dense layer trained with the prompt: FullyMap).
+    statistic: what the mapping pass sums over the training set: 'argmax'
+      (`count_matrix`) or 'top_k' (`topk_probability_matrix`, BLM++).
   """
   name: str
   from_predictions: bool
   remap_every_interval: bool
+  form: str = "sequence"
+  statistic: str = "argmax"
 
   def is_mapping_epoch(self, epoch: int, mapping_interval: int = 1) -> bool:
     """Whether to (re)compute the mapping at the start of `epoch` (0-based).
@@ -256,6 +361,13 @@ LABEL_MAPPINGS = {
                         remap_every_interval=False),
     "rlm": LabelMapping("rlm", from_predictions=False,
                         remap_every_interval=False),
+    "blm": LabelMapping("blm", from_predictions=True,
+                        remap_every_interval=True, form="bayesian"),
+    "blmpp": LabelMapping("blmpp", from_predictions=True,
+                          remap_every_interval=True, form="bayesian",
+                          statistic="top_k"),
+    "fullymap": LabelMapping("fullymap", from_predictions=False,
+                             remap_every_interval=False, form="learned"),
 }
 
 

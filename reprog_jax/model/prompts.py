@@ -2,8 +2,10 @@
 
 The ILM-VP "expansive" prompt (Chen et al., CVPR 2023) places the target image,
 resized to `s x s`, in the middle of a `224 x 224` canvas and learns the
-pixels of the frame around it. Only the program is trained; the network
-behind it stays frozen.
+pixels of the frame around it. The "padding" prompt (Bahng et al. 2022,
+"Exploring Visual Prompts for Adapting Large-Scale Models") resizes the
+image to the whole canvas and adds a learned border of width `pad` on top
+of it. Only the program is trained; the network behind it stays frozen.
 
 Layout differs from the PyTorch version on purpose: images and the program
 are NHWC / HWC here (the layout Flax convolutions expect), NCHW / CHW there.
@@ -141,9 +143,74 @@ class ExpansivePrompt(nn.Module):
     return out.astype(self.dtype)
 
 
-# Prompt kinds by name; the PyTorch version has only the expansive one.
+def border_mask(output_size: int = 224, pad: int = 30) -> np.ndarray:
+  """The padding prompt's mask: 1 on a border `pad` pixels wide, 0 inside.
+
+  Returns:
+    float32 `(output_size, output_size, 1)`.
+
+  Raises:
+    ValueError: If `pad` is not in `[1, output_size // 2]`.
+  """
+  if not 0 < pad <= output_size // 2:
+    raise ValueError(f"pad must be in [1, output_size // 2 = "
+                     f"{output_size // 2}], got {pad}.")
+  mask = np.ones((output_size, output_size, 1), np.float32)
+  mask[pad:output_size - pad, pad:output_size - pad] = 0.0
+  return mask
+
+
+class PaddingPrompt(nn.Module):
+  """Bahng et al.'s padding prompt, on the whole image.
+
+  `output = normalize(resize(x, output_size)) + program * mask`: the image
+  is resized (bilinear, half-pixel centres, as PyTorch's `F.interpolate`
+  with `align_corners=False`) to the canvas, normalised, and a learned
+  border of width `pad` is added in the normalised space, as in Bahng et
+  al.'s `PadPrompter` (which adds it to the preprocessed image). The
+  program starts from a standard normal, as theirs (`torch.randn`), and
+  covers the canvas like `ExpansivePrompt`'s; only the border reaches the
+  output.
+
+  Attributes:
+    image_size: Side `s` of the square target images.
+    output_size: Side of the canvas fed to the frozen network.
+    pad: Width of the learned border (30 in Bahng et al.).
+    dtype: Dtype of the output (see `ExpansivePrompt`).
+  """
+  image_size: int
+  output_size: int = 224
+  pad: int = 30
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    border_mask(self.output_size, self.pad)  # Fails at build, not in a jit.
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Resizes `x` ((..., s, s, 3) in [0, 1]) and adds the border."""
+    if x.ndim < 3 or x.shape[-3:] != (self.image_size, self.image_size, 3):
+      raise ValueError(
+          f"Expected images of shape (..., {self.image_size}, "
+          f"{self.image_size}, 3), got {x.shape}.")
+    program = self.param(
+        "program", nn.initializers.normal(stddev=1.0),
+        (self.output_size, self.output_size, 3), jnp.float32)
+    mask = jnp.asarray(border_mask(self.output_size, self.pad))
+    x = jnp.asarray(x, jnp.float32)
+    shape = x.shape[:-3] + (self.output_size, self.output_size, 3)
+    # Upsampling: no antialiasing to differ from PyTorch's bilinear.
+    resized = jax.image.resize(x, shape, "bilinear", antialias=False)
+    out = imagenet_normalize(resized) + program * mask
+    return out.astype(self.dtype)
+
+
+# Prompt kinds by name (`config.prompt`); the PyTorch version has only the
+# expansive one.
 PROMPTS = {
     "expansive": ExpansivePrompt,
+    "padding": PaddingPrompt,
 }
 
 

@@ -5,7 +5,8 @@ In the paper's words (abstract):
      lower performance than the reprogrammed dense model although their
      corresponding upstream performance is similar". Tested per dataset x
      n_shot x ticket on the test accuracy of every reprogramming method
-     (registry family 'prompt', ILM-VP): held in a cell when the one-sided
+     (registry family 'prompt', ILM-VP, each label mapping and prompt
+     variant on its own: `method_key`): held in a cell when the one-sided
      paired t-test of dense > ticket is significant after Holm's
      correction (`p_adjusted < alpha`) and the two networks' source
      (ImageNet) top-1 differ by at most `similar_source_pp` points. Without
@@ -77,23 +78,49 @@ class Options(NamedTuple):
   similar_source_pp: float = 1.0
 
 
+def method_key(method, variant="") -> str | None:
+  """How the report names a method's variant: 'ilm_vp' (its defaults),
+  'ilm_vp[blmpp]' (`MethodSpec.variant`); every claim is tested per key."""
+  if method is None or not variant:
+    return method
+  return f"{method}[{variant}]"
+
+
+def variant_key(method, config) -> str:
+  """`method_key` of a run of `method` with `config` (its summary's)."""
+  spec = methods.METHODS.get(method)
+  return method_key(method, spec.variant(config) if spec else "")
+
+
+def _split(method) -> tuple[str, str]:
+  """(method, variant) of a `method_key`."""
+  name, _, variant = str(method).partition("[")
+  return name, variant.rstrip("]")
+
+
 def family(method) -> str | None:
   """The registry's family of `method` ('prompt', 'probe'), None if the
   method is not registered."""
-  spec = methods.METHODS.get(method)
+  spec = methods.METHODS.get(_split(method)[0])
   return spec.family if spec else None
 
 
 def label(method) -> str:
-  """The registry's label of `method` ('VP', 'LP'), else its name."""
-  spec = methods.METHODS.get(method)
-  return spec.label if spec else str(method)
+  """The registry's label of `method` ('VP', 'LP', 'VP blmpp'), else its
+  name."""
+  name, variant = _split(method)
+  spec = methods.METHODS.get(name)
+  if not spec:
+    return str(method)
+  return f"{spec.label} {variant}" if variant else spec.label
 
 
-def method_rank(method) -> int:
-  """A method's place in tables and figures: the registry's order."""
+def method_rank(method) -> tuple[int, str]:
+  """A method's place in tables and figures: the registry's order, then
+  its variants after it by name."""
   names = list(methods.names())
-  return names.index(method) if method in names else len(names)
+  name, variant = _split(method)
+  return (names.index(name) if name in names else len(names)), variant
 
 
 class Comparison(NamedTuple):

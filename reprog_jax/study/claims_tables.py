@@ -133,15 +133,25 @@ def _claim_one(cells, options) -> list[str]:
            f"**Overall: {verdict}** ({counts}).", ""]
   if not mine:
     return lines
-  lines += [_HEAD + " source gap (pp) | p | p (Holm) | verdict |",
-            "|" + " --- |" * 14]
-  for c in mine:
-    note = (" (source similarity not checked)"
-            if c["verdict"] == "held" and c["source_gap_pp"] is None else "")
-    lines.append(_cell_line(c, 100, 2, [
-        _number(c["source_gap_pp"], 1, 2), _p(c["p_value"]),
-        _p(c["p_adjusted"]), f"**{c['verdict']}**{note}"]))
-  return lines + [""]
+  variants = sorted({c["method"] for c in mine},
+                    key=lambda m: (claims.method_rank(m), m))
+  for method in variants:
+    theirs = [c for c in mine if c["method"] == method]
+    if len(variants) > 1:  # A table per label mapping / prompt.
+      verdict, counts = claims.overall("1", theirs)
+      lines += [f"##### {claims.label(method)}", "",
+                f"**{claims.label(method)}: {verdict}** ({counts}).", ""]
+    lines += [_HEAD + " source gap (pp) | p | p (Holm) | verdict |",
+              "|" + " --- |" * 14]
+    for c in theirs:
+      note = (" (source similarity not checked)"
+              if c["verdict"] == "held" and c["source_gap_pp"] is None
+              else "")
+      lines.append(_cell_line(c, 100, 2, [
+          _number(c["source_gap_pp"], 1, 2), _p(c["p_value"]),
+          _p(c["p_adjusted"]), f"**{c['verdict']}**{note}"]))
+    lines.append("")
+  return lines
 
 
 def _claim_two(cells) -> list[str]:

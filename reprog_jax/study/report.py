@@ -63,7 +63,8 @@ class Row(NamedTuple):
     cell: its directory, relative to the report's.
     status: 'done' (a summary) or 'failed' (an error.txt, no summary).
     method, network, kind, arch, dataset, n_shot, seeds: what it ran
-      (`network` is the sweep's name for it, else its directory's name).
+      (`network` is the sweep's name for it, else its directory's name;
+      `method` names a variant too, `claims.method_key`).
     remaining: `sparsity.global_remaining_percent` (every conv and fc
       kernel), `remaining_pytorch` the PyTorch version's figure.
     stats: {metric: (mean, std)} over seeds of each seed's best epoch
@@ -166,7 +167,8 @@ def _row(cell, summary, meta) -> Row:
       selection: {p["seed"]: p[key] for p in summary["per_seed"]
                   if isinstance(p.get(key), dict)}
       for selection, (key, _) in claims.SELECTIONS.items()}
-  return Row(cell=cell, status="done", method=summary["method"],
+  method = claims.variant_key(summary["method"], summary.get("config", {}))
+  return Row(cell=cell, status="done", method=method,
              network=name, kind="dense" if network["dense"] else "ticket",
              arch=network["arch"], dataset=summary["dataset"],
              n_shot=summary["n_shot"], seeds=tuple(summary["seeds"]),
@@ -201,7 +203,9 @@ def _source_top1(network) -> float | None:
 def _failed_row(cell, root, meta) -> Row:
   with open(os.path.join(root, ERROR_FILE)) as f:
     lines = [l.strip() for l in f if l.strip()]
-  return Row(cell=cell, status="failed", method=meta.get("method"),
+  return Row(cell=cell, status="failed",
+             method=claims.method_key(meta.get("method"),
+                                      meta.get("variant", "")),
              network=meta.get("network"), kind=meta.get("kind"),
              dataset=meta.get("dataset"), n_shot=meta.get("n_shot"),
              seeds=tuple(meta.get("seeds", ())),

@@ -4,8 +4,11 @@
   python -m reprog_jax.report runs/study
 
 A study (`configs/study.py`) names networks, methods, datasets, n_shots and
-seeds; a cell is one network x method x dataset x n_shot, and all seeds of
-a cell train in one run (`config.seeds`) in `<workdir>/<cell name>/`.
+seeds, and optionally the label mappings and prompts to vary (ILM-VP's
+`label_mappings`, `prompts`); a cell is one network x method (variant) x
+dataset x n_shot, and all seeds of a cell train in one run
+(`config.seeds`) in `<workdir>/<cell name>/`, e.g. `vp/dense/cifar10/2-shot`
+or, for a variant other than the method's default, `vp-blmpp/dense/...`.
 Re-running skips finished cells (their `summary.json` exists) and resumes
 an interrupted one from its last epoch. A cell that fails gets an
 `error.txt` (its traceback) and the sweep goes on; the command then exits
@@ -40,7 +43,11 @@ from reprog_jax.train import loop as train
 from reprog_jax.train import workdir as workdir_lib
 
 FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
-          "method_overrides")
+          "method_overrides", "label_mappings", "prompts")
+# Optional study axes -> the config field each varies, in methods that
+# declare it (`MethodSpec.variant_fields`); absent or empty: the method's
+# default only, and study.json keeps them absent (older sweeps match).
+VARIANT_AXES = {"label_mappings": "label_mapping", "prompts": "prompt"}
 # Training-config fields a study's grid sets per cell; overrides may not.
 GRID_FIELDS = ("method", "n_shot", "data.name", "seed", "seeds", "network",
                "network_dir", "random_network")
@@ -88,6 +95,9 @@ def plain_study(study) -> dict:
         f"exactly {', '.join(FIELDS)} (see configs/study.py)")
   study.setdefault("overrides", {})
   study.setdefault("method_overrides", {})
+  for axis in VARIANT_AXES:  # Unused axes stay out of study.json.
+    if not study.get(axis):
+      study.pop(axis, None)
   return study
 
 
@@ -105,12 +115,31 @@ def cells(study) -> list[Cell]:
     for dataset in study["datasets"]:
       for n_shot in study["n_shots"]:
         for method in study["methods"]:
-          name = "/".join((methods.get(method).short, network, dataset,
-                           data.shot_name(n_shot)))
-          config = _cell_config(study, name, network, entry, method, dataset,
-                                n_shot)
-          grid.append(Cell(name, name, config, network))
+          spec = methods.get(method)
+          for variant in _variants(study, spec):
+            where = "/".join((spec.short, *variant.values(), network,
+                              dataset, data.shot_name(n_shot)))
+            config = _cell_config(study, where, network, entry, method,
+                                  dataset, n_shot, variant)
+            # The study's variant axes name the directory, not overrides:
+            # a sweep that set a label mapping by overrides keeps its paths.
+            short = "-".join(filter(None, (spec.short,
+                                           spec.variant(variant))))
+            name = "/".join((short, network, dataset,
+                             data.shot_name(n_shot)))
+            grid.append(Cell(name, name, config, network))
   return grid
+
+
+def _variants(study, spec) -> list[dict]:
+  """Each cell's variant fields of one method: every combination of the
+  study's variant axes the method declares ([{}]: its defaults only)."""
+  combos = [{}]
+  for axis, field in VARIANT_AXES.items():
+    values = study.get(axis) or []
+    if values and field in spec.variant_fields:
+      combos = [{**c, field: v} for c in combos for v in values]
+  return combos
 
 
 def _check_axes(study) -> None:
@@ -139,6 +168,11 @@ def _check_axes(study) -> None:
     if entry.get("random") and entry["kind"] != "dense":
       bad(f"networks.{name}: a random network is dense, not a "
           f"{entry['kind']}; give its dir instead")
+  for axis in VARIANT_AXES:
+    values = study.get(axis)
+    if values is not None and (not isinstance(values, list) or len(set(
+        map(str, values))) != len(values)):
+      bad(f"{axis} {values!r} must be a list without repeats")
   for axis in ("methods", "datasets", "n_shots", "seeds"):
     values = study[axis]
     if not isinstance(values, list) or not values:
@@ -171,12 +205,15 @@ def _check_axes(study) -> None:
           f"use networks, methods, datasets, n_shots and seeds")
 
 
-def _cell_config(study, name, network, entry, method, dataset, n_shot):
+def _cell_config(study, name, network, entry, method, dataset, n_shot,
+                 variant=None):
   config = run_config.method_config(method, dataset)
   config.progress = False  # The sweep prints a line per cell instead.
   _override(config, study["overrides"], name, "overrides")
   _override(config, study["method_overrides"].get(method, {}), name,
             f"method_overrides.{method}")
+  for field, value in (variant or {}).items():
+    setattr(config, field, value)
   config.n_shot = n_shot
   config.seeds = tuple(study["seeds"])
   config.network = entry["kind"]
@@ -343,7 +380,9 @@ def run_cell(cell, workdir, prefix="") -> dict:
   config = cell.config
   fileio.write_json(os.path.join(cell_dir, layout.CELL_FILE), {
       "name": cell.name, "network": cell.network, "kind": config.network,
-      "method": config.method, "dataset": config.data.name,
+      "method": config.method,
+      "variant": methods.get(config.method).variant(config),
+      "dataset": config.data.name,
       "n_shot": config.n_shot, "seeds": list(config.seeds)})
   started = time.time()
   try:

@@ -29,9 +29,9 @@ class Ours:
     self.state = self.layout.put(
         steps.init_state(self.method, optimizer, range(num_seeds)),
         self.layout.per_seed)
-    self.mappings = self.layout.put(np.tile(mapping_for(args, self.method),
-                                            (num_seeds, 1)),
-                                    self.layout.per_seed)
+    self.mappings = self.layout.put(
+        np.stack([mapping_for(args, self.method)] * num_seeds),
+        self.layout.per_seed)
     self.flops = None
 
   def put(self, host_batch):
@@ -58,11 +58,17 @@ class Ours:
 
 def mapping_for(args, method):
   """The mapping both sides use: the identity for a method whose scores
-  are the target logits, else a seeded draw of distinct source classes."""
+  are the target logits, else a seeded draw of distinct source classes
+  (as a one-hot matrix for a matrix mapping)."""
   if method.num_scores == args.num_classes:
     return method.initial_mapping
-  return np.random.default_rng(0).permutation(
+  sequence = np.random.default_rng(0).permutation(
       method.num_scores)[:args.num_classes]
+  if np.ndim(method.initial_mapping) == 2:  # A matrix mapping: its path.
+    matrix = np.zeros(method.initial_mapping.shape, np.float32)
+    matrix[sequence, np.arange(args.num_classes)] = 1.0
+    return matrix
+  return sequence
 
 
 class Theirs:

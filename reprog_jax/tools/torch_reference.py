@@ -1,4 +1,5 @@
-"""A PyTorch reference of one training step of ILM-VP and of linear probing.
+"""A PyTorch reference of one training step of ILM-VP (and of its variants:
+the padding prompt, BLM, BLM++, FullyMap) and of linear probing.
 
 Written from the PyTorch version's description
 (`shared/reference/pytorch-version.md`, sections 3-5), not from our JAX code:
@@ -171,6 +172,129 @@ class LinearProbeReference(_Reference):
             fc.bias.detach().cpu().numpy().copy())
 
 
+class PromptVariantReference(_Reference):
+  """ILM-VP's variants: the padding prompt, matrix mappings (BLM, BLM++)
+  and FullyMap, written from their papers' descriptions.
+
+  The prompt: 'expansive' as `VisualPromptReference`, or 'padding' (Bahng
+  et al. 2022): `normalize(interpolate(x, canvas, bilinear,
+  align_corners=False)) + program * mask`, the mask 1 on a border `pad`
+  wide. Target logits: `source_logits[:, mapping]` for a (T,) sequence,
+  `source_logits @ mapping` for a (S, T) matrix (BLM's
+  `label_mapping_calculation`), or with `fullymap` (kernel (S, T), bias
+  (T,) in our layout) a trained `torch.nn.Linear(S, T)` on the source
+  logits (AutoVP's `fully_connected_layer_mapping`), whose weights Adam
+  trains with the program.
+
+  Args:
+    network: the frozen torchvision network.
+    image_size: the target images' side.
+    mapping: a (T,) sequence or a (S, T) matrix (ignored with `fullymap`).
+    prompt: 'expansive' or 'padding'.
+    output_size: the canvas' side.
+    pad: the padding prompt's border.
+    program_nhwc: the program's initial values (our HWC layout); None:
+      zeros.
+    fullymap: None, or the Linear layer's initial (kernel, bias).
+    lr, milestones, gamma, device, amp: as `VisualPromptReference`.
+  """
+
+  def __init__(self, network, image_size, mapping, prompt="expansive",
+               output_size=224, pad=30, program_nhwc=None, fullymap=None,
+               lr=0.01, milestones=(), gamma=0.1, device="cpu", amp=False):
+    super().__init__(network, device, amp)
+    torch = self._torch
+    self.image_size, self.output_size, self.prompt_kind = (
+        image_size, output_size, prompt)
+    start = (np.zeros((output_size, output_size, 3), np.float32)
+             if program_nhwc is None else np.asarray(program_nhwc,
+                                                     np.float32))
+    self.program = torch.nn.Parameter(torch.from_numpy(
+        np.ascontiguousarray(start.transpose(2, 0, 1))).to(self.device))
+    if prompt == "padding":
+      inside = torch.zeros(3, output_size - 2 * pad, output_size - 2 * pad)
+      self.mask = torch.nn.functional.pad(inside, (pad,) * 4, value=1)
+    else:
+      before = int((output_size - image_size + 1) / 2)
+      after = int((output_size - image_size) / 2)
+      self.frame = (before, after, before, after)
+      self.mask = torch.nn.functional.pad(
+          torch.zeros(3, image_size, image_size), self.frame, value=1)
+    self.mask = self.mask.to(self.device)
+    trained = [self.program]
+    self.output_mapping = None
+    if fullymap is not None:
+      kernel, bias = (np.array(a, np.float32) for a in fullymap)
+      self.output_mapping = torch.nn.Linear(*kernel.shape).to(self.device)
+      with torch.no_grad():
+        self.output_mapping.weight.copy_(torch.from_numpy(kernel.T.copy()))
+        self.output_mapping.bias.copy_(torch.from_numpy(bias))
+      trained += list(self.output_mapping.parameters())
+    mapping = np.asarray(mapping)
+    self.mapping = (torch.from_numpy(mapping.astype(np.float32))
+                    if mapping.ndim == 2 else
+                    torch.as_tensor(mapping).long()).to(self.device)
+    self.optimizer, self.scheduler = _adam_and_schedule(
+        trained, lr, milestones, gamma)
+
+  def prompt(self, x):
+    functional = self._torch.nn.functional
+    if self.prompt_kind == "padding":
+      x = functional.interpolate(x, size=(self.output_size,) * 2,
+                                 mode="bilinear", align_corners=False)
+      return _normalize(x) + self.program * self.mask
+    x = functional.pad(x, self.frame, value=0)
+    return _normalize(x + self._torch.sigmoid(self.program) * self.mask)
+
+  def source_logits(self, x):
+    return self.network(self.prompt(x))
+
+  def logits(self, x):
+    source = self.source_logits(x)
+    if self.output_mapping is not None:
+      return self.output_mapping(source)
+    if self.mapping.ndim == 2:
+      return source @ self.mapping
+    return source[:, self.mapping]
+
+  def program_nhwc(self) -> np.ndarray:
+    return self.program.detach().cpu().numpy().transpose(1, 2, 0).copy()
+
+  def fullymap_values(self) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel (S, T), bias) in our layout."""
+    layer = self.output_mapping
+    return (layer.weight.detach().cpu().numpy().T.copy(),
+            layer.bias.detach().cpu().numpy().copy())
+
+  def bayesian_matrix(self, images_nhwc, labels, num_classes, lap,
+                      top_k=None) -> np.ndarray:
+    """BLM's (`top_k` None) or BLM++'s mapping matrix from the current
+    prompt over a NumPy training set, as the published description
+    says: per (source, target), the count of argmax predictions (BLM) or
+    the sum of the top-k softmax probabilities (BLM++); each source row
+    divided by its total plus `lap`; each target column normalised to sum
+    1 (0 / 0 gives 0 here, NaN in the published code)."""
+    torch = self._torch
+    x, y = self.to_device(images_nhwc, labels)
+    with torch.no_grad():
+      source = self.source_logits(x).float()
+    num_source = source.shape[1]
+    if top_k is None:
+      values = torch.nn.functional.one_hot(source.argmax(1), num_source)
+      values = values.float()
+    else:
+      probabilities = torch.softmax(source, dim=1)
+      top, where = torch.topk(probabilities, top_k, dim=1)
+      values = torch.zeros_like(probabilities).scatter_(1, where, top)
+    sums = torch.zeros(num_classes, num_source, device=source.device)
+    sums.index_add_(0, y, values)
+    sums = sums.t()  # (S, T)
+    rows = sums / (sums.sum(1, keepdim=True) + lap)
+    rows = torch.nan_to_num(rows, nan=0.0)
+    matrix = torch.nan_to_num(rows / rows.sum(0, keepdim=True), nan=0.0)
+    return matrix.cpu().numpy()
+
+
 # --------------------------------------------------------------------------
 # Builders the methods name (`MethodSpec.torch_reference`)
 # --------------------------------------------------------------------------
@@ -195,3 +319,29 @@ def build_head_reference(config, network, mapping_sequence, image_size,
   return LinearProbeReference(
       network, rng.uniform(-0.02, 0.02, (width, num_classes)),
       rng.uniform(-0.02, 0.02, num_classes), device=device, amp=amp)
+
+
+def build_variant_reference(config, network, mapping, image_size,
+                            device="cpu", amp=False):
+  """ILM-VP's reference for any of its variants (`config.prompt`,
+  `config.label_mapping`): the paper's expansive prompt with a sequence
+  mapping is `build_prompt_reference`'s; the others start from seeded
+  draws of their papers' initialisations (a normal program for the padding
+  prompt, torch.nn.Linear's uniform for FullyMap)."""
+  prompt, kind = config.prompt, config.label_mapping
+  if prompt == "expansive" and np.ndim(mapping) == 1 and kind != "fullymap":
+    return build_prompt_reference(config, network, mapping, image_size,
+                                  device, amp)
+  rng = np.random.default_rng(0)
+  size = config.prompt_output_size
+  program = (rng.standard_normal((size, size, 3)).astype(np.float32)
+             if prompt == "padding" else None)
+  fullymap = None
+  if kind == "fullymap":
+    num_source, num_classes = network.fc.out_features, len(mapping)
+    bound = 1 / np.sqrt(num_source)
+    fullymap = (rng.uniform(-bound, bound, (num_source, num_classes)),
+                rng.uniform(-bound, bound, num_classes))
+  return PromptVariantReference(
+      network, image_size, mapping, prompt, size, config.pad, program,
+      fullymap, device=device, amp=amp)

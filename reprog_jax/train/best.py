@@ -34,7 +34,8 @@ class Best:
 
   Attributes:
     params: the best-test epoch's trained values (a pytree, on the host).
-    mapping_sequence: (S, T) int32, the mapping used in it.
+    mapping_sequence: the mapping used in it: (S, T) int32 sequences or
+      (S, K, T) float32 matrices.
     test_acc: (S,) float64, its test accuracy (-1 before the first epoch).
     epoch: (S,) int32, its number (-1 before the first epoch).
     reliability: its test `calibration.CalibrationBins` fields, each
@@ -59,7 +60,7 @@ class Best:
   def initial(cls, params, mappings) -> "Best":
     """Nothing kept yet: every later epoch improves on it."""
     num_seeds = len(mappings)
-    nothing = (params, np.asarray(mappings, np.int32),
+    nothing = (params, np.asarray(mappings).copy(),
                np.full(num_seeds, -1.0), np.full(num_seeds, -1, np.int32),
                {name: np.zeros((num_seeds, calibration.DEFAULT_NUM_BINS),
                                np.float32)

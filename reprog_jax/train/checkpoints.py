@@ -62,24 +62,32 @@ def pack(state, *, epoch, mappings, best) -> dict:
   Args:
     state: the `steps.TrainState` (leading seed axis).
     epoch: the epoch just completed.
-    mappings: (S, T) mapping sequences used in that epoch.
+    mappings: (S, T) mapping sequences (int32) or (S, K, T) mapping
+      matrices (float32) used in that epoch.
     best: each seed's selected epochs so far (`best.Best`); saved as a
       dict of its fields, so checkpoints stay plain nested dicts of arrays
       (`read`, the exporter).
   """
-  dtypes = {"mapping_sequence": np.int32, "val_mapping_sequence": np.int32,
-            "test_acc": np.float64, "val_acc": np.float64,
+  mapping_fields = ("mapping_sequence", "val_mapping_sequence")
+  dtypes = {"test_acc": np.float64, "val_acc": np.float64,
             "epoch": np.int32, "val_epoch": np.int32,
             "reliability": np.float32, "val_reliability": np.float32}
   return {
       "state": state,
       "epoch": np.asarray(epoch, np.int32),
-      "mapping_sequence": np.asarray(mappings, np.int32),
-      "best": {name: (value if name not in dtypes else
+      "mapping_sequence": _mapping_array(mappings),
+      "best": {name: (_mapping_array(value) if name in mapping_fields else
+                      value if name not in dtypes else
                       jax.tree.map(lambda x, t=dtypes[name]: np.asarray(x, t),
                                    value))
                for name, value in best.fields().items()},
   }
+
+
+def _mapping_array(mappings) -> np.ndarray:
+  """Sequences as int32 (as ever), matrices as float32."""
+  mappings = np.asarray(mappings)
+  return mappings.astype(np.float32 if mappings.ndim == 3 else np.int32)
 
 
 def save(workdir, tree) -> None:

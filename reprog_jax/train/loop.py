@@ -165,7 +165,7 @@ def _restore(run: passes.Run, latest):
   layout, seeds = run.layout, run.seeds
   state = layout.put(steps.init_state(run.method, run.optimizer, seeds),
                      layout.per_seed)
-  mappings = np.tile(run.method.initial_mapping, (len(seeds), 1))
+  mappings = np.stack([run.method.initial_mapping] * len(seeds))
   best = best_lib.Best.initial(layout.to_host(state.params), mappings)
   if latest is None:
     return state, mappings, best, 0

@@ -76,19 +76,23 @@ class Run:
                      dynamic_ncols=True,
                      disable=not (self.config.progress and self.is_lead))
 
-  def zero_counts(self, num_seeds):
-    """(num_seeds, num_scores, T) int32 zeros, seed-sharded: the counts of
-    (argmax score, label) the label mapping starts from."""
+  def zero_counts(self, num_seeds, dtype=np.int32):
+    """(num_seeds, num_scores, T) zeros, seed-sharded: the counts of
+    (argmax score, label) the label mapping starts from (float32 for a
+    method's own `mapping_statistic`)."""
     return self.layout.put(np.zeros((num_seeds, self.method.num_scores,
-                                     self.num_classes), np.int32),
+                                     self.num_classes), dtype),
                            self.layout.per_seed)
 
 
 def count_pass(run: Run, state, epoch) -> np.ndarray:
-  """Each seed's (argmax score, label) counts over its training set with
-  its current trained values: (S, num_scores, T), the input of ILM/FLM."""
+  """Each seed's (argmax score, label) counts (or its method's
+  `mapping_statistic` sums) over its training set with its current trained
+  values: (S, num_scores, T), the input of ILM/FLM/BLM/BLM++."""
   sampler, layout = run.inputs.mapping_batches, run.layout
-  counts = run.zero_counts(len(sampler.seeds))
+  counts = run.zero_counts(len(sampler.seeds), np.int32 if
+                           run.method.mapping_statistic is None else
+                           np.float32)
   for index in run.bar(sampler.epoch(epoch), len(sampler),
                        f"epoch {epoch} mapping"):
     batch = layout.put_rows(run.inputs.train, index, layout.seed_batch)

@@ -124,18 +124,19 @@ def masked_cross_entropy(logits, labels, mask):
 def make_train_step(method, optimizer, layout, encoded: bool = False):
   """`(state, network, mappings, batch) -> (state, metrics)`, jitted.
 
-  Every seed's step at once: `state` and `mappings` (S, T) carry a leading
-  seed axis, and so does `batch` ((S, B, ...): each seed its own examples).
+  Every seed's step at once: `state` and `mappings` ((S, T) sequences or
+  (S, K, T) matrices) carry a leading seed axis, and so does `batch`
+  ((S, B, ...): each seed its own examples).
   `metrics` holds per-seed (S,) `loss` and the sums `loss_sum`, `correct`,
   `count`, so that epochs aggregate exactly whatever the batch padding.
   """
 
-  def one_seed(state, network, mapping_sequence, batch):
+  def one_seed(state, network, mapping, batch):
     inputs = network_inputs(method, network, batch["image"], encoded)
 
     def loss_fn(params):
       logits = label_mapping.apply_mapping(
-          method.scores(params, network, inputs), mapping_sequence)
+          method.scores(params, network, inputs), mapping)
       loss, count = masked_cross_entropy(logits, batch["label"],
                                          batch["mask"])
       return loss, (logits, count)
@@ -159,13 +160,15 @@ def make_train_step(method, optimizer, layout, encoded: bool = False):
   return jax.jit(train_step, donate_argnums=0)
 
 
-def _scores_and_counts(method, encoded, counts, params, network, batch):
+def _scores_and_counts(method, encoded, counts, params, network, batch,
+                       statistic=None):
   """One seed's scores of a batch, and `counts` plus its (argmax score,
-  label) pairs."""
+  label) pairs, or plus `statistic(scores, labels, T, mask)`."""
   scores = method.scores(params, network, network_inputs(
       method, network, batch["image"], encoded))
-  return counts + label_mapping.count_matrix(
-      scores, batch["label"], counts.shape[-1], batch["mask"]), scores
+  statistic = statistic or label_mapping.count_matrix
+  return counts + statistic(scores, batch["label"], counts.shape[-1],
+                            batch["mask"]), scores
 
 
 def _at_precision(precision: str | None):
@@ -188,10 +191,10 @@ def make_eval_step(method, layout, encoded: bool = False,
   matmul and convolution precision of the whole step.
   """
 
-  def one_seed(counts, params, network, mapping_sequence, batch):
+  def one_seed(counts, params, network, mapping, batch):
     counts, scores = _scores_and_counts(method, encoded, counts, params,
                                         network, batch)
-    return counts, label_mapping.apply_mapping(scores, mapping_sequence)
+    return counts, label_mapping.apply_mapping(scores, mapping)
 
   def eval_step(counts, params, network, mappings, batch):
     with _at_precision(precision):
@@ -205,12 +208,13 @@ def make_eval_step(method, layout, encoded: bool = False,
 def make_count_step(method, layout, encoded: bool = False,
                     precision: str | None = None):
   """`(counts, params, network, batch) -> counts`, jitted: adds each seed's
-  (argmax score, label) counts over its own batch ((S, B, ...)), the input
-  of label mapping; `precision` as in `make_eval_step`."""
+  (argmax score, label) counts (or the method's `mapping_statistic`) over
+  its own batch ((S, B, ...)), the input of label mapping; `precision` as
+  in `make_eval_step`."""
 
   def one_seed(counts, params, network, batch):
     return _scores_and_counts(method, encoded, counts, params, network,
-                              batch)[0]
+                              batch, method.mapping_statistic)[0]
 
   def count_step(counts, params, network, batch):
     with _at_precision(precision):

@@ -18,6 +18,7 @@ from reprog_jax import layout as file_layout
 from reprog_jax import fileio
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import metric_writer
+from reprog_jax.model import label_mapping
 from reprog_jax.train import run_config
 
 
@@ -48,7 +49,8 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
     net: the frozen `network.Network`.
     run_data: `inputs.RunData` (classes).
     inputs: `inputs.Inputs` (split sizes).
-    mappings: (S, T) the last epoch's mapping sequences.
+    mappings: the last epoch's mappings, (S, T) sequences or (S, K, T)
+      matrices.
     best: each seed's selected epochs (`best.Best`).
     seeds: the run's seeds.
     layout: its `sharding.Layout`.
@@ -65,15 +67,19 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
       selected = {
           "validation": _epoch_record(mine, int(best.val_epoch[k]), seed),
           "validation_mapping_sequence": [
-              int(i) for i in best.val_mapping_sequence[k]],
+              int(i) for i in
+              label_mapping.dominant_sources(best.val_mapping_sequence[k])],
           "validation_reliability": _reliability(best.val_reliability, k)}
     per_seed.append({
         "seed": seed,
         "best": max(mine, key=lambda r: (r["test_acc"], -r["epoch"])),
         "last": mine[-1],
-        "mapping_sequence": [int(i) for i in mappings[k]],
-        "best_mapping_sequence": [int(i)
-                                  for i in best.mapping_sequence[k]],
+        # A matrix mapping: each target's source of largest weight.
+        "mapping_sequence": [int(i) for i in
+                             label_mapping.dominant_sources(mappings[k])],
+        "best_mapping_sequence": [
+            int(i) for i in
+            label_mapping.dominant_sources(best.mapping_sequence[k])],
         "reliability": _reliability(best.reliability, k),
         **selected})
   numbers = [key for key, v in per_seed[0]["best"].items()
