@@ -17,7 +17,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
-    ("errors", "fileio", "layout", "cli"),
+    ("errors", "fileio", "layout", "cli", "compile_cache"),
     ("data",),
     ("model",),
     ("metrics",),
@@ -26,7 +26,7 @@ LAYERS = (
     ("configs",),
     ("study",),
     ("tools",),
-    ("main", "sweep", "report", "demo", "bench"),
+    ("main", "sweep", "report", "demo", "bench", "evaluate_source"),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 CONVERT_MAY_NOT = ("study", "tools", "main", "sweep", "report", "demo",

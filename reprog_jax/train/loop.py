@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from reprog_jax import compile_cache
 from reprog_jax import data
 from reprog_jax import layout as files
 from reprog_jax import methods
@@ -62,6 +63,8 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
     stop_after_epoch: stop once this epoch is checkpointed (to split a long
       run into jobs); re-running resumes.
   """
+  # Before anything compiles: a second run of the same shapes loads them.
+  compile_cache.enable(config.compile_cache)
   # Whatever ends the run (an error included), its files get closed.
   with contextlib.ExitStack() as closing:
     return _run(config, workdir, stop_after_epoch, closing)
@@ -137,8 +140,10 @@ def _setup(config, workdir) -> passes.Run:
       schedule=schedule,
       train_step=steps.make_train_step(method, optimizer, layout,
                                        inputs.encoded),
-      eval_step=steps.make_eval_step(method, layout, inputs.encoded),
-      count_step=steps.make_count_step(method, layout, inputs.encoded),
+      eval_step=steps.make_eval_step(method, layout, inputs.encoded,
+                                     precision=config.eval_precision),
+      count_step=steps.make_count_step(method, layout, inputs.encoded,
+                                       precision=config.eval_precision),
       started=started, is_lead=is_lead)
 
 
