@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -69,21 +70,52 @@ def pack(state, *, epoch, mappings, best) -> dict:
   }
 
 
+# The background thread recording the last saved checkpoint's files (on
+# process 0), and what it raised: `finish` joins it and re-raises.
+_recording = {"thread": None, "error": None}
+
+
 def save(workdir, tree) -> None:
-  """Saves `tree` (from `pack`) as the checkpoint of its epoch, then
-  records its files' sizes and hashes in it (see `restore`)."""
+  """Saves `tree` (from `pack`) as the checkpoint of its epoch; once Orbax
+  has committed it, a background thread records its files' sizes and
+  hashes in it (see `restore`), so the next epoch need not wait for the
+  hashing. `finish` waits for that record."""
+  finish()  # The previous record lands before Orbax may delete its epoch.
   epoch = int(tree["epoch"])
   with _manager(workdir) as manager:
     manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
     manager.wait_until_finished()
   if jax.process_index() == 0:
-    # Killed before this lands, the checkpoint is complete but unrecorded:
-    # it is then restored unchecked, as checkpoints of older versions are.
+    # Committed by now. Killed before the record lands (at any instant:
+    # it is written atomically), the checkpoint is complete but
+    # unrecorded: it is then restored unchecked, as checkpoints of older
+    # versions are. Not a daemon: the interpreter waits for it at exit.
+    thread = threading.Thread(target=_record, args=(workdir, epoch),
+                              name=f"checkpoint-record-{epoch}")
+    _recording["thread"] = thread
+    thread.start()
+
+
+def _record(workdir, epoch) -> None:
+  try:
     step = _step_dir(workdir, epoch)
     records = fileio.file_records(step, ".",
                                   skip={layout.CHECKPOINT_MANIFEST})
     fileio.write_json(os.path.join(step, layout.CHECKPOINT_MANIFEST),
                       records, indent=1)
+  except BaseException as e:  # pylint: disable=broad-except
+    _recording["error"] = e  # Raised in the main thread by `finish`.
+
+
+def finish() -> None:
+  """Waits until the last saved checkpoint's files are recorded; raises
+  what recording them raised (e.g. a full disk)."""
+  thread, _recording["thread"] = _recording["thread"], None
+  if thread is not None:
+    thread.join()
+  error, _recording["error"] = _recording["error"], None
+  if error is not None:
+    raise error
 
 
 def _step_dir(workdir, epoch) -> str:
@@ -118,6 +150,7 @@ def _unreadable(step, epoch, reason) -> str:
 
 def latest_epoch(workdir) -> int | None:
   """The epoch of the last complete checkpoint, or None."""
+  finish()
   if not os.path.isdir(os.path.join(workdir, layout.CHECKPOINTS_DIR)):
     return None
   with _manager(workdir) as manager:
@@ -128,6 +161,7 @@ def restore(workdir, like: Any) -> dict:
   """Restores the latest checkpoint with the structure, dtypes and
   shardings of `like` (a `pack` tree of the same run: restoring needs the
   optimiser state's structure); its 'best' is a `best.Best` again."""
+  finish()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   with _manager(workdir) as manager:
     epoch = manager.latest_step()
@@ -173,6 +207,7 @@ def read(workdir) -> dict:
   """The latest checkpoint as saved, without knowing the run's structure
   (nested dicts of NumPy arrays; `state` as a dict), for inspection and
   export, whatever devices it was saved from."""
+  finish()
   with ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
       item_handlers=ocp.StandardCheckpointHandler()) as manager:

@@ -65,8 +65,10 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   """
   # Before anything compiles: a second run of the same shapes loads them.
   compile_cache.enable(config.compile_cache)
-  # Whatever ends the run (an error included), its files get closed.
+  # Whatever ends the run (an error included), its files get closed and
+  # the last checkpoint's record (written in the background) lands.
   with contextlib.ExitStack() as closing:
+    closing.callback(checkpoints.finish)
     return _run(config, workdir, stop_after_epoch, closing)
 
 
@@ -215,7 +217,10 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
     for seed, record in zip(seeds, records):
       writer.write(epoch, record, seed=seed,
                    tag_prefix=files.seed_prefix(seeds, seed, "/"))
-    if (epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs:
+    # Plotting is host work between epochs that may take milliseconds:
+    # every `plot_interval` epochs, the last, and a seed's new best.
+    if ((epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs
+        or np.any(best.epoch == epoch)):
       _plots(run, writer, epoch, params, bins, test_counts, mappings)
   checkpoints.save(run.workdir, checkpoints.pack(
       state, epoch=epoch, mappings=mappings, best=best))
