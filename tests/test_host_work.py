@@ -1,7 +1,6 @@
 """No host work between short epochs: reliability bins of every seed in one
 NumPy pass, checkpoint files recorded in the background after Orbax
-commits, and figures only every `plot_interval` epochs (plus a new best and
-the last)."""
+commits, and figures only every `plot_interval` epochs and the last."""
 
 import json
 import os
@@ -16,7 +15,6 @@ from reprog_jax import fileio
 from reprog_jax import layout
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import calibration_host
-from reprog_jax.metrics import metric_writer
 from reprog_jax.train import checkpoints
 from reprog_jax.train import loop as train
 
@@ -82,19 +80,15 @@ def test_a_failed_record_is_raised_by_finish(tmp_path, monkeypatch):
   checkpoints.finish()  # Raised once, then cleared.
 
 
-def test_figures_every_interval_a_new_best_and_the_last(tmp_path,
-                                                        monkeypatch):
+def test_figures_every_interval_and_the_last(tmp_path, monkeypatch):
   plotted = []
   plots = train._plots
   monkeypatch.setattr(train, "_plots", lambda run, writer, epoch, *rest: (
       plotted.append(epoch), plots(run, writer, epoch, *rest)))
   config = smoke_config("linear_probe", epochs=5, image_size=32,
-                        plot_interval=2, lr=0.05)
+                        plot_interval=2)
   train.train_and_evaluate(config, str(tmp_path))
-  records = metric_writer.read_metrics(tmp_path)
-  new_best = {r["epoch"] for r in records if r["best_epoch"] == r["epoch"]}
-  assert plotted == sorted({1, 3, 4} | new_best)
-  assert len(plotted) < 5  # This run has an epoch that draws nothing.
+  assert plotted == [1, 3, 4]
   assert (tmp_path / "plots" / "reliability.png").exists()
   assert os.path.exists(tmp_path / layout.CHECKPOINTS_DIR / "4"
                         / layout.CHECKPOINT_MANIFEST)

@@ -217,10 +217,9 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
     for seed, record in zip(seeds, records):
       writer.write(epoch, record, seed=seed,
                    tag_prefix=files.seed_prefix(seeds, seed, "/"))
-    # Plotting is host work between epochs that may take milliseconds:
-    # every `plot_interval` epochs, the last, and a seed's new best.
-    if ((epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs
-        or np.any(best.epoch == epoch)):
+    # Plotting is host work between epochs that may take milliseconds on
+    # a GPU: every `plot_interval` epochs and the last only.
+    if (epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs:
       _plots(run, writer, epoch, params, bins, test_counts, mappings)
   checkpoints.save(run.workdir, checkpoints.pack(
       state, epoch=epoch, mappings=mappings, best=best))

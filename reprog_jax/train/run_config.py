@@ -102,9 +102,8 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.calibration_holdout = 20
   config.calibration_carve_holdout = False
   config.progress = True  # tqdm bars.
-  # Epochs between pictures (besides the last, and every epoch that gives
-  # a seed a new best); each plotting costs ~0.2 s per seed and figure on a
-  # CPU, which at 10 keeps it near 5 % of a few-shot run (BENCHMARKS.md).
+  # Epochs between pictures (the last always): drawing them costs ~2-4 s
+  # per seed on a CPU, more than a few-shot epoch's steps (BENCHMARKS.md).
   config.plot_interval = 10
   config.overwrite = False  # Start over in a workdir holding another config.
   # Weights & Biases (the `wandb` extra): off while `project` is unset;
