@@ -109,3 +109,26 @@ def test_ours_runs_on_one_of_several_devices_without_preallocation():
 ])
 def test_gpu_kernels_are_counted_by_kind(name, kind):
   assert bench_sides.kernel_kind(name) == kind
+
+
+def test_tuned_pytorch_reference_computes_what_the_written_one_does():
+  torch = pytest.importorskip("torch")
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  from reprog_jax.tools import torch_reference  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.random((2, 8, 8, 3), np.float32)
+  labels = np.array([0, 2])
+  losses = []
+  for tuned in (False, True):
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(weights=None)
+    reference = torch_reference.VisualPromptReference(
+        network, 8, [3, 1, 4], output_size=32)
+    if tuned:
+      reference.tune()
+      assert reference.to_device(images, labels)[0].is_contiguous(
+          memory_format=torch.channels_last)
+    losses.append([reference.step(images, labels) for _ in range(2)])
+  torch.backends.cudnn.benchmark = False
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

@@ -119,8 +119,8 @@ def parse(argv):
   args = parser.parse_args(argv)
   if args.batch is None:
     args.batch = 128 if args.device == "gpu" else 16
-  for name in ("devices", "batch", "image_size", "output_size", "num_classes", "steps",
-               "rounds", "examples", "epochs"):
+  for name in ("devices", "batch", "image_size", "output_size",
+               "num_classes", "steps", "rounds", "examples", "epochs"):
     if getattr(args, name) is not None and getattr(args, name) < 1:
       raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
   if args.warmup < 0 or args.seeds < 0:
@@ -214,7 +214,8 @@ def describe(args, dtype) -> None:
   print(f"setting: {args.method}" + (f" ({', '.join(own)})" if own else "")
         + f", {args.arch}, batch {args.batch}, image {args.image_size}, "
         f"ours {jnp.dtype(dtype).name}, PyTorch "
-        + ("fp16 autocast + grad scaler" if args.device == "gpu"
+        + ("fp16 autocast + grad scaler, as written and tuned"
+           if args.device == "gpu"
            else "float32"))
 
 
@@ -322,8 +323,9 @@ def _n_shot(args, network, theirs, dtype) -> float:
   ours_epoch = our_steps * seconds["ours"]
   theirs_epoch = sum(count * seconds[name]
                      for name, (_, count) in their_steps.items())
-  shot = "all" if args.n_shot == -1 else args.n_shot
-  print(f"one epoch of {examples} examples ({shot} per class, "
+  shot = ("the full split" if args.n_shot == -1
+          else f"{args.n_shot} per class")
+  print(f"one epoch of {examples} examples ({shot}, "
         f"{args.num_classes} classes, batch {args.batch}):")
   print(f"  ours: {our_steps} steps of {width}: {ours_epoch:,.2f} s "
         f"({examples / ours_epoch:,.1f} images/s)")

@@ -81,6 +81,7 @@ class Theirs:
                            device=device, amp=device == "cuda")
     if tuned:  # channels_last, cudnn.benchmark, constants on the device.
       self.reference.tune()
+    self.tuned = tuned
     self.device = device
 
   def put(self, host_batch):
@@ -88,6 +89,8 @@ class Theirs:
     return self.reference.to_device(images, host_batch["label"])
 
   def run(self, batch, count):
+    # A process-wide switch: the untuned side runs without autotuning.
+    self.torch.backends.cudnn.benchmark = self.tuned
     started = time.perf_counter()
     for _ in range(count):
       loss = self.reference.step_tensors(*batch)
