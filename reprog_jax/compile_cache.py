@@ -50,7 +50,8 @@ def enable(directory: str | None = None) -> str | None:
   path = os.path.abspath(os.path.expanduser(
       directory or os.environ.get(ENV) or default_directory()))
   if _enabled["directory"] is not None:
-    if path != _enabled["directory"]:
+    # None asks for "a cache": the one already on (e.g. the demo's) is one.
+    if directory is not None and path != _enabled["directory"]:
       print(f"NOTE: the compilation cache stays {_enabled['directory']} "
             f"for this process (asked for {path})")
     return _enabled["directory"]

@@ -1,10 +1,17 @@
-"""The benchmark runs end to end in a tiny setting (no speed asserted)."""
+"""The benchmark runs end to end in a tiny setting (no speed asserted), on
+one device against PyTorch's one, without preallocating device memory."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from reprog_jax.tools import bench
+from reprog_jax.tools import bench_sides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
         "1", "--rounds", "1", "--num-classes", "3"]
@@ -21,6 +28,11 @@ TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
      [r"^ours, 2 seeds in one step: ", r"^ours, 2 seeds one after another: ",
       r"^PyTorch, 2 runs one after another: ",
       r"^vmapped / sequential wall time = \d+\.\d\d$"]),
+    (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
+      "--n-shot", "1", "--batch", "2"],
+     # 3 examples: ours 2 steps of 2; PyTorch a batch of 2 and one of 1.
+     [r"^one epoch of 3 examples \(1 per class, 3 classes, batch 2\):$",
+      r"^  ours: 2 steps of 2: [\d.]+ s", r"^  pytorch: 1 of 2 \+ 1 of 1: "]),
     (["--method", "linear_probe", "--image-size", "32", "--whole-lp",
       "--examples", "6", "--epochs", "3"],
      [r"^  ours, cached features: ", r"^  PyTorch, recomputing: ",
@@ -44,8 +56,79 @@ def test_tiny_benchmark_prints_every_figure(extra, expected, capsys):
     (["--method", "linear_probe", "--output-size", "64"],
      "--output-size: method linear_probe has no canvas"),
     (["--device", "gpu"], "--device gpu: JAX sees no GPU"),
+    (["--devices", "64", "--batch", "64"], "--devices 64: JAX sees "),
+    (["--devices", "2", "--batch", "3"],
+     "--batch 3 must be a multiple of --devices 2"),
+    (["--n-shot", "0"], "--n-shot must be >= 1 or -1"),
 ])
 def test_bad_arguments_are_one_line(argv, message, capsys):
   assert bench.main(argv) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and message in err
+
+
+def test_ours_runs_on_one_of_several_devices_without_preallocation():
+  # Two simulated devices; nothing asks JAX to preallocate or to use both.
+  env = {k: v for k, v in os.environ.items()
+         if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  script = (
+      "import os, sys\n"
+      "from reprog_jax.tools import bench, bench_sides\n"
+      "print('PREALLOCATE', os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])\n"
+      "layouts = []\n"
+      "make = bench_sides.Ours.__init__\n"
+      "def spy(self, *a, **k):\n"
+      "  make(self, *a, **k); layouts.append(self.layout.num_devices)\n"
+      "bench_sides.Ours.__init__ = spy\n"
+      "assert bench.main(sys.argv[1:]) == 0\n"
+      "print('LAYOUT DEVICES', layouts)\n")
+  proc = subprocess.run(
+      [sys.executable, "-c", script, *TINY, "--method", "ilm_vp",
+       "--image-size", "8", "--output-size", "32"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "PREALLOCATE false" in out
+  assert "LAYOUT DEVICES [1]" in out
+  assert "ours on 1 of 2 devices" in out
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc",
+     "convolution"),
+    ("cudnn::engines_precompiled::dgrad2d_grouped_direct_kernel",
+     "convolution"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64",
+     "matmul"),
+    ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_32x6_tn_align8",
+     "matmul"),
+    ("input_reduce_fusion_3", "reduction"),
+    ("Memcpy HtoD (Pageable -> Device)", "memory copy"),
+    ("loop_add_multiply_fusion_12", "element-wise and other"),
+])
+def test_gpu_kernels_are_counted_by_kind(name, kind):
+  assert bench_sides.kernel_kind(name) == kind
+
+
+def test_tuned_pytorch_reference_computes_what_the_written_one_does():
+  torch = pytest.importorskip("torch")
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  from reprog_jax.tools import torch_reference  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.random((2, 8, 8, 3), np.float32)
+  labels = np.array([0, 2])
+  losses = []
+  for tuned in (False, True):
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(weights=None)
+    reference = torch_reference.VisualPromptReference(
+        network, 8, [3, 1, 4], output_size=32)
+    if tuned:
+      reference.tune()
+      assert reference.to_device(images, labels)[0].is_contiguous(
+          memory_format=torch.channels_last)
+    losses.append([reference.step(images, labels) for _ in range(2)])
+  torch.backends.cudnn.benchmark = False
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

@@ -1,12 +1,22 @@
 """Precision that means what it says: under a bfloat16 compute dtype the
-global pooling and the head still run in float32."""
+global pooling and the head still run in float32 (so linear probing on
+cached float32 features trains the head recomputing them trains), and the
+run's `eval_precision` reaches its evaluation and counting steps."""
 
+import chex
 import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from conftest import smoke_config
+from reprog_jax import errors
 from reprog_jax.model import resnet
+from reprog_jax.train import checkpoints
+from reprog_jax.train import loop
+from reprog_jax.train import run_config
+from reprog_jax.train import steps
 
 
 def _eqns(jaxpr):
@@ -35,3 +45,44 @@ def test_pooling_and_head_are_float32_under_bfloat16():
                        for e in convs for v in e.invars)
   features = model.apply(variables, x, features_only=True)
   assert features.dtype == jnp.float32 and np.isfinite(features).all()
+
+
+def _lp_head(workdir, **overrides):
+  """The head a one-epoch linear-probing smoke run trains."""
+  config = smoke_config("linear_probe", epochs=1, image_size=32,
+                        eval_batch_size=8, **overrides)
+  loop.train_and_evaluate(config, str(workdir))
+  return checkpoints.read(workdir)["state"]["params"]
+
+
+# In float32 the cached features are the recomputed ones, bit for bit. In
+# bfloat16 the body runs in two XLA programs (the encode pass and the
+# training step) that round its bfloat16 intermediates differently (same
+# images, same batch width): features differ by ~bf16 resolution, and Adam's
+# normalised updates turn that into ~3e-4 on head entries whose gradient is
+# near zero (lr 0.01, 3 steps: the head moves ~0.03). Features rounded to
+# bfloat16 before the head would pass this bound too; that the pooled
+# features and the head are float32 is asserted on the jaxpr above.
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-6),
+                                              ("bfloat16", 1e-3)])
+def test_cached_features_train_the_head_recomputing_trains(
+    dtype, tolerance, tmp_path, monkeypatch):
+  asked = []
+  for name in ("make_eval_step", "make_count_step"):
+    make = getattr(steps, name)
+    monkeypatch.setattr(steps, name, lambda *a, _make=make, **k: (
+        asked.append(k.get("precision")), _make(*a, **k))[1])
+  cached = _lp_head(tmp_path / "cached", dtype=dtype, cache_features=True)
+  recomputed = _lp_head(tmp_path / "recomputed", dtype=dtype,
+                        cache_features=False)
+  chex.assert_trees_all_close(cached, recomputed, atol=tolerance, rtol=0)
+  # The run's eval_precision reaches its evaluation and counting steps.
+  assert asked == ["highest"] * 4
+
+
+def test_eval_precision_is_checked():
+  config = smoke_config("linear_probe")
+  config.eval_precision = "fast"
+  with pytest.raises(errors.ConfigError, match="eval_precision 'fast' is not "
+                     "one of highest, default"):
+    run_config.check(config)

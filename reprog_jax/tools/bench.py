@@ -4,7 +4,8 @@
     python -m reprog_jax.bench --method linear_probe --batch 32
     python -m reprog_jax.bench --method ilm_vp --seeds 5    # vmapped vs 5 runs
     python -m reprog_jax.bench --method linear_probe --whole-lp
-    python -m reprog_jax.bench --method ilm_vp --device gpu
+    python -m reprog_jax.bench --method ilm_vp --device gpu  # batch 128
+    python -m reprog_jax.bench --method ilm_vp --n-shot 10  # one epoch
 
 Both sides train the same thing on the same shapes: the frozen network
 (ours: `network_lib.random_network`; theirs: torchvision's, randomly
@@ -15,7 +16,12 @@ run config); the PyTorch side is the builder its spec names
 transcription of the PyTorch version's step), in float32 on a CPU and, on a GPU, with fp16
 autocast and a gradient scaler as the PyTorch version; ours computes in
 float32 on a CPU and bfloat16 on a GPU. Batches are already on the device
-on both sides. After warm-up the two alternate, `--rounds` times
+on both sides. Ours runs on `--devices` devices (default 1: one device
+against PyTorch's one); JAX does not preallocate GPU memory here, so both
+share the device's memory fairly. On a GPU PyTorch runs twice: as written
+(NCHW, constants rebuilt every step) and tuned (`channels_last`,
+`cudnn.benchmark`, constants on the device once); the ratio is against the
+tuned one. After warm-up the two alternate, `--rounds` times
 `--steps` steps each, and the medians are reported; the last line is
 `ratio ours/pytorch = X.XX` (> 1: ours is faster).
 
@@ -24,6 +30,10 @@ Modes:
   of our step's FLOPs) against the device's peak where known;
 - `--seeds S`: S seeds in one vmapped step against S sequential steps (ours
   and PyTorch's), the same examples per seed;
+- `--n-shot K`: one epoch of K examples per class (`--num-classes`; -1:
+  `--examples`), as each version runs it: ours in steps of
+  min(batch, examples) (as `data.Sampler`), PyTorch's DataLoader in full
+  batches and a smaller last one;
 - `--whole-lp`: linear probing over `--epochs` epochs of `--examples`
   examples: ours computes the features once and trains the head on them,
   the PyTorch version (and our recomputing mode) runs the network every
@@ -34,14 +44,19 @@ from the decoded uint8 store and put on the device, as training does.
 """
 
 import argparse
+import os
 import platform
 import time
 
-import jax
+# Before JAX loads: a GPU's memory is shared with PyTorch in this process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 
 from reprog_jax import cli
+from reprog_jax import compile_cache
 from reprog_jax import errors
 from reprog_jax import methods
 from reprog_jax.model import network as network_lib
@@ -67,8 +82,9 @@ def parse(argv):
                       "reprograms, family 'prompt')")
   parser.add_argument("--arch", default="resnet50",
                       choices=("resnet18", "resnet34", "resnet50"))
-  parser.add_argument("--batch", type=int, default=16,
-                      help="examples per step (and per seed)")
+  parser.add_argument("--batch", type=int, default=None,
+                      help="examples per step (and per seed); default 16 "
+                      "on a CPU, 128 (the paper's) on a GPU")
   parser.add_argument("--image-size", type=int, default=None,
                       help="target image side (default: the method's, "
                       "for CIFAR-10)")
@@ -78,6 +94,12 @@ def parse(argv):
                       "method's)")
   parser.add_argument("--num-classes", type=int, default=10)
   parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="devices ours runs on, data-parallel (PyTorch "
+                      "runs on one)")
+  parser.add_argument("--n-shot", type=int, default=None,
+                      help="time one epoch of K examples per class "
+                      "(-1: --examples) as each version runs it")
   parser.add_argument("--steps", type=int, default=5,
                       help="steps per timed round")
   parser.add_argument("--warmup", type=int, default=2)
@@ -88,19 +110,28 @@ def parse(argv):
                       help="whole linear-probing runs: cached features "
                       "against recomputing them every epoch")
   parser.add_argument("--examples", type=int, default=512,
-                      help="--whole-lp: training examples")
+                      help="--whole-lp and --n-shot -1: training examples")
   parser.add_argument("--epochs", type=int, default=100,
                       help="--whole-lp: epochs")
   parser.add_argument("--profile", action="store_true",
                       help="also print where our step's time goes, by kind "
                       "of operation (an XLA profile of --steps steps)")
   args = parser.parse_args(argv)
-  for name in ("batch", "image_size", "output_size", "num_classes", "steps",
-               "rounds", "examples", "epochs"):
+  if args.batch is None:
+    args.batch = 128 if args.device == "gpu" else 16
+  for name in ("devices", "batch", "image_size", "output_size",
+               "num_classes", "steps", "rounds", "examples", "epochs"):
     if getattr(args, name) is not None and getattr(args, name) < 1:
       raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
   if args.warmup < 0 or args.seeds < 0:
     raise BenchError("--warmup and --seeds must be >= 0")
+  if args.n_shot is not None and (
+      args.n_shot == 0 or args.n_shot < -1 or args.seeds or args.whole_lp):
+    raise BenchError("--n-shot must be >= 1 or -1 (the full --examples), "
+                     "without --seeds or --whole-lp")
+  if args.batch % args.devices:
+    raise BenchError(f"--batch {args.batch} must be a multiple of "
+                     f"--devices {args.devices}")
   if args.whole_lp and (not methods.get(args.method).encodes or args.seeds):
     encoders = [n for n in methods.names() if methods.get(n).encodes]
     raise BenchError(f"--whole-lp needs a method with cached features "
@@ -138,21 +169,22 @@ def _config(args):
 
 
 def _peak(dtype) -> float | None:
-  if jnp.dtype(dtype) != jnp.bfloat16:
+  """One device's dense bf16 (and fp16) peak FLOP/s, if known."""
+  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
     return None
   kind = jax.devices()[0].device_kind
   return next((peak for name, peak in PEAK_BF16.items() if name in kind),
               None)
 
 
-def _flops_line(name, flops, seconds, dtype) -> str:
+def _flops_line(name, flops, seconds, dtype, devices=1) -> str:
   if not flops:
     return f"{name}: FLOP count unavailable"
   achieved = flops / seconds
-  peak = _peak(dtype)
-  versus = (f" = {achieved / peak:.1%} of the {jax.devices()[0].device_kind} "
-            f"bf16 peak ({peak / 1e12:.0f} TFLOP/s)" if peak
-            else " (device peak unknown)")
+  peak = _peak(dtype) and _peak(dtype) * devices  # Of the devices used.
+  versus = (f" = {achieved / peak:.1%} of the bf16 peak of {devices} x "
+            f"{jax.devices()[0].device_kind} ({peak / 1e12:.0f} TFLOP/s)"
+            if peak else " (device peak unknown)")
   return f"{name}: {achieved / 1e12:.3f} TFLOP/s achieved{versus}"
 
 
@@ -174,14 +206,16 @@ def describe(args, dtype) -> None:
         f"{jax.device_count()} x {jax.devices()[0].device_kind} "
         f"({jax.default_backend()}); python {platform.python_version()}, "
         f"jax {jax.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} CPU threads)")
+        f"({torch.get_num_threads()} CPU threads); ours on "
+        f"{len(args.used_devices)} of {jax.device_count()} devices")
   base = run_config.base_config(args.method).keys()
   own = [f"{field} {args.config[field]}" for field in args.config.keys()
          if field not in base and field != "image_size"]
   print(f"setting: {args.method}" + (f" ({', '.join(own)})" if own else "")
         + f", {args.arch}, batch {args.batch}, image {args.image_size}, "
         f"ours {jnp.dtype(dtype).name}, PyTorch "
-        + ("fp16 autocast + grad scaler" if args.device == "gpu"
+        + ("fp16 autocast + grad scaler, as written and tuned"
+           if args.device == "gpu"
            else "float32"))
 
 
@@ -204,6 +238,11 @@ def _bench(argv) -> None:
                      ) from None
   if device == "cuda" and not torch.cuda.is_available():
     raise BenchError("--device gpu: PyTorch sees no GPU")
+  if args.devices > jax.device_count():
+    raise BenchError(f"--devices {args.devices}: JAX sees "
+                     f"{jax.device_count()} {jax.default_backend()} devices")
+  args.used_devices = jax.devices()[:args.devices]
+  compile_cache.enable()  # A second bench of the same shapes compiles less.
   dtype = jnp.bfloat16 if args.device == "gpu" else jnp.float32
   describe(args, dtype)
   network = network_lib.random_network(args.arch, dtype=dtype)
@@ -211,78 +250,90 @@ def _bench(argv) -> None:
                          args.image_size)
   mapping = bench_sides.mapping_for(args, method)
   theirs = bench_sides.Theirs(args, device, mapping)
-  if args.whole_lp:
-    ratio = _whole_lp(args, network, theirs, dtype)
+  if device == "cuda":  # Timed both ways; the ratio is against the tuned.
+    theirs = (theirs, bench_sides.Theirs(args, device, mapping, tuned=True))
+  if args.n_shot is not None:
+    ratio = _n_shot(args, network, _tuned(theirs), dtype)
+  elif args.whole_lp:
+    ratio = _whole_lp(args, network, _tuned(theirs), dtype)
   elif args.seeds:
-    ratio = _seeds(args, network, theirs, dtype)
+    ratio = _seeds(args, network, _tuned(theirs), dtype)
   else:
     ratio = _one_step(args, network, theirs, dtype)
   print(f"ratio ours/pytorch = {ratio:.2f}")
+
+
+def _tuned(theirs):
+  """The PyTorch side a ratio is against: the tuned one where both run."""
+  return theirs[-1] if isinstance(theirs, tuple) else theirs
 
 
 def _one_step(args, network, theirs, dtype) -> float:
   ours = bench_sides.Ours(args, network, 1)
   host = bench_sides.host_batch(args)
   our_batch = ours.put(jax.tree.map(lambda x: x[None], host))
-  their_batch = theirs.put(host)
+  sides = dict(zip(("pytorch", "pytorch tuned"),
+                   theirs if isinstance(theirs, tuple) else (theirs,)))
+  batches = {name: side.put(host) for name, side in sides.items()}
   ours.count_flops(our_batch)
   seconds = bench_sides.interleaved(
-      [("ours", lambda n: ours.run(our_batch, n)),
-       ("pytorch", lambda n: theirs.run(their_batch, n))], args)
+      [("ours", lambda n: ours.run(our_batch, n))]
+      + [(name, lambda n, side=side, name=name: side.run(batches[name], n))
+         for name, side in sides.items()], args)
   feed = bench_sides.input_images_per_second(args, 1, ours.layout)
-  for name in ("ours", "pytorch"):
+  for name in seconds:
     print(f"{name}: {args.batch / seconds[name]:,.1f} images/s "
           f"({seconds[name] * 1e3:.1f} ms per step)")
-  print(_flops_line("ours", ours.flops, seconds["ours"], dtype))
-  print(_flops_line("pytorch (same FLOPs)", ours.flops, seconds["pytorch"],
-                    jnp.float16 if args.device == "gpu" else jnp.float32))
+  print(_flops_line("ours", ours.flops, seconds["ours"], dtype,
+                    len(args.used_devices)))
+  for name in sides:
+    print(_flops_line(f"{name} (same FLOPs)", ours.flops, seconds[name],
+                      jnp.float16 if args.device == "gpu" else jnp.float32))
   print(f"input side: {feed:,.0f} images/s from the decoded store")
   if args.profile:
-    _profile(ours, our_batch, args.steps)
-  return seconds["pytorch"] / seconds["ours"]
+    bench_sides.profile(ours, our_batch, args.steps)
+  return seconds[list(sides)[-1]] / seconds["ours"]
 
 
-def _profile(ours, batch, count) -> None:
-  """Prints the device time of our step by (forward/backward, kind of op),
-  summed over threads (CPU) or streams, from a `jax.profiler` trace."""
-  import collections  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  hlo = ours.step.lower(ours.state, ours.network, ours.mappings,
-                        batch).compile().as_text()
-  op_names = {}  # HLO instruction -> the JAX op it came from.
-  for line in hlo.splitlines():
-    match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*", line)
-    if match:
-      found = re.search(r'op_name="([^"]*)"', line)
-      op_names.setdefault(match.group(1), found.group(1) if found else "")
-  with tempfile.TemporaryDirectory() as trace_dir:
-    with jax.profiler.trace(trace_dir):
-      ours.run(batch, count)
-    trace, = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
-    profile = jax.profiler.ProfileData.from_file(trace)
-  cpu = jax.default_backend() == "cpu"
-  totals = collections.Counter()
-  for plane in profile.planes:
-    if not cpu and not plane.name.startswith("/device:"):
-      continue
-    for line in plane.lines:
-      if cpu and not line.name.startswith("tf_XLAEigen"):
-        continue  # XLA's CPU worker threads run the ops.
-      for event in line.events:
-        if event.name in op_names:
-          op = op_names[event.name]
-          kind = ("matmul" if "dot_general" in op else
-                  "convolution" if "conv_general" in op else
-                  "pooling" if "pool" in op or "reduce_window" in op else
-                  "element-wise and other")
-          side = "backward" if "transpose(" in op else "forward"
-          totals[f"{side} {kind}"] += event.duration_ns / 1e6 / count
-  print(f"profile of our step ({sum(totals.values()):,.0f} ms of device "
-        f"time per step, summed over {'threads' if cpu else 'streams'}):")
-  for name, ms in totals.most_common():
-    print(f"  {name}: {ms:,.1f} ms")
+def _n_shot(args, network, theirs, dtype) -> float:
+  """One epoch of K examples per class, as each version runs it."""
+  del dtype  # The step's own.
+  examples = (args.examples if args.n_shot == -1
+              else args.n_shot * args.num_classes)
+  # Ours: every step min(batch, examples) wide, rounded up to the devices
+  # (`data.Sampler`), blanks masked in the last; PyTorch's DataLoader: full
+  # batches, then the remainder.
+  devices = len(args.used_devices)
+  width = -(-min(args.batch, examples) // devices) * devices
+  our_steps = -(-examples // width)
+  full, remainder = divmod(examples, args.batch)
+  ours = bench_sides.Ours(args, network, 1)
+  # A last step's blanks cost what examples cost: one batch times them all.
+  host = bench_sides.host_batch(args, batch=width)
+  our_batch = ours.put(jax.tree.map(lambda x: x[None], host))
+  timers = [("ours", lambda n: ours.run(our_batch, n))]
+  their_steps = {}
+  for name, size, count in (("pytorch", args.batch, full),
+                            ("pytorch last", remainder, 1)):
+    if count and size:
+      batch = theirs.put(bench_sides.host_batch(args, batch=size))
+      timers.append((name, lambda n, b=batch: theirs.run(b, n)))
+      their_steps[name] = (size, count)
+  seconds = bench_sides.interleaved(timers, args)
+  ours_epoch = our_steps * seconds["ours"]
+  theirs_epoch = sum(count * seconds[name]
+                     for name, (_, count) in their_steps.items())
+  shot = ("the full split" if args.n_shot == -1
+          else f"{args.n_shot} per class")
+  print(f"one epoch of {examples} examples ({shot}, "
+        f"{args.num_classes} classes, batch {args.batch}):")
+  print(f"  ours: {our_steps} steps of {width}: {ours_epoch:,.2f} s "
+        f"({examples / ours_epoch:,.1f} images/s)")
+  steps_text = " + ".join(f"{count} of {size}"
+                          for size, count in their_steps.values())
+  print(f"  pytorch: {steps_text}: {theirs_epoch:,.2f} s "
+        f"({examples / theirs_epoch:,.1f} images/s)")
+  return theirs_epoch / ours_epoch
 
 
 def _seeds(args, network, theirs, dtype) -> float:

@@ -19,7 +19,9 @@ class Ours:
   """Our jitted step of `num_seeds` seeds on device-resident batches."""
 
   def __init__(self, args, network, num_seeds, encoded=False):
-    self.layout = sharding.Layout.create(num_seeds)
+    # The devices the bench compares (`--devices`, default one: one device
+    # against PyTorch's one), never silently every device of the host.
+    self.layout = sharding.Layout.create(num_seeds, args.used_devices)
     self.network = self.layout.put(network, self.layout.replicated)
     self.method = methods.build(args.config, network, args.num_classes,
                                 args.image_size)
@@ -75,7 +77,7 @@ class Theirs:
   """The method's PyTorch reference step (`MethodSpec.torch_reference`, in
   `torch_reference`), as the PyTorch version runs it."""
 
-  def __init__(self, args, device, mapping):
+  def __init__(self, args, device, mapping, tuned=False):
     import torch  # pylint: disable=g-import-not-at-top
     import torchvision  # pylint: disable=g-import-not-at-top
     self.torch = torch
@@ -83,6 +85,9 @@ class Theirs:
     build = methods.get(args.method).torch_reference_builder()
     self.reference = build(args.config, network, mapping, args.image_size,
                            device=device, amp=device == "cuda")
+    if tuned:  # channels_last, cudnn.benchmark, constants on the device.
+      self.reference.tune()
+    self.tuned = tuned
     self.device = device
 
   def put(self, host_batch):
@@ -90,6 +95,8 @@ class Theirs:
     return self.reference.to_device(images, host_batch["label"])
 
   def run(self, batch, count):
+    # A process-wide switch: the untuned side runs without autotuning.
+    self.torch.backends.cudnn.benchmark = self.tuned
     started = time.perf_counter()
     for _ in range(count):
       loss = self.reference.step_tensors(*batch)
@@ -104,9 +111,10 @@ class Theirs:
 # --------------------------------------------------------------------------
 
 
-def host_batch(args, num_seeds=None, seed=0):
+def host_batch(args, num_seeds=None, seed=0, batch=None):
   rng = np.random.default_rng(seed)
-  lead = (args.batch,) if num_seeds is None else (num_seeds, args.batch)
+  batch = batch or args.batch
+  lead = (batch,) if num_seeds is None else (num_seeds, batch)
   return {"image": rng.integers(0, 256, lead + (args.image_size,) * 2 + (3,),
                                 np.uint8),
           "label": rng.integers(0, args.num_classes, lead).astype(np.int32),
@@ -151,3 +159,77 @@ def features(ours, images):
   flat = images.reshape((-1,) + images.shape[-3:])
   features = encode(ours.network, ours.layout.put(flat, ours.layout.batch))
   return np.asarray(features).reshape(images.shape[:-3] + (-1,))
+
+
+# --------------------------------------------------------------------------
+# Profile
+# --------------------------------------------------------------------------
+
+# GPU kernel names (cuDNN, cuBLAS, CUTLASS, XLA's own fusions) by kind, the
+# first match wins; XLA's HLO names do not name the cuDNN kernels that run
+# the convolutions, so kernels are classified by their own names.
+KERNEL_KINDS = (
+    ("convolution", ("conv", "cudnn", "implicit_gemm", "fprop", "dgrad",
+                     "wgrad", "xmma_fprop", "winograd")),
+    ("matmul", ("gemm", "cutlass", "cublas", "matmul", "dot", "nvjet")),
+    ("reduction", ("reduce", "reduction")),
+    ("memory copy", ("memcpy", "memset", "copy", "transpose")),
+    ("element-wise and other", ("",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+  """The kind of a GPU kernel (or XLA op) by its name."""
+  lower = name.lower()
+  return next(kind for kind, parts in KERNEL_KINDS
+              if any(part in lower for part in parts))
+
+
+def profile(ours, batch, count) -> None:
+  """Prints where our step's device time goes: on a CPU by (forward /
+  backward, kind of JAX op), summed over XLA's threads; on a GPU by kind
+  of kernel (with kernel counts), summed over streams."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  hlo = ours.step.lower(ours.state, ours.network, ours.mappings,
+                        batch).compile().as_text()
+  op_names = {}  # HLO instruction -> the JAX op it came from.
+  for line in hlo.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*", line)
+    if match:
+      found = re.search(r'op_name="([^"]*)"', line)
+      op_names.setdefault(match.group(1), found.group(1) if found else "")
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      ours.run(batch, count)
+    trace, = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    data = jax.profiler.ProfileData.from_file(trace)
+  cpu = jax.default_backend() == "cpu"
+  totals, kernels = collections.Counter(), collections.Counter()
+  for plane in data.planes:
+    if not cpu and not plane.name.startswith("/device:"):
+      continue
+    for line in plane.lines:
+      if cpu and not line.name.startswith("tf_XLAEigen"):
+        continue  # XLA's CPU worker threads run the ops.
+      for event in line.events:
+        if cpu:
+          if event.name not in op_names:
+            continue
+          op = op_names[event.name]
+          kind = ("matmul" if "dot_general" in op else
+                  "convolution" if "conv_general" in op else
+                  "pooling" if "pool" in op or "reduce_window" in op else
+                  "element-wise and other")
+          kind = ("backward " if "transpose(" in op else "forward ") + kind
+        else:
+          kind = kernel_kind(event.name)
+        totals[kind] += event.duration_ns / 1e6 / count
+        kernels[kind] += 1
+  print(f"profile of our step ({sum(totals.values()):,.0f} ms of device "
+        f"time per step, summed over {'threads' if cpu else 'streams'}):")
+  for name, ms in totals.most_common():
+    print(f"  {name}: {ms:,.1f} ms"
+          + ("" if cpu else f" ({kernels[name] / count:,.0f} kernels)"))

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from reprog_jax import cli
+from reprog_jax import compile_cache
 from reprog_jax import errors
 from reprog_jax import fileio
 from reprog_jax import layout
@@ -367,12 +368,10 @@ def _add_note(path, scale: Scale, nets: dict) -> None:
 
 
 def _configure_jax(workdir):
-  """A compilation cache in the workdir: runs of tickets and resumptions
-  compile each program once."""
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                    or os.path.join(workdir, "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  """A compilation cache in the workdir (unless $JAX_COMPILATION_CACHE_DIR
+  names one): runs of tickets and resumptions compile each program once."""
+  compile_cache.enable(os.environ.get(compile_cache.ENV)
+                       or os.path.join(workdir, "xla_cache"))
 
 
 def main(argv=None) -> int:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -90,9 +91,17 @@ def _mapping_array(mappings) -> np.ndarray:
   return mappings.astype(np.float32 if mappings.ndim == 3 else np.int32)
 
 
+# The background thread recording the last saved checkpoint's files (on
+# process 0), and what it raised: `finish` joins it and re-raises.
+_recording = {"thread": None, "error": None}
+
+
 def save(workdir, tree) -> None:
-  """Saves `tree` (from `pack`) as the checkpoint of its epoch, then
-  records its files' sizes and hashes in it (see `restore`)."""
+  """Saves `tree` (from `pack`) as the checkpoint of its epoch; once Orbax
+  has committed it, a background thread records its files' sizes and
+  hashes in it (see `restore`), so the next epoch need not wait for the
+  hashing. `finish` waits for that record."""
+  finish()  # The previous record lands before Orbax may delete its epoch.
   epoch = int(tree["epoch"])
   try:
     # Orbax's background writer logs each failure with its traceback (a
@@ -115,13 +124,36 @@ def save(workdir, tree) -> None:
         f"nothing committed was lost ({_kept(workdir)}); free space and run "
         f"the same command to resume") from None
   if jax.process_index() == 0:
-    # Killed before this lands, the checkpoint is complete but unrecorded:
-    # it is then restored unchecked, as checkpoints of older versions are.
+    # Committed by now. Killed before the record lands (at any instant:
+    # it is written atomically), the checkpoint is complete but
+    # unrecorded: it is then restored unchecked, as checkpoints of older
+    # versions are. Not a daemon: the interpreter waits for it at exit.
+    thread = threading.Thread(target=_record, args=(workdir, epoch),
+                              name=f"checkpoint-record-{epoch}")
+    _recording["thread"] = thread
+    thread.start()
+
+
+def _record(workdir, epoch) -> None:
+  try:
     step = _step_dir(workdir, epoch)
     records = fileio.file_records(step, ".",
                                   skip={layout.CHECKPOINT_MANIFEST})
     fileio.write_json(os.path.join(step, layout.CHECKPOINT_MANIFEST),
                       records, indent=1)
+  except BaseException as e:  # pylint: disable=broad-except
+    _recording["error"] = e  # Raised in the main thread by `finish`.
+
+
+def finish() -> None:
+  """Waits until the last saved checkpoint's files are recorded; raises
+  what recording them raised (e.g. a full disk)."""
+  thread, _recording["thread"] = _recording["thread"], None
+  if thread is not None:
+    thread.join()
+  error, _recording["error"] = _recording["error"], None
+  if error is not None:
+    raise error
 
 
 @contextlib.contextmanager
@@ -259,6 +291,7 @@ def latest_epoch(workdir) -> int | None:
   construction is a barrier of every process, any one process may ask (a
   multi-host run's lead does, and broadcasts the answer).
   """
+  finish()  # This process's last save is recorded (or its error raised).
   directory = os.path.join(workdir, layout.CHECKPOINTS_DIR)
   if not os.path.isdir(directory):
     return None
@@ -275,6 +308,7 @@ def restore(workdir, like: Any, epoch: int | None = None) -> dict:
   Every process of a run calls it, with the same `epoch` (the lead's
   `latest_epoch`, broadcast).
   """
+  finish()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   # A run's checkpoint (`pack`, with its best record) of an older version.
   problem = outdated(workdir) if "best" in like else None
@@ -344,6 +378,7 @@ def read(workdir) -> dict:
   """The latest checkpoint as saved, without knowing the run's structure
   (nested dicts of NumPy arrays; `state` as a dict), for inspection and
   export, whatever devices it was saved from."""
+  finish()
   with ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
       item_handlers=ocp.StandardCheckpointHandler()) as manager:

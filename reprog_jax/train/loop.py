@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+from reprog_jax import compile_cache
 from reprog_jax import data
 from reprog_jax import layout as files
 from reprog_jax import methods
@@ -66,8 +67,12 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
     stop_after_epoch: stop once this epoch is checkpointed (to split a long
       run into jobs); re-running resumes.
   """
-  # Whatever ends the run (an error included), its files get closed.
+  # Before anything compiles: a second run of the same shapes loads them.
+  compile_cache.enable(config.compile_cache)
+  # Whatever ends the run (an error included), its files get closed and
+  # the last checkpoint's record (written in the background) lands.
   with contextlib.ExitStack() as closing:
+    closing.callback(checkpoints.finish)
     return _run(config, workdir, stop_after_epoch, closing)
 
 
@@ -154,8 +159,10 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
       schedule=schedule,
       train_step=steps.make_train_step(method, optimizer, layout,
                                        inputs.encoded),
-      eval_step=steps.make_eval_step(method, layout, inputs.encoded),
-      count_step=steps.make_count_step(method, layout, inputs.encoded),
+      eval_step=steps.make_eval_step(method, layout, inputs.encoded,
+                                     precision=config.eval_precision),
+      count_step=steps.make_count_step(method, layout, inputs.encoded,
+                                       precision=config.eval_precision),
       started=started, is_lead=is_lead), latest
 
 
@@ -229,6 +236,8 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
     for seed, record in zip(seeds, records):
       writer.write(epoch, record, seed=seed,
                    tag_prefix=files.seed_prefix(seeds, seed, "/"))
+    # Plotting is host work between epochs that may take milliseconds on
+    # a GPU: every `plot_interval` epochs and the last only.
     if (epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs:
       _plots(run, writer, epoch, params, bins, test_counts, mappings)
   checkpoints.save(run.workdir, checkpoints.pack(

@@ -20,6 +20,7 @@ from reprog_jax import errors
 from reprog_jax import methods
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRECISIONS = ("highest", "default")
 
 
 def method_config(method: str,
@@ -84,6 +85,11 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   # float32 outside autocast; 'auto' uses `dtype` (faster, and near-tied
   # argmaxes may then pick other classes).
   config.eval_dtype = "float32"
+  # The matmul/convolution precision of that pass and evaluation: 'highest'
+  # is true float32 everywhere (on an H100/A100 XLA otherwise runs float32
+  # matmuls and convolutions in TF32); 'default' allows TF32 (about 3x
+  # faster on those GPUs, ~10 mantissa bits; identical on a CPU).
+  config.eval_precision = "highest"
   # Methods with a frozen encoder (linear probing): compute its features
   # once per run and train on them; False recomputes them every step.
   config.cache_features = True
@@ -107,7 +113,9 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.validation_per_class = 20
   config.validation_carve = False
   config.progress = True  # tqdm bars.
-  config.plot_interval = 1  # Epochs between pictures (the last always).
+  # Epochs between pictures (the last always): drawing them costs ~2-4 s
+  # per seed on a CPU, more than a few-shot epoch's steps (BENCHMARKS.md).
+  config.plot_interval = 10
   config.overwrite = False  # Start over in a workdir holding another config.
   # Weights & Biases (the `wandb` extra): off while `project` is unset;
   # see `wandb_log`. E.g. --config.wandb.project=reprog
@@ -120,6 +128,9 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   config.wandb.tags = ()
   # 'online', 'offline' (`wandb sync` later); None: $WANDB_MODE, else online.
   config.wandb.mode = config_dict.placeholder(str)
+  # The persistent XLA compilation cache (`compile_cache`): None: the
+  # default directory under the user's cache; '' turns it off.
+  config.compile_cache = config_dict.placeholder(str)
   return config
 
 
@@ -196,6 +207,9 @@ def check(config) -> None:
   if bool(config.network_dir) == bool(config.random_network):
     bad("set exactly one of network_dir (a `python -m convert` output) and "
         "random_network (smoke runs), e.g. --config.network_dir=nets/resnet50")
+  if config.eval_precision not in PRECISIONS:
+    bad(f"eval_precision {config.eval_precision!r} is not one of "
+        f"{', '.join(PRECISIONS)} ('default' allows TF32 on GPUs)")
   if config.data.store_on_device not in ("auto", "yes", "no"):
     bad(f"data.store_on_device {config.data.store_on_device!r} is not "
         f"'auto', 'yes' or 'no'")

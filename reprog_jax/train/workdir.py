@@ -21,7 +21,8 @@ from reprog_jax.errors import TrainingError
 
 # Fields that may differ between a run and its resumption: they change how
 # fast or where from, not what is computed.
-NOT_COMPARED = ("overwrite", "progress", "plot_interval", "data.worker_count",
+NOT_COMPARED = ("overwrite", "progress", "plot_interval", "compile_cache",
+                "data.worker_count",
                 "data.read_threads", "data.prefetch_batches", "data.data_dir",
                 "data.folder_root", "data.store_on_device",
                 # Where the run is mirrored to, not what it computes.
