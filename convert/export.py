@@ -7,7 +7,8 @@ learned, as the PyTorch version's checkpoint.
 RUN_DIR is a `reprog_jax.main` workdir, finished or interrupted (its latest
 checkpoint is read). The file holds what the PyTorch version's `best.pth`
 (`--which best`, the default: the seed's best epoch by test accuracy) or
-`ckpt.pth` (`--which last`: the last checkpointed epoch) holds, with its key
+`ckpt.pth` (`--which last`: the last checkpointed epoch) holds, or the epoch
+picked on the validation split (`--which validation`), with its key
 names and PyTorch's tensor layouts, as the run's method lays them out
 (`MethodSpec.to_pytorch` in its module under `reprog_jax/methods/`):
 
@@ -43,7 +44,7 @@ from convert import torch_io
 from reprog_jax import errors
 from reprog_jax import fileio
 from reprog_jax import layout
-WHICH = ("best", "last")
+WHICH = ("best", "last", "validation")
 
 
 class ExportError(errors.UserError, ValueError):
@@ -65,8 +66,9 @@ def add_parser(sub):
   p.add_argument("--seed", type=int, default=None,
                  help="which of the run's seeds (default: its first)")
   p.add_argument("--which", choices=WHICH, default="best",
-                 help="the seed's best epoch by test accuracy (best.pth) or "
-                 "the last checkpointed epoch (ckpt.pth); default best")
+                 help="the seed's best epoch by test accuracy (best.pth), "
+                 "the last checkpointed epoch (ckpt.pth), or its epoch "
+                 "picked on the validation split; default best")
   p.add_argument("--force", action="store_true",
                  help="replace --out if it exists")
   return p
@@ -156,7 +158,9 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
     run_dir: a training workdir with at least one checkpointed epoch.
     out: the `.pth` file to write.
     seed: one of the run's seeds; None: the first.
-    which: 'best' (the seed's best epoch) or 'last' (the last checkpoint).
+    which: 'best' (the seed's best epoch by test accuracy), 'last' (the
+      last checkpoint) or 'validation' (its epoch picked on the validation
+      split).
     force: replace an existing `out`.
 
   Returns:
@@ -191,6 +195,14 @@ def export(run_dir, out, seed=None, which="best", force=False) -> dict:
   if which == "best":
     params, mapping = best["params"], best["mapping_sequence"]
     epoch = int(best["epoch"][index])
+  elif which == "validation":
+    if "val_epoch" not in best or int(best["val_epoch"][index]) < 0:
+      raise ExportError(
+          f"{run_dir}: seed {seed} has no validation-selected epoch (the "
+          f"run had no validation split: see validation_per_class); use "
+          f"--which best or --which last")
+    params, mapping = best["val_params"], best["val_mapping_sequence"]
+    epoch = int(best["val_epoch"][index])
   else:
     params, mapping = tree["state"]["params"], tree["mapping_sequence"]
     epoch = int(tree["epoch"])

@@ -164,3 +164,26 @@ def test_bad_input_is_one_line(vp_run, network_dir, tmp_path, capsys):
   assert listing(tmp_path) == before  # Nothing written, not even temporaries.
   assert existing.read_text() == "keep me"
   assert not os.path.exists(os.path.join(vp_run, "out.pth"))
+
+
+def test_which_validation_exports_the_validation_selected_epoch(
+    tmp_path, network_dir, vp_run, capsys):
+  # Mock CIFAR-10 has 3 training examples per class: with no temperature
+  # hold-out, the one outside each 2-shot subset forms the validation split.
+  workdir = tmp_path / "with_validation"
+  _train(workdir, "ilm_vp", network_dir, epochs=3, calibration_holdout=0,
+         validation_per_class=1)
+  saved = checkpoints.read(str(workdir))["best"]
+  assert int(saved["val_epoch"][0]) >= 0
+  exported = _export(capsys, workdir, tmp_path / "val.pth", "--which",
+                     "validation")
+  assert exported["epoch"] == int(saved["val_epoch"][0])
+  program = exported["visual_prompt_dict"]["program"].numpy()
+  np.testing.assert_array_equal(
+      program, np.transpose(saved["val_params"]["program"][0], (2, 0, 1)))
+  # A run without a validation split says so in one line.
+  code = cli.main(["export", str(vp_run), "--out", str(tmp_path / "x.pth"),
+                   "--which", "validation"])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count("\n") == 1
+  assert "no validation-selected epoch" in err
