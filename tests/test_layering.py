@@ -33,10 +33,6 @@ CONVERT_MAY_NOT = ("study", "tools", "main", "sweep", "report", "demo",
                    "evaluate_source",
                    "bench")
 MAX_LINES = 450
-# TODO(issue 14): split these.
-TOO_LONG_FOR_NOW = {
-    "reprog_jax/metrics/plots.py", "reprog_jax/study/sweep.py",
-}
 
 
 def modules():
@@ -117,8 +113,4 @@ def test_the_check_sees_lazy_relative_and_from_imports(tmp_path):
 def test_no_module_is_over_450_lines(path):
   relative = str(path.relative_to(ROOT))
   lines = len(path.read_text().splitlines())
-  if relative in TOO_LONG_FOR_NOW:
-    assert lines > MAX_LINES, (f"{relative} is {lines} lines now: drop it "
-                               f"from TOO_LONG_FOR_NOW")
-    pytest.xfail(f"{relative}: {lines} lines, to be split (TODO issue 14)")
   assert lines <= MAX_LINES, f"{relative}: {lines} lines; split it by topic"

@@ -1,4 +1,5 @@
-"""The PNGs (`reprog_jax.metrics.plots`): heatmap, prompt, reliability, curves."""
+"""The PNGs (`reprog_jax.metrics.plots`, `prompt_plots`, `mapping_plot`):
+heatmaps, prompt, reliability, curves."""
 
 import io
 import math
@@ -9,6 +10,7 @@ from PIL import Image
 
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import plots
+from reprog_jax.metrics import prompt_plots
 
 
 # ---------------------------------------------------------------------------
@@ -25,8 +27,8 @@ MAPPING = [0, 2, 1]
 
 
 def test_mapping_percentages_hand_computed():
-  table = plots.mapping_percentages(COUNTS, MAPPING, top_k=1,
-                                        max_targets=None)
+  table = prompt_plots.mapping_percentages(COUNTS, MAPPING, top_k=1,
+                                           max_targets=None)
   # Mapped sources 0, 2, 1, then the most predicted other source: 3.
   np.testing.assert_array_equal(table.source_indices, [0, 2, 1, 3])
   np.testing.assert_array_equal(table.target_indices, [0, 1, 2])
@@ -36,36 +38,37 @@ def test_mapping_percentages_hand_computed():
 
 
 def test_mapping_percentages_limits_rows_and_skips_shown_sources():
-  table = plots.mapping_percentages(COUNTS, MAPPING, top_k=5,
-                                        max_targets=2)
+  table = prompt_plots.mapping_percentages(COUNTS, MAPPING, top_k=5,
+                                           max_targets=2)
   # Mapped 0, 2; the others by frequency: 1 (5 predictions), 3 (2).
   np.testing.assert_array_equal(table.source_indices, [0, 2, 1, 3])
   np.testing.assert_array_equal(table.target_indices, [0, 1])
   np.testing.assert_allclose(table.percent, [[50, 0, 30, 20],
                                              [0, 80, 20, 0]])
-  only_mapped = plots.mapping_percentages(COUNTS, MAPPING, top_k=0)
+  only_mapped = prompt_plots.mapping_percentages(COUNTS, MAPPING, top_k=0)
   np.testing.assert_array_equal(only_mapped.source_indices, MAPPING)
 
 
 def test_mapping_percentages_target_without_examples_is_zero():
   counts = np.array([[4, 0], [0, 0]])
-  table = plots.mapping_percentages(counts, [0, 1], top_k=0)
+  table = prompt_plots.mapping_percentages(counts, [0, 1], top_k=0)
   np.testing.assert_allclose(table.percent, [[100, 0], [0, 0]])
 
 
 def test_mean_mapped_percentage():
   # Targets 0, 1, 2 give their mapped sources 5/10, 8/10 and 0/1.
-  assert plots.mean_mapped_percentage(COUNTS, MAPPING) == pytest.approx(
-      (50 + 80 + 0) / 3)
+  assert prompt_plots.mean_mapped_percentage(
+      COUNTS, MAPPING) == pytest.approx((50 + 80 + 0) / 3)
   # A target without examples does not count.
-  assert plots.mean_mapped_percentage(
+  assert prompt_plots.mean_mapped_percentage(
       np.array([[4, 0], [0, 0]]), [0, 1]) == pytest.approx(100)
-  assert math.isnan(plots.mean_mapped_percentage(np.zeros((2, 1)), [0]))
+  assert math.isnan(
+      prompt_plots.mean_mapped_percentage(np.zeros((2, 1)), [0]))
 
 
 def test_mapping_percentages_rejects_wrong_mapping_length():
   with pytest.raises(ValueError, match="mapping_sequence"):
-    plots.mapping_percentages(COUNTS, [0, 1])
+    prompt_plots.mapping_percentages(COUNTS, [0, 1])
 
 
 def assert_png(path, width_range, height_range):
@@ -84,7 +87,7 @@ def test_plot_label_mapping_many_targets(tmp_path):
   counts = rng.integers(0, 5, size=(1000, num_targets))
   mapping = rng.permutation(1000)[:num_targets]
   path = str(tmp_path / "mapping.png")
-  plots.plot_label_mapping(
+  prompt_plots.plot_label_mapping(
       counts, mapping, [f"target class {t}" for t in range(num_targets)],
       None, path, title="ILM-VP, epoch 3")
   # 20 rows and 25 columns: legible, not a 400-row wall.
@@ -93,9 +96,9 @@ def test_plot_label_mapping_many_targets(tmp_path):
 
 def test_plot_label_mapping_checks_names(tmp_path):
   with pytest.raises(ValueError, match="names"):
-    plots.plot_label_mapping(COUNTS, MAPPING, ["a", "b"],
-                                 ["s0", "s1", "s2", "s3"],
-                                 str(tmp_path / "x.png"))
+    prompt_plots.plot_label_mapping(COUNTS, MAPPING, ["a", "b"],
+                                    ["s0", "s1", "s2", "s3"],
+                                    str(tmp_path / "x.png"))
 
 
 # ---------------------------------------------------------------------------
@@ -109,7 +112,7 @@ def test_prompt_picture_frame_and_checkerboard():
   program[0, 0] = [2.0, -1.0, 0.0]
   program[223, 223] = [-3.0, 4.0, 1.0]
   program[97:128, 97:128] = 10.0  # Never used: the image covers it.
-  pixels = plots.prompt_picture(program, 31)
+  pixels = prompt_plots.prompt_picture(program, 31)
   assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
 
   def sigmoid_byte(x):
@@ -122,7 +125,7 @@ def test_prompt_picture_frame_and_checkerboard():
   np.testing.assert_array_equal(pixels[96, 96], [128] * 3)  # Last frame row.
   np.testing.assert_array_equal(pixels[128, 128], [128] * 3)
   # Checkerboard of 8-pixel squares from the image's corner (97, 97).
-  dark, light = plots.CHECKER_DARK, plots.CHECKER_LIGHT
+  dark, light = prompt_plots.CHECKER_DARK, prompt_plots.CHECKER_LIGHT
   for (row, col), grey in {(97, 97): dark, (97, 104): dark, (97, 105): light,
                            (105, 97): light, (105, 105): dark,
                            (127, 127): dark, (127, 120): light}.items():
@@ -140,7 +143,8 @@ def figure_text(figure):
 def test_plot_prompt_is_titled_large_and_unblurred(tmp_path):
   program = np.full((224, 224, 3), 3.0, np.float32)
   path = str(tmp_path / "prompt.png")
-  figure = plots.plot_prompt(program, 128, path, title="run 7\nRANDOM net")
+  figure = prompt_plots.plot_prompt(program, 128, path,
+                                    title="run 7\nRANDOM net")
   text = figure_text(figure)
   assert "run 7" in text and "RANDOM net" in text
   assert "learned prompt" in text and "128x128" in text
@@ -155,8 +159,8 @@ def test_plot_prompt_is_titled_large_and_unblurred(tmp_path):
   colours, counts = np.unique(pixels, axis=0, return_counts=True)
   present = {tuple(c) for c, n in zip(colours, counts) if n >= 1000}
   frame = (round(255 / (1 + math.exp(-3.0))),) * 3
-  assert {frame, (plots.CHECKER_DARK,) * 3, (plots.CHECKER_LIGHT,) * 3} <= (
-      present)
+  assert {frame, (prompt_plots.CHECKER_DARK,) * 3,
+          (prompt_plots.CHECKER_LIGHT,) * 3} <= present
 
 
 def test_prompted_grid_denormalises():
@@ -166,7 +170,7 @@ def test_prompted_grid_denormalises():
   raw[0] = 1.0
   raw[1, :, :] = [0.2, 0.4, 0.6]
   normalised = (raw - mean) / std
-  pixels = plots.prompted_grid(normalised, columns=2)
+  pixels = prompt_plots.prompted_grid(normalised, columns=2)
   # Two columns, two rows, 2-pixel white gaps.
   assert pixels.shape == (2 * 10 + 2, 2 * 12 + 2, 3)
   np.testing.assert_array_equal(pixels[0, 0], [255] * 3)
@@ -179,8 +183,8 @@ def test_prompted_grid_denormalises():
 def test_plot_prompted_examples_is_titled_and_large(tmp_path):
   images = np.zeros((8, 64, 64, 3))
   path = str(tmp_path / "examples.png")
-  figure = plots.plot_prompted_examples(images, path, columns=4,
-                                        title="RANDOM net")
+  figure = prompt_plots.plot_prompted_examples(images, path, columns=4,
+                                               title="RANDOM net")
   assert "RANDOM net" in figure_text(figure)
   width, _ = figure.get_size_inches()
   assert width >= 4 and figure.dpi >= 100
@@ -226,17 +230,18 @@ def test_every_plot_puts_the_title_in_the_figure(tmp_path):
   records = [{"epoch": e, "seed": s, "test_acc": 0.5, "test_ece": 0.1}
              for e in range(2) for s in (0, 1)]
   figures = [
-      plots.plot_label_mapping(COUNTS, MAPPING, ["a", "b", "c"],
-                               ["s0", "s1", "s2", "s3"],
-                               str(tmp_path / "m.png"), title=note),
+      prompt_plots.plot_label_mapping(COUNTS, MAPPING, ["a", "b", "c"],
+                                      ["s0", "s1", "s2", "s3"],
+                                      str(tmp_path / "m.png"), title=note),
       plots.plot_reliability(bins, str(tmp_path / "r.png"), title=note),
       plots.plot_training_curves(records, str(tmp_path / "c.png"),
                                  title=note),
       plots.plot_seed_curves(records, str(tmp_path / "s.png"), title=note),
-      plots.plot_prompt(np.zeros((16, 16, 3)), 8, str(tmp_path / "p.png"),
-                        title=note),
-      plots.plot_prompted_examples(np.zeros((2, 16, 16, 3)),
-                                   str(tmp_path / "e.png"), title=note)]
+      prompt_plots.plot_prompt(np.zeros((16, 16, 3)), 8,
+                               str(tmp_path / "p.png"), title=note),
+      prompt_plots.plot_prompted_examples(np.zeros((2, 16, 16, 3)),
+                                          str(tmp_path / "e.png"),
+                                          title=note)]
   for figure in figures:
     # Long titles may wrap at a space; the words all stay.
     assert " ".join(figure_text(figure).split()).count(note) == 1

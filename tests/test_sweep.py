@@ -23,6 +23,7 @@ from reprog_jax import errors
 from reprog_jax.model import network as network_lib
 from reprog_jax.model import network_dir
 from reprog_jax.study import report
+from reprog_jax.study import grid as grid_lib
 from reprog_jax.study import sweep
 from test_report import fake_summary
 
@@ -40,7 +41,7 @@ def study_preset(preset):
 def tiny_study(**networks_):
   """The smoke preset (mock data, 1 epoch, 2 seeds, tiny images) with
   `networks_` as {name: (kind, dir)}, the random dense ResNet-18 too."""
-  study = sweep.plain_study(study_preset("smoke"))
+  study = grid_lib.plain_study(study_preset("smoke"))
   for name, (kind, directory) in networks_.items():
     study["networks"][name] = {"dir": str(directory), "random": None,
                                "kind": kind}
@@ -85,7 +86,7 @@ def swept(tmp_path_factory):
 
 def test_tiny_sweep_runs_every_cell_and_records_failures(swept):
   workdir, study, outcomes, stdout = swept
-  grid = sweep.cells(study)
+  grid = grid_lib.cells(study)
   assert [c.name for c in grid] == list(outcomes)
   assert len(grid) == 6  # 3 networks x 2 methods, 1 dataset, 1 n_shot.
   recorded = json.loads((workdir / "study.json").read_text())
@@ -126,7 +127,7 @@ def test_report_of_the_sweep_equals_its_summaries(swept, tmp_path):
   with open(written["report.csv"]) as f:
     rows = {row["cell"]: row for row in csv.DictReader(f)}
   summaries = {}
-  for cell in sweep.cells(study):
+  for cell in grid_lib.cells(study):
     row = rows[cell.workdir_rel]
     if cell.network == "gone":
       assert row["status"] == "failed" and "NetworkDirError" in row["error"]
@@ -177,7 +178,7 @@ def test_rerun_skips_finished_cells_and_resumes_the_rest(swept, tmp_path,
   resumed = copy / "vp/lt/cifar10/2-shot"
   before = json.loads((resumed / "summary.json").read_text())
   (resumed / "summary.json").unlink()
-  finished = [copy / c.workdir_rel for c in sweep.cells(study)
+  finished = [copy / c.workdir_rel for c in grid_lib.cells(study)
               if c.network != "gone" and c.name != "vp/lt/cifar10/2-shot"]
   mtimes = {d: files_and_mtimes(d) for d in finished}
   calls = []
@@ -251,7 +252,7 @@ def quietly(function, *args, **kwargs):
 def test_job_array_tasks_cover_every_cell_exactly_once(tmp_path,
                                                        fake_training):
   study = grid_study()
-  names = [c.name for c in sweep.cells(study)]
+  names = [c.name for c in grid_lib.cells(study)]
   assert len(names) == 24
   shares = []
   for task in range(5):  # 24 cells over 5 tasks: 5, 5, 5, 5, 4.
@@ -278,10 +279,10 @@ def test_task_index_from_slurm_and_out_of_range(tmp_path):
   assert sweep.task_from_environment({
       "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1",
       "SLURM_ARRAY_TASK_STEP": "4", "SLURM_ARRAY_TASK_COUNT": "3"}) == (1, 3)
-  with pytest.raises(sweep.SweepError,
+  with pytest.raises(grid_lib.SweepError,
                      match=r"task index 3 is not in \[0, 3\)"):
     sweep.run(grid_study(), str(tmp_path / "d"), 3, 3)
-  with pytest.raises(sweep.SweepError, match="task index -1"):
+  with pytest.raises(grid_lib.SweepError, match="task index -1"):
     sweep.run(grid_study(), str(tmp_path / "d"), -1, 3)
   assert not (tmp_path / "d").exists()  # Refused before writing anything.
 
@@ -325,17 +326,17 @@ def test_changed_grid_is_refused_or_extended(tmp_path, fake_training):
 
   bigger = json.loads(json.dumps(study))
   bigger["n_shots"] = [2, 4]
-  with pytest.raises(sweep.SweepError, match="adds 2 cell.*--extend"):
+  with pytest.raises(grid_lib.SweepError, match="adds 2 cell.*--extend"):
     sweep.run(bigger, str(tmp_path))
   other = json.loads(json.dumps(study))
   other["overrides"]["epochs"] = 3
   for extend in (False, True):
-    with pytest.raises(sweep.SweepError,
+    with pytest.raises(grid_lib.SweepError,
                        match="changes cell lp/dense/cifar10/2-shot.*epochs"):
       sweep.run(other, str(tmp_path), extend=extend)
   fewer = json.loads(json.dumps(study))
   fewer["methods"] = ["ilm_vp"]
-  with pytest.raises(sweep.SweepError, match="drops 1 of its cells"):
+  with pytest.raises(grid_lib.SweepError, match="drops 1 of its cells"):
     sweep.run(fewer, str(tmp_path), extend=True)
   assert fake_training.calls == []
   assert (tmp_path / "study.json").read_text() == recorded
@@ -355,30 +356,30 @@ def test_changed_grid_is_refused_or_extended(tmp_path, fake_training):
 
 
 def test_study_presets_and_bad_studies():
-  smoke = sweep.cells(study_preset("smoke"))
+  smoke = grid_lib.cells(study_preset("smoke"))
   assert [c.name for c in smoke] == ["lp/dense/cifar10/2-shot",
                                      "vp/dense/cifar10/2-shot"]
   assert smoke[0].config.seeds == (0, 1) and smoke[0].config.data.mock
-  with pytest.raises(sweep.SweepError, match="networks.dense needs exactly "
+  with pytest.raises(grid_lib.SweepError, match="networks.dense needs exactly "
                      "one of dir"):
-    sweep.cells(study_preset("grid"))
+    grid_lib.cells(study_preset("grid"))
   # The old name overclaimed: refused in one line that names the new one.
   with pytest.raises(ValueError, match="preset 'paper' is now 'grid'"):
     study_preset("paper")
-  paper = sweep.plain_study(study_preset("grid"))
+  paper = grid_lib.plain_study(study_preset("grid"))
   for name, entry in paper["networks"].items():
     entry["dir"] = f"nets/{name}"
-  grid = sweep.cells(paper)
+  grid = grid_lib.cells(paper)
   assert len(grid) == 6 * 2 * 9 * 4
   assert {c.config.network for c in grid if "/lt8/" in c.name} == {"ticket"}
   bad = tiny_study()
   bad["overrides"]["n_shot"] = 5
-  with pytest.raises(sweep.SweepError, match="overrides sets n_shot"):
-    sweep.cells(bad)
+  with pytest.raises(grid_lib.SweepError, match="overrides sets n_shot"):
+    grid_lib.cells(bad)
   bad = tiny_study()
   bad["overrides"]["data"]["mok"] = True
-  with pytest.raises(sweep.SweepError, match="data.mok is not a field"):
-    sweep.cells(bad)
+  with pytest.raises(grid_lib.SweepError, match="data.mok is not a field"):
+    grid_lib.cells(bad)
 
 
 def test_cells_use_the_package_presets_of_each_method():
@@ -386,7 +387,7 @@ def test_cells_use_the_package_presets_of_each_method():
   # loads (the package's `reprog_jax.configs.<method>`), then sets its grid.
   import importlib  # pylint: disable=g-import-not-at-top
   study = tiny_study()
-  for cell in sweep.cells(study):
+  for cell in grid_lib.cells(study):
     method, dataset = cell.config.method, cell.config.data.name
     preset = importlib.import_module(
         f"reprog_jax.configs.{method}").get_config(dataset)

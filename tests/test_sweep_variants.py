@@ -10,6 +10,7 @@ import os
 import pytest
 
 from reprog_jax.study import report
+from reprog_jax.study import grid as grid_lib
 from reprog_jax.study import sweep
 from test_report import fake_summary
 from test_sweep import study_preset
@@ -42,7 +43,7 @@ def variant_sweep(tmp_path, monkeypatch):
     return summary
 
   monkeypatch.setattr(sweep.train, "train_and_evaluate", train_and_evaluate)
-  study = sweep.plain_study(study_preset("smoke"))
+  study = grid_lib.plain_study(study_preset("smoke"))
   study["networks"]["lt"] = {"dir": "nets/lt", "random": None,
                              "kind": "ticket"}  # Never loaded here.
   study["label_mappings"] = ["ilm", "blmpp"]
@@ -60,13 +61,13 @@ def test_a_cell_per_label_mapping_default_paths_unchanged(variant_sweep):
   cell = json.loads((workdir / "vp-blmpp/lt/cifar10/2-shot/cell.json")
                     .read_text())
   assert cell["variant"] == "blmpp" and cell["method"] == "ilm_vp"
-  grid = {c.name: c.config for c in sweep.cells(study)}
+  grid = {c.name: c.config for c in grid_lib.cells(study)}
   assert grid["vp-blmpp/lt/cifar10/2-shot"].label_mapping == "blmpp"
   assert grid["vp/lt/cifar10/2-shot"].label_mapping == "ilm"
   # Without the axis, study.json and the cells are as before.
   plain = {k: v for k, v in study.items() if k != "label_mappings"}
-  assert sweep.plain_study({**plain, "label_mappings": []}) == plain
-  assert [c.name for c in sweep.cells(plain)] == [
+  assert grid_lib.plain_study({**plain, "label_mappings": []}) == plain
+  assert [c.name for c in grid_lib.cells(plain)] == [
       n for n in grid if not n.startswith("vp-")]
 
 

@@ -15,6 +15,7 @@ from reprog_jax import layout
 from reprog_jax import errors
 from reprog_jax.metrics import metric_writer
 from reprog_jax.metrics import plots
+from reprog_jax.metrics import prompt_plots
 from reprog_jax.train import loop as train
 from reprog_jax.metrics import wandb_log
 from reprog_jax.train import workdir as workdir_lib
@@ -82,7 +83,7 @@ class RecordingMirror:
 def test_metric_writer_mirrors_what_tensorboard_gets(tmp_path):
   mirror = RecordingMirror()
   png = str(tmp_path / "p.png")
-  plots.plot_prompted_examples(np.zeros((1, 4, 4, 3)), png)
+  prompt_plots.plot_prompted_examples(np.zeros((1, 4, 4, 3)), png)
   with metric_writer.MetricWriter(str(tmp_path), mirror=mirror) as writer:
     writer.write(2, {"test_acc": 0.5, "best_epoch": 1, "method": "vp",
                      "done": True}, seed=3, tag_prefix="seed_3/")
@@ -162,13 +163,14 @@ def offline_run(tmp_path_factory):
       patch.delenv(name, raising=False)
     patch.setenv("WANDB_SILENT", "true")
     patch.setenv("WANDB_CONSOLE", "off")
-    for name in dir(plots):
-      if name.startswith("plot_"):
-        def spy(*args, _draw=getattr(plots, name), **kwargs):
-          figure = _draw(*args, **kwargs)
-          figures.append((_draw.__name__, _figure_texts(figure)))
-          return figure
-        patch.setattr(plots, name, spy)
+    for module in (plots, prompt_plots):
+      for name in dir(module):
+        if name.startswith("plot_"):
+          def spy(*args, _draw=getattr(module, name), **kwargs):
+            figure = _draw(*args, **kwargs)
+            figures.append((_draw.__name__, _figure_texts(figure)))
+            return figure
+          patch.setattr(module, name, spy)
     config = smoke_config(seeds=(3, 4), wandb__project="reprog-tests",
                           wandb__mode="offline", wandb__tags=("smoke",))
     assert train.train_and_evaluate(config, workdir, stop_after_epoch=0) == {}

@@ -28,7 +28,7 @@ from ml_collections import config_dict
 from reprog_jax import errors
 from reprog_jax.methods.base import Method, MethodSpec
 from reprog_jax.metrics import mapping_plot
-from reprog_jax.metrics import plots
+from reprog_jax.metrics import prompt_plots
 from reprog_jax.model import label_mapping
 from reprog_jax.model import network as network_lib
 from reprog_jax.model import prompts
@@ -118,19 +118,19 @@ def visual_prompt(image_size: int, num_classes: int, output_size: int = 224,
           paths["label_mapping"], title=title,
           what="Dense kernel weight" if learned else "BLM weight")
     else:
-      plots.plot_label_mapping(test_counts, mapping, class_names,
-                               source_class_names, paths["label_mapping"],
-                               title=title)
+      prompt_plots.plot_label_mapping(test_counts, mapping, class_names,
+                                      source_class_names,
+                                      paths["label_mapping"], title=title)
     if prompt == "expansive":  # A sigmoid frame: its own picture.
       paths["prompt"] = os.path.join(plot_dir, "prompt.png")
-      plots.plot_prompt(np.asarray(trainable["program"]), image_size,
-                        paths["prompt"], title=title)
+      prompt_plots.plot_prompt(np.asarray(trainable["program"]), image_size,
+                               paths["prompt"], title=title)
     # What the frozen network sees: test images inside the learned prompt.
     paths["prompted_examples"] = os.path.join(plot_dir,
                                               "prompted_examples.png")
-    plots.plot_prompted_examples(np.asarray(prompted(trainable, examples)),
-                                 paths["prompted_examples"], columns=4,
-                                 title=title)
+    prompt_plots.plot_prompted_examples(
+        np.asarray(prompted(trainable, examples)),
+        paths["prompted_examples"], columns=4, title=title)
     return paths
 
   statistic = None

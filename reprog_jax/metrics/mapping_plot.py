@@ -1,11 +1,11 @@
 """The picture of a matrix label mapping (BLM, BLM++, FullyMap): per target
 class, the sources of largest weight.
 
-A one-to-one mapping is drawn by `plots.plot_label_mapping` (counts of
-predictions); a `(S, T)` weight matrix has no single source per target, so
-its picture is a table: one row per target class, its `top_k` sources by
-weight, each cell that weight. Kept apart from `plots.py` to keep both
-short; it follows the same conventions (a `title`, `Figure` without
+A one-to-one mapping is drawn by `prompt_plots.plot_label_mapping`
+(counts of predictions); a `(S, T)` weight matrix has no single source per
+target, so its picture is a table: one row per target class, its `top_k`
+sources by weight, each cell that weight. Kept apart from `prompt_plots.py`
+to keep both short; it follows the same conventions (a `title`, `Figure` without
 `pyplot`, matplotlib imported inside).
 """
 
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from reprog_jax.metrics import plots
+from reprog_jax.metrics import prompt_plots
 
 
 class TopWeights(NamedTuple):
@@ -88,14 +88,15 @@ def plot_mapping_matrix(matrix: np.ndarray, target_names: Sequence[str],
   image = axes.imshow(table.weights, cmap="YlGn", aspect="auto")
   figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02).set_label(what)
   axes.set_xticks(np.arange(columns), [f"#{j + 1}" for j in range(columns)])
-  axes.set_yticks(np.arange(rows), [plots.shorten(target_names[t])
+  axes.set_yticks(np.arange(rows), [prompt_plots.shorten(target_names[t])
                                     for t in table.target_indices])
   high = np.max(table.weights) if table.weights.size else 0.0
   for i in range(rows):
     for j in range(columns):
       value = table.weights[i, j]
-      axes.text(j, i, f"{plots.shorten(source_names[table.sources[i, j]], 14)}"
-                f"\n{value:.2g}", ha="center", va="center", fontsize=6,
+      source = prompt_plots.shorten(source_names[table.sources[i, j]], 14)
+      axes.text(j, i, f"{source}\n{value:.2g}", ha="center", va="center",
+                fontsize=6,
                 color="white" if value > 0.6 * high > 0 else "black")
   axes.set_xlabel("sources by weight, largest first")
   axes.set_ylabel("target class")
