@@ -60,7 +60,10 @@ class Best:
   def initial(cls, params, mappings) -> "Best":
     """Nothing kept yet: every later epoch improves on it."""
     num_seeds = len(mappings)
-    nothing = (params, np.asarray(mappings).copy(),
+    mappings = np.asarray(mappings)
+    # As checkpoints keep them: sequences int32, matrices float32.
+    mappings = mappings.astype(np.float32 if mappings.ndim == 3 else np.int32)
+    nothing = (params, mappings,
                np.full(num_seeds, -1.0), np.full(num_seeds, -1, np.int32),
                {name: np.zeros((num_seeds, calibration.DEFAULT_NUM_BINS),
                                np.float32)

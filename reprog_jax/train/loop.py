@@ -87,8 +87,10 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
 
   # --- Loop: map, train, evaluate, record, checkpoint. ---------------------
   for epoch in range(start_epoch, config.epochs):
-    state, mappings, best = _epoch(run, writer, state, mappings, best, epoch)
-    if stop_after_epoch is not None and epoch >= stop_after_epoch:
+    stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
+    state, mappings, best = _epoch(run, writer, state, mappings, best, epoch,
+                                   draw=stopping)
+    if stopping:
       if epoch + 1 < config.epochs:
         if writer:
           writer.close()
@@ -201,9 +203,11 @@ def _open_writer(run: passes.Run, start_epoch, closing):
   return writer
 
 
-def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
+def _epoch(run: passes.Run, writer, state, mappings, best, epoch,
+           draw=False):
   """One epoch of every seed, recorded and checkpointed; returns the new
-  (state, mappings, best)."""
+  (state, mappings, best). `draw`: draw the figures whatever the
+  `plot_interval` (the last epoch of a job that stops early)."""
   config, seeds, layout = run.config, run.seeds, run.layout
   epoch_started = time.time()
   mappings = run.method.epoch_mapping(
@@ -237,8 +241,9 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch):
       writer.write(epoch, record, seed=seed,
                    tag_prefix=files.seed_prefix(seeds, seed, "/"))
     # Plotting is host work between epochs that may take milliseconds on
-    # a GPU: every `plot_interval` epochs and the last only.
-    if (epoch + 1) % config.plot_interval == 0 or epoch + 1 == config.epochs:
+    # a GPU: every `plot_interval` epochs, the last, and where a job stops.
+    if (draw or (epoch + 1) % config.plot_interval == 0
+        or epoch + 1 == config.epochs):
       _plots(run, writer, epoch, params, bins, test_counts, mappings)
   checkpoints.save(run.workdir, checkpoints.pack(
       state, epoch=epoch, mappings=mappings, best=best))
