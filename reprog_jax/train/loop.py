@@ -271,9 +271,11 @@ def _epoch_line(epoch, records, best) -> str:
             f"{r['best_epoch']})")
   acc, ece = (np.array([r[k] for r in records]) for k in ("test_acc",
                                                           "test_ece"))
+  # Spreads as everywhere else: the seeds' sample std (ddof=1), named.
   return (f"epoch {epoch}: {len(records)} seeds, test acc {acc.mean():.2%} "
-          f"+- {acc.std():.2%}  ece {ece.mean():.4f} +- {ece.std():.4f}  "
-          f"(best mean {np.mean(best.test_acc):.2%})")
+          f"+- {acc.std(ddof=1):.2%}  ece {ece.mean():.4f} +- "
+          f"{ece.std(ddof=1):.4f} (std, ddof=1)  (best mean "
+          f"{np.mean(best.test_acc):.2%})")
 
 
 def _figure_title(config, seeds, epoch) -> str:
