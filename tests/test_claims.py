@@ -430,3 +430,20 @@ def test_a_seed_gives_dense_and_ticket_the_same_subset_and_order(tmp_path):
   # Not trivially equal: the seeds draw different subsets.
   pools = served[0][-1]
   assert not np.array_equal(np.sort(pools[0]), np.sort(pools[1]))
+
+
+def test_a_pair_never_run_with_a_method_has_no_cell(tmp_path):
+  # LP ran on the dense network and both tickets; VP on the dense network
+  # and one ticket only (as a sweep may run a variant on some networks):
+  # the other ticket gets no VP cell at all, not a "not testable" one.
+  acc, ece = [0.5, 0.6, 0.7], [0.05, 0.06, 0.07]
+  rows = write(tmp_path, {
+      ("linear_probe", "dense", "dense", "cifar10"): (acc, ece),
+      ("linear_probe", "lt_a", "ticket", "cifar10"): (acc, ece),
+      ("linear_probe", "lt_b", "ticket", "cifar10"): (acc, ece),
+      ("ilm_vp", "dense", "dense", "cifar10"): (acc, ece),
+      ("ilm_vp", "lt_a", "ticket", "cifar10"): (acc, ece)})
+  found = {(c["ticket"], c["method"]) for c in claims.cells(rows)
+           if c["claim"] == "2" and c["metric"] == "test_ece"}
+  assert found == {("lt_a", "linear_probe"), ("lt_b", "linear_probe"),
+                   ("lt_a", "ilm_vp")}

@@ -230,6 +230,11 @@ def cells(rows, options=Options()) -> list[dict]:
         for method in c.methods:
           if families is not None and family(method) not in families:
             continue
+          if None in (c.runs.get(("dense", method)),
+                      c.runs.get(("ticket", method))):
+            # Never asked of this pair (a sweep may run a variant on some
+            # networks only); a run that failed is a row, and not testable.
+            continue
           result.append(_cell(c, claim, metric, selection, method, direction))
   _correct(result, "p_value", "p_adjusted")
   _correct(result, "p_opposite", "p_opposite_adjusted")
