@@ -33,6 +33,11 @@ TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
      # 3 examples: ours 2 steps of 2; PyTorch a batch of 2 and one of 1.
      [r"^one epoch of 3 examples \(1 per class, 3 classes, batch 2\):$",
       r"^  ours: 2 steps of 2: [\d.]+ s", r"^  pytorch: 1 of 2 \+ 1 of 1: "]),
+    # A label mapping other than ILM (a matrix), through --set.
+    (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
+      "--set", "label_mapping=blmpp"],
+     [r"^setting: ilm_vp \(label_mapping blmpp,", r"^ours: [\d,.]+ images/s",
+      r"^pytorch: [\d,.]+ images/s"]),
     (["--method", "linear_probe", "--image-size", "32", "--whole-lp",
       "--examples", "6", "--epochs", "3"],
      [r"^  ours, cached features: ", r"^  PyTorch, recomputing: ",
@@ -60,6 +65,9 @@ def test_tiny_benchmark_prints_every_figure(extra, expected, capsys):
     (["--devices", "2", "--batch", "3"],
      "--batch 3 must be a multiple of --devices 2"),
     (["--n-shot", "0"], "--n-shot must be >= 1 or -1"),
+    (["--set", "nope=1"], "--set 'nope=1': want FIELD=VALUE with FIELD one "
+     "of the method's config fields"),
+    (["--set", "batch_size=x"], "--set 'batch_size=x': 'x' is not a int"),
 ])
 def test_bad_arguments_are_one_line(argv, message, capsys):
   assert bench.main(argv) == 1

@@ -113,6 +113,11 @@ def parse(argv):
                       help="--whole-lp and --n-shot -1: training examples")
   parser.add_argument("--epochs", type=int, default=100,
                       help="--whole-lp: epochs")
+  parser.add_argument("--set", action="append", default=[],
+                      metavar="FIELD=VALUE",
+                      help="any field of the method's run config, e.g. "
+                      "--set label_mapping=blmpp --set prompt=padding "
+                      "(repeatable)")
   parser.add_argument("--profile", action="store_true",
                       help="also print where our step's time goes, by kind "
                       "of operation (an XLA profile of --steps steps)")
@@ -161,11 +166,36 @@ def _config(args):
       raise BenchError(f"--output-size: method {args.method} has no canvas "
                        f"(no prompt_output_size)")
     config.prompt_output_size = args.output_size
+  for setting in args.set:
+    _set_field(config, setting)
   try:
     run_config.check(config)
   except errors.ConfigError as e:
     raise BenchError(str(e)) from None
   return config
+
+
+def _set_field(config, setting) -> None:
+  """`--set FIELD=VALUE`: the value parsed as the field's type."""
+  field, equals, text = setting.partition("=")
+  fields = sorted(k for k in config.keys() if not isinstance(config[k], dict))
+  if not equals or field not in fields:
+    raise BenchError(f"--set {setting!r}: want FIELD=VALUE with FIELD one of "
+                     f"the method's config fields ({', '.join(fields)})")
+  current = config[field]
+  try:
+    if isinstance(current, bool):
+      if text not in ("True", "False"):
+        raise ValueError(text)
+      value = text == "True"
+    elif current is None or isinstance(current, str):
+      value = text
+    else:
+      value = type(current)(text)
+  except ValueError:
+    raise BenchError(f"--set {setting!r}: {text!r} is not a "
+                     f"{type(current).__name__}") from None
+  config[field] = value
 
 
 def _peak(dtype) -> float | None:
