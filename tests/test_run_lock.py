@@ -113,10 +113,11 @@ def test_a_second_run_on_a_busy_workdir_refuses_and_the_first_finishes(
   refused = threading.Event()
   real_epoch = loop._epoch
 
-  def epoch_waiting_at_1(run, writer, state, mappings, best, epoch):
+  def epoch_waiting_at_1(run, writer, state, mappings, best, epoch,
+                         **kwargs):
     if epoch == 1:
       assert refused.wait(timeout=300)
-    return real_epoch(run, writer, state, mappings, best, epoch)
+    return real_epoch(run, writer, state, mappings, best, epoch, **kwargs)
 
   monkeypatch.setattr(loop, "_epoch", epoch_waiting_at_1)
   config = smoke_config("linear_probe", epochs=3, image_size=32)

@@ -166,36 +166,13 @@ def _config(args):
       raise BenchError(f"--output-size: method {args.method} has no canvas "
                        f"(no prompt_output_size)")
     config.prompt_output_size = args.output_size
-  for setting in args.set:
-    _set_field(config, setting)
   try:
+    for setting in args.set:
+      run_config.set_field(config, setting)
     run_config.check(config)
   except errors.ConfigError as e:
     raise BenchError(str(e)) from None
   return config
-
-
-def _set_field(config, setting) -> None:
-  """`--set FIELD=VALUE`: the value parsed as the field's type."""
-  field, equals, text = setting.partition("=")
-  fields = sorted(k for k in config.keys() if not isinstance(config[k], dict))
-  if not equals or field not in fields:
-    raise BenchError(f"--set {setting!r}: want FIELD=VALUE with FIELD one of "
-                     f"the method's config fields ({', '.join(fields)})")
-  current = config[field]
-  try:
-    if isinstance(current, bool):
-      if text not in ("True", "False"):
-        raise ValueError(text)
-      value = text == "True"
-    elif current is None or isinstance(current, str):
-      value = text
-    else:
-      value = type(current)(text)
-  except ValueError:
-    raise BenchError(f"--set {setting!r}: {text!r} is not a "
-                     f"{type(current).__name__}") from None
-  config[field] = value
 
 
 def _peak(dtype) -> float | None:

@@ -233,3 +233,32 @@ def check(config) -> None:
   problem = spec.check(config, image_size(config))
   if problem:
     bad(problem)
+
+
+def set_field(config, setting: str) -> None:
+  """Sets a top-level field from `FIELD=VALUE` text (a command line's),
+  the value parsed as the field's type.
+
+  Raises:
+    errors.ConfigError: no such field, or a value of another type.
+  """
+  field, equals, text = setting.partition("=")
+  fields = sorted(k for k in config.keys() if not isinstance(config[k], dict))
+  if not equals or field not in fields:
+    raise errors.ConfigError(
+        f"--set {setting!r}: want FIELD=VALUE with FIELD one of the "
+        f"method's config fields ({', '.join(fields)})")
+  current = config[field]
+  try:
+    if isinstance(current, bool):
+      if text not in ("True", "False"):
+        raise ValueError(text)
+      value = text == "True"
+    elif current is None or isinstance(current, str):
+      value = text
+    else:
+      value = type(current)(text)
+  except ValueError:
+    raise errors.ConfigError(f"--set {setting!r}: {text!r} is not a "
+                             f"{type(current).__name__}") from None
+  config[field] = value
