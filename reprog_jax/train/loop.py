@@ -154,13 +154,19 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
                            image_size=image_size, method=method,
                            network=network, eval_network=eval_network,
                            layout=layout, workdir=workdir)
+  encodes_each_step = method.encode is not None and not inputs.encoded
   return passes.Run(
       config=config, workdir=workdir, seeds=seeds, image_size=image_size,
       layout=layout, net=net, network=network, eval_network=eval_network,
       run_data=run_data, inputs=inputs, method=method, optimizer=optimizer,
       schedule=schedule,
+      # Features recomputed every step go through the same jitted encode
+      # program as cached ones (`encode_step`), so that the two train on
+      # the same bits under bfloat16 too, not on another fusion's rounding.
       train_step=steps.make_train_step(method, optimizer, layout,
-                                       inputs.encoded),
+                                       inputs.encoded or encodes_each_step),
+      encode_step=(steps.make_encode_step(method, layout)
+                   if encodes_each_step else None),
       eval_step=steps.make_eval_step(method, layout, inputs.encoded,
                                      precision=config.eval_precision),
       count_step=steps.make_count_step(method, layout, inputs.encoded,

@@ -43,6 +43,9 @@ class Run:
     optimizer: the optax optimiser.
     schedule: its learning rate per step.
     train_step, eval_step, count_step: the jitted steps (`steps.py`).
+    encode_step: for a method whose frozen `encode` is recomputed every
+      step (`cache_features=False`), the jitted encode the cache would
+      use; the train step then takes its outputs. None otherwise.
     started: when this invocation started (`time.time()`).
     is_lead: whether this process writes the run's files.
   """
@@ -64,6 +67,7 @@ class Run:
   count_step: Callable
   started: float
   is_lead: bool
+  encode_step: Callable | None = None
 
   @property
   def num_classes(self) -> int:
@@ -113,6 +117,8 @@ def train_epoch(run: Run, state, mappings, epoch):
   bar = run.bar(sampler.epoch(epoch), len(sampler), f"epoch {epoch} train")
   for i, index in enumerate(bar):
     batch = layout.put_rows(run.inputs.train, index, layout.seed_batch)
+    if run.encode_step is not None:
+      batch["image"] = _encoded(run, batch["image"])
     state, metrics = run.train_step(state, run.network, mappings, batch)
     per_step.append(metrics)
     if run.config.progress:
@@ -137,6 +143,16 @@ def train_epoch(run: Run, state, mappings, epoch):
           for k in ("loss_sum", "correct", "count")}
   return state, {"train_loss": sums["loss_sum"] / sums["count"],
                  "train_acc": sums["correct"] / sums["count"]}
+
+
+def _encoded(run: Run, images):
+  """Every seed's (S, B, ...) images through `run.encode_step`, as one
+  (S * B, ...) batch: (S, B, features), placed as training batches are."""
+  seeds, width = images.shape[:2]
+  features = run.encode_step(run.network,
+                             images.reshape((seeds * width,) + images.shape[2:]))
+  features = features.reshape((seeds, width) + features.shape[1:])
+  return jax.device_put(features, run.layout.seed_batch)
 
 
 def kept(epoch) -> str:
