@@ -98,7 +98,8 @@ def test_epoch_sums_of_large_finite_losses_do_not_overflow():
                    "correct": np.int32([step]), "count": np.float32([8])}
 
   run = types.SimpleNamespace(
-      train_step=train_step, network=None, layout=_Layout(), schedule=None,
+      train_step=train_step, encode_step=None, network=None, layout=_Layout(),
+      schedule=None,
       inputs=types.SimpleNamespace(train_batches=_Batches(3), train=None),
       config=types.SimpleNamespace(progress=False),
       bar=lambda iterable, total, desc: iterable)
