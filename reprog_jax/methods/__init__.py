@@ -79,6 +79,28 @@ def get(name: str) -> MethodSpec:
         f"method of your own: name its module in {PLUGINS_ENV})") from None
 
 
+def find(name: str, module: str | None = None) -> MethodSpec | None:
+  """The spec of method `name` as a run recorded it, or None if it cannot
+  be had here (the caller says what that leaves out, in one line).
+
+  Args:
+    name: the method's registered name (`config.method`).
+    module: the module that registers it, as the run recorded it (None:
+      unknown); imported when `name` is not registered yet. A module that
+      cannot be found gives None; one that fails inside keeps its
+      traceback (a bug of that module).
+  """
+  _import_plugins()
+  if name not in METHODS and module:
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if e.name is None or not (module == e.name
+                                or module.startswith(e.name + ".")):
+        raise
+  return METHODS.get(name)
+
+
 def register(spec: MethodSpec) -> None:
   """Adds a method (a plug-in, or a test's toy method) to the registry; a
   spec of the same name replaces the earlier one."""
