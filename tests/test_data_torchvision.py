@@ -156,7 +156,20 @@ def test_coop_lmdb_equals_cooplmdbdataset(root, tmp_path, name):
     ours = _ours(name, split, root)
     reference = CoopLmdbReference(str(copy), split, _pytorch_transform())
     assert len(reference.classes) == data.get_dataset_info(name).num_classes
+    # The names COOPLMDBDataset shows (split.json's), not the registry's.
+    assert ours.class_names == tuple(reference.classes)
+    assert ours.class_names != data.get_dataset_info(name).class_names
     _assert_same(ours, reference, np.arange(len(reference)))
+
+
+def test_coop_lmdb_without_split_json_has_the_registrys_names(root,
+                                                              tmp_path):
+  location = _copy(root, tmp_path, "ucf101")
+  os.remove(os.path.join(location, "ucf101", "split.json"))
+  ours = _ours("ucf101", "test", location)
+  assert ours.class_names == data.get_dataset_info("ucf101").class_names
+  np.testing.assert_array_equal(ours.labels,
+                                _ours("ucf101", "test", root).labels)
 
 
 def test_lmdb_source_survives_pickling(root):
@@ -179,7 +192,6 @@ def _copy(root, tmp_path, name):
     ("flowers102", "flowers-102/setid.mat", "setid.mat"),
     ("oxfordpets", "oxford-iiit-pet/annotations/test.txt", "test.txt"),
     ("food101", "test.lmdb", "test.lmdb"),
-    ("food101", "split.json", "split.json"),
 ])
 def test_missing_file_is_one_line(root, tmp_path, name, relative, needle):
   location = _copy(root, tmp_path, name)
@@ -191,6 +203,8 @@ def test_missing_file_is_one_line(root, tmp_path, name, relative, needle):
   message = str(error.value)
   assert "\n" not in message and needle in message
   assert message.startswith(f"{name}: ") and "get it with" in message
+  # Not there, rather than broken: the doctor lists it as "not found".
+  assert isinstance(error.value, data.DataNotFound)
 
 
 @pytest.mark.parametrize("name,relative", [

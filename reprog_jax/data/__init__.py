@@ -14,10 +14,13 @@ Public API:
 - `config.data.source='torchvision'` reads the PyTorch version's data root
   as it is (`torchvision_root.py`, `coop_lmdb.py`); `prepare --archive`
   writes tfds files without TensorFlow (`tfds_writer.py`).
-- `DataError`: the one exception, a one-line message.
+- `DataError`: the one exception, a one-line message (`DataNotFound`, its
+  kind for data that is not there); a file that does not decode is one
+  (naming it), and `python -m reprog_jax.data.doctor ROOT` lists them all.
 """
 
 from reprog_jax.data.errors import DataError
+from reprog_jax.data.errors import DataNotFound
 from reprog_jax.data.fewshot import few_shot_indices
 from reprog_jax.data.fewshot import few_shot_indices_multi
 from reprog_jax.data.fewshot import shot_name
@@ -32,3 +35,4 @@ from reprog_jax.data.store import decode_once
 from reprog_jax.data.store import decode_split
 from reprog_jax.data.store import RowStore
 from reprog_jax.data.store import Sampler
+from reprog_jax.data.store import split_origin

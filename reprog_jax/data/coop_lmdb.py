@@ -7,7 +7,10 @@ record at `__keys__[i]`: a tuple whose first item is the encoded image and
 second the label. Its class names come from `<root>/split.json` (CoOp's
 `split_zhou_*.json`): `{label: class name}` over the "test" entries
 `[image, label, class name]`, in label order. We read the same files the
-same way, with the `lmdb` package (`pip install 'reprog-jax[lmdb]'`).
+same way, with the `lmdb` package (`pip install 'reprog-jax[lmdb]'`), and
+show the same class names ('Annual Crop Land', not the registry's
+'AnnualCrop'); without a split.json, the registry's. Every value is a
+pickle, read with `safe_pickle`: a record that would call code is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import pickle
 
 import numpy as np
 
+from reprog_jax.data import safe_pickle
 from reprog_jax.data.errors import DataError
+from reprog_jax.data.errors import DataNotFound
 from reprog_jax.data.registry import DatasetInfo
 
 # The datasets the PyTorch version read only from CoOp's LMDB.
@@ -59,7 +64,9 @@ def _load(buffer, path: str, what: str, name: str):
     raise DataError(f'{name}: {path} has no {what} entry; it is truncated or '
                     "not the PyTorch version's LMDB; write it again.")
   try:
-    return pickle.loads(buffer)
+    return safe_pickle.loads(buffer, what=f'{name}: {path}, {what}')
+  except DataError:
+    raise
   except _UNPICKLE_ERRORS as e:
     raise DataError(f'{name}: {path}: the {what} entry does not unpickle '
                     f'({type(e).__name__}); the file is truncated or '
@@ -83,18 +90,27 @@ class LmdbSource:
   def __getitem__(self, index: int) -> dict:
     with _open_env(self._path).begin(write=False) as txn:
       record = _load(txn.get(self._keys[index]), self._path,
-                     f'record {index}', self._name)
+                     _record(index, self._keys[index]), self._name)
     return {'image': bytes(record[0]), 'label': self._labels[index]}
 
   def labels(self) -> np.ndarray:
     return self._labels.copy()
 
+  def locate(self, index: int) -> str:
+    """Where example `index` lives: the LMDB and its key."""
+    return f'{self._path} key {self._keys[index]!r}'
 
-def class_names(base: str, name: str) -> tuple[str, ...]:
-  """`COOPLMDBDataset.classes`: split.json's test classes in label order."""
+
+def _record(index: int, key) -> str:
+  return f'record {index} (key {key!r})'
+
+
+def class_names(base: str, name: str) -> tuple[str, ...] | None:
+  """`COOPLMDBDataset.classes`: split.json's test classes in label order;
+  None without a split.json."""
   path = os.path.join(base, 'split.json')
   if not os.path.isfile(path):
-    raise DataError(f'{name}: {path} not found; get it with {HOW_TO_GET}.')
+    return None
   try:
     with open(path) as f:
       test = json.load(f)['test']
@@ -105,22 +121,31 @@ def class_names(base: str, name: str) -> tuple[str, ...]:
   return tuple(by_label[label] for label in sorted(by_label))
 
 
-def open_lmdb_split(info: DatasetInfo, split: str, base: str) -> LmdbSource:
+def open_lmdb_split(info: DatasetInfo, split: str,
+                    base: str) -> tuple[LmdbSource, tuple[str, ...]]:
   """Reads `<base>/{train,test}.lmdb` as `COOPLMDBDataset` does.
 
+  Returns:
+    The split's source, and the class names: split.json's where there is
+    one, else the registry's.
+
   Raises:
-    DataError: a missing file, a truncated LMDB or pickle (naming the file),
-      or a class count that differs from the registry's.
+    DataNotFound: the split's LMDB is missing.
+    DataError: a truncated LMDB or pickle, a record that would call code
+      (naming the file and key), or a class count that differs from the
+      registry's.
   """
   names = class_names(base, info.name)
-  if len(names) != info.num_classes:
+  if names is None:
+    names = info.class_names
+  elif len(names) != info.num_classes:
     raise DataError(f'{info.name}: {os.path.join(base, "split.json")} '
                     f'defines {len(names)} classes, the registry expects '
                     f'{info.num_classes}; is this the right dataset?')
   path = os.path.join(base, f'{split}.lmdb')
   if not os.path.exists(path):
-    raise DataError(f'{info.name}: {path} not found; get it with '
-                    f'{HOW_TO_GET}.')
+    raise DataNotFound(f'{info.name}: {path} not found; get it with '
+                       f'{HOW_TO_GET}.')
   lmdb = _lmdb()
   labels = []
   try:
@@ -134,11 +159,11 @@ def open_lmdb_split(info: DatasetInfo, split: str, base: str) -> LmdbSource:
       keys = list(keys)[:length]
       # Labels up front: few-shot draws need them before any image.
       for i, key in enumerate(keys):
-        record = _load(txn.get(key), path, f'record {i}', info.name)
+        record = _load(txn.get(key), path, _record(i, key), info.name)
         try:
           labels.append(int(record[1]))
         except (TypeError, IndexError, ValueError, KeyError) as e:
-          raise DataError(f'{info.name}: {path}: record {i} is not '
+          raise DataError(f'{info.name}: {path}: {_record(i, key)} is not '
                           '(encoded image, label); write it again.') from e
   except lmdb.Error as e:
     raise DataError(f'{info.name}: {path} cannot be read as LMDB '
@@ -149,4 +174,4 @@ def open_lmdb_split(info: DatasetInfo, split: str, base: str) -> LmdbSource:
     raise DataError(f'{info.name}: {path} has labels in [{labels.min()}, '
                     f'{labels.max()}], but the registry has '
                     f'{info.num_classes} classes.')
-  return LmdbSource(path, info.name, keys, labels)
+  return LmdbSource(path, info.name, keys, labels), names

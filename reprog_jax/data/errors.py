@@ -10,3 +10,9 @@ class DataError(UserError, ValueError):
   is not where the config says, or a malformed folder dataset. Command-line
   entry points print the message and exit with status 1.
   """
+
+
+class DataNotFound(DataError):
+  """Data that is not where the config (or the doctor) looks: a missing
+  folder or file, or tfds files never prepared. A `DataError` like any
+  other to a run; the doctor lists it as "not found" rather than broken."""

@@ -115,26 +115,40 @@ def stratified_holdout(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Cuts one split into a train and a stratified held-out test part.
 
-  Per class (in label order) the class's indices are permuted with
-  `RandomState(seed)` and the first `round(fraction * size)` go to the test
-  part. Both parts are returned sorted, i.e. in the split's own order.
+  Exactly `sklearn.model_selection.train_test_split(range(N),
+  test_size=fraction, stratify=labels, random_state=seed)`, the call the
+  PyTorch version makes for EuroSAT (over `D.samples`, in `ImageFolder`
+  order): scikit-learn itself draws the cut, so it stays equal where a
+  class's share is not a whole number (sklearn then spends extra random
+  draws on which classes round up).
 
   Args:
     labels: int array (N,).
-    fraction: share of every class held out, in (0, 1).
-    seed: seed of the cut.
+    fraction: share held out, in (0, 1).
+    seed: `random_state` of the cut.
 
   Returns:
-    (train_indices, test_indices), disjoint, covering 0..N-1.
+    (train_indices, test_indices): disjoint, covering 0..N-1, each in the
+    order `train_test_split` returns them (the order the PyTorch code's
+    two datasets would have had, so few-shot draws are the ones it meant).
+
+  Raises:
+    DataError: a class too small to be cut (sklearn needs two examples per
+      class, and at least one per class on each side).
   """
+  # Imported here: scikit-learn takes seconds to import, and only EuroSAT
+  # needs it.
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
   labels = np.asarray(labels)
-  rng = np.random.RandomState(seed)
-  held_out = []
-  for c in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    held_out.append(members[:int(round(fraction * len(members)))])
-  test = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, int)
-  train = np.setdiff1d(np.arange(len(labels)), test)
+  try:
+    train, test = model_selection.train_test_split(
+        np.arange(len(labels), dtype=np.int64), test_size=fraction,
+        stratify=labels, random_state=seed)
+  except ValueError as e:
+    raise DataError(
+        f'cannot hold out a stratified {fraction:.0%} of {len(labels)} '
+        f'examples in {len(np.unique(labels))} classes ({e}); every class '
+        'needs more examples.') from e
   return train.astype(np.int64), test.astype(np.int64)
 
 

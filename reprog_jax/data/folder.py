@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from reprog_jax.data.errors import DataError
+from reprog_jax.data.errors import DataNotFound
 
 # torchvision's ImageFolder extensions, so the same trees work in both.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
@@ -53,13 +54,14 @@ def list_folder_split(
     their int64 labels, and the class directory names in label order.
 
   Raises:
-    DataError: if the split directory is missing, its class directories are
-      not the expected ones, or a class directory holds no image.
+    DataNotFound: if the split directory is missing.
+    DataError: if its class directories are not the expected ones, or a
+      class directory holds no image.
   """
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
-    raise DataError(f'{dataset}: no folder split at {split_dir}.'
-                    + (f' {prepare_hint}' if prepare_hint else ''))
+    raise DataNotFound(f'{dataset}: no folder split at {split_dir}.'
+                       + (f' {prepare_hint}' if prepare_hint else ''))
   found = _subdirectories(split_dir)
   if folder_classes is not None:
     missing = [c for c in folder_classes if c not in found]
@@ -111,3 +113,7 @@ class FolderSource:
   def labels(self) -> np.ndarray:
     """The label of every example, without reading an image."""
     return self._labels.copy()
+
+  def locate(self, index: int) -> str:
+    """The file of example `index`."""
+    return self._paths[index]

@@ -7,7 +7,9 @@ False, so shapes stay static and every example comes exactly once.
 
 Decoding, resizing and batching run inside grain: in `worker_count` spawned
 processes, each with `read_threads` threads (PIL releases the GIL), or in
-threads of the calling process when `worker_count == 0`.
+threads of the calling process when `worker_count == 0`. A file that does
+not read or decode raises one `DataError` line naming it
+(`preprocess.unreadable`), from a worker process too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from absl import flags
 import grain
 import numpy as np
 
+from reprog_jax.data import preprocess
+from reprog_jax.data.errors import DataError
 from reprog_jax.data.preprocess import load_uint8_image
 
 
@@ -30,10 +34,12 @@ class _LoadBatch:
   memory, which grain then hands to the main process without another copy.
   """
 
-  def __init__(self, source, image_size: int, shared_memory: bool = False):
+  def __init__(self, source, image_size: int, shared_memory: bool = False,
+               origin: preprocess.Origin = preprocess.Origin()):
     self._source = source
     self._size = image_size
     self._shared_memory = shared_memory
+    self._origin = origin
 
   def __call__(self, indices: np.ndarray) -> dict:
     count = len(indices)
@@ -45,8 +51,15 @@ class _LoadBatch:
     mask = np.asarray(indices) >= 0
     for row, index in enumerate(indices):
       if index >= 0:
-        item = self._source[int(index)]
-        images[row] = load_uint8_image(item['image'], self._size)
+        try:
+          item = self._source[int(index)]
+          pixels = load_uint8_image(item['image'], self._size)
+        except (DataError, *preprocess.DECODE_ERRORS) as e:
+          if self._shared_memory:  # Nobody else will free it.
+            images.unlink_on_del()
+          raise preprocess.unreadable(self._origin, self._source,
+                                      int(index), e) from e
+        images[row] = pixels
         labels[row] = item['label']
     return {'image': images, 'label': labels, 'mask': mask}
 
@@ -58,8 +71,9 @@ def num_batches(count: int, batch_size: int) -> int:
 
 def decode_batches(source, source_indices: np.ndarray, *, image_size: int,
                    batch_size: int, worker_count: int = 0,
-                   read_threads: int = 4,
-                   prefetch_batches: int = 2) -> Iterator[dict]:
+                   read_threads: int = 4, prefetch_batches: int = 2,
+                   origin: preprocess.Origin = preprocess.Origin()
+                   ) -> Iterator[dict]:
   """Yields the examples `source_indices` of `source`, decoded, in order.
 
   Args:
@@ -71,10 +85,15 @@ def decode_batches(source, source_indices: np.ndarray, *, image_size: int,
     worker_count: grain worker processes (0: threads of this process).
     read_threads: decoding threads per process.
     prefetch_batches: batches buffered ahead (per worker process).
+    origin: the split the examples belong to, named with a bad file.
 
   Yields:
     `num_batches(N, B)` dicts: 'image' uint8 (B, H, W, 3) (zeros in blank
     slots), 'label' int32 (B,), 'mask' bool (B,) (False on blank slots).
+
+  Raises:
+    DataError: an example whose file cannot be read or decoded (the first
+      one met), in one line naming it.
   """
   indices = np.asarray(source_indices, np.int64)
   padded = np.full(num_batches(len(indices), batch_size) * batch_size, -1,
@@ -83,7 +102,7 @@ def decode_batches(source, source_indices: np.ndarray, *, image_size: int,
   batches = (grain.MapDataset.source(padded)
              .batch(batch_size, batch_fn=np.asarray)
              .map(_LoadBatch(source, image_size,
-                             shared_memory=worker_count > 0)))
+                             shared_memory=worker_count > 0, origin=origin)))
   # A thread can only work on a batch it has buffer room for.
   dataset = batches.to_iter_dataset(grain.ReadOptions(
       num_threads=read_threads,

@@ -80,8 +80,10 @@ class DatasetInfo:
     class_names: T names, in label order.
     vp_size: side of the image inside the visual prompt (32 or 128).
     holdout_fraction: if set, train and test are one split cut in two: a
-      stratified `holdout_fraction` of every class is the test set.
-    holdout_seed: seed of that cut.
+      stratified `holdout_fraction` is the test set (`stratified_holdout`:
+      scikit-learn's `train_test_split`, over the examples in
+      torchvision's `ImageFolder` order).
+    holdout_seed: `random_state` of that cut.
     folder_classes: for folder datasets, the class directory names in label
       order; None means "sorted directory names" (torchvision's rule).
     notes: how this differs from the PyTorch version's data, if at all.
@@ -147,11 +149,13 @@ _REGISTRY: dict[str, _Spec] = {
                         notes="tfds 'train' is the trainval split."),
     'eurosat': _Spec(
         'eurosat', 'rgb', 'train', 'train', 10, 128, holdout_fraction=0.1,
-        notes='Stratified 90/10 cut of tfds order with NumPy seed 1: the '
-        'cut the PyTorch version meant, not the same images. Its code '
-        'serves all 27,000 images as both train and test (it assigns '
-        '.data/.targets to an ImageFolder, which reads .samples), so its '
-        'EuroSAT numbers are test-on-train.'),
+        notes='The stratified 90/10 cut the PyTorch version meant, the same '
+        'images: sklearn train_test_split(test_size=0.1, stratify=labels, '
+        'random_state=1) over the images in ImageFolder order (tfds '
+        'examples matched by file name). Its code serves all 27,000 images '
+        'as both train and test (it assigns .data/.targets to an '
+        'ImageFolder, which reads .samples), so its EuroSAT numbers are '
+        'test-on-train.'),
     'food101': _Spec(
         'food101', None, 'train', 'validation', 101, 128,
         notes='The PyTorch version reads CoOp\'s split (its train and test '

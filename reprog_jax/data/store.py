@@ -23,6 +23,7 @@ import numpy as np
 import tqdm
 
 from reprog_jax.data import pipeline
+from reprog_jax.data import preprocess
 
 
 class RowStore:
@@ -87,7 +88,8 @@ def decode_once(source, source_indices: np.ndarray, labels: np.ndarray,
                 split_positions: np.ndarray, *, image_size: int,
                 worker_count: int = 0, read_threads: int = 4,
                 prefetch_batches: int = 2, batch_size: int = 256,
-                progress: bool = False, desc: str = 'decoding') -> RowStore:
+                progress: bool = False, desc: str = 'decoding',
+                origin: preprocess.Origin = preprocess.Origin()) -> RowStore:
   """Decodes and resizes examples once, into a uint8 `RowStore`.
 
   Args:
@@ -102,6 +104,10 @@ def decode_once(source, source_indices: np.ndarray, labels: np.ndarray,
     batch_size: images decoded per grain call.
     progress: show a progress bar.
     desc: its label.
+    origin: the split the examples belong to, named with a bad file.
+
+  Raises:
+    DataError: a file that cannot be read or decoded, in one line.
   """
   count = len(source_indices)
   pixels = np.zeros((count, image_size, image_size, 3), np.uint8)
@@ -109,7 +115,7 @@ def decode_once(source, source_indices: np.ndarray, labels: np.ndarray,
   batches = pipeline.decode_batches(
       source, source_indices, image_size=image_size, batch_size=batch_size,
       worker_count=worker_count, read_threads=read_threads,
-      prefetch_batches=prefetch_batches)
+      prefetch_batches=prefetch_batches, origin=origin)
   bar = tqdm.tqdm(batches, total=pipeline.num_batches(count, batch_size),
                   desc=desc, leave=False, dynamic_ncols=True,
                   disable=not progress, unit='batch')
@@ -125,7 +131,13 @@ def decode_split(split, positions: np.ndarray, **kwargs) -> RowStore:
   `sources.Split`; `kwargs` are `decode_once`'s (`image_size`, ...)."""
   positions = np.asarray(positions, np.int64)
   return decode_once(split.source, split.indices[positions],
-                     split.labels[positions], positions, **kwargs)
+                     split.labels[positions], positions,
+                     origin=split_origin(split), **kwargs)
+
+
+def split_origin(split) -> preprocess.Origin:
+  """The `preprocess.Origin` of a `sources.Split`'s examples."""
+  return preprocess.Origin(split.dataset, split.name, split.doctor)
 
 
 class Sampler:

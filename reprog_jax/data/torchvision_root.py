@@ -11,7 +11,8 @@ so that after our Resize and [0, 1] scaling the pixels equal theirs.
 
 EuroSAT is one set in torchvision: `RootSplit.needs_holdout` tells the caller
 to cut the registry's stratified 90/10 split out of it (the split the
-PyTorch code meant; see the registry notes).
+PyTorch code meant; see the registry notes). CIFAR's pickles are read with
+`safe_pickle` (a root whose pickle would call code is refused).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import numpy as np
 
 from reprog_jax.data import coop_lmdb
 from reprog_jax.data import folder as folder_lib
+from reprog_jax.data import safe_pickle
 from reprog_jax.data.errors import DataError
+from reprog_jax.data.errors import DataNotFound
 from reprog_jax.data.registry import DatasetInfo
 
 
@@ -38,19 +41,24 @@ class RootSplit:
       encoded bytes) with `labels()`.
     needs_holdout: the files hold one set (EuroSAT); the caller cuts the
       registry's hold-out out of it for both 'train' and 'test'.
+    class_names: the names the files give the classes (a CoOp LMDB's
+      split.json), or None for the registry's.
   """
   source: object
   needs_holdout: bool = False
+  class_names: tuple[str, ...] | None = None
 
 
 class ArraySource:
   """Decoded uint8 images (N, H, W, 3) held in memory, with their labels."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: np.ndarray,
+               where: str = ''):
     if len(images) != len(labels):
       raise ValueError('images and labels differ in length.')
     self._images = images
     self._labels = np.asarray(labels, np.int64)
+    self._where = where
 
   def __len__(self) -> int:
     return len(self._images)
@@ -60,6 +68,10 @@ class ArraySource:
 
   def labels(self) -> np.ndarray:
     return self._labels.copy()
+
+  def locate(self, index: int) -> str:
+    """Where example `index` came from (the files it was read from)."""
+    return f'{self._where} image {index}'
 
 
 # What to run in the PyTorch environment when a file is missing.
@@ -79,12 +91,35 @@ _DOWNLOAD = {
 }
 
 
+# What `<root>/<name>` must hold, per dataset (the doctor shows it).
+LAYOUT = {
+    'cifar10': 'cifar10/cifar-10-batches-py/ (the python pickles)',
+    'cifar100': 'cifar100/cifar-100-python/',
+    'svhn': 'svhn/train_32x32.mat, svhn/test_32x32.mat',
+    'gtsrb': 'gtsrb/gtsrb/GTSRB/Training/<class id>/*.ppm, '
+             'gtsrb/gtsrb/GTSRB/Final_Test/Images/, '
+             'gtsrb/gtsrb/GT-final_test.csv',
+    'dtd': 'dtd/dtd/dtd/images/, dtd/dtd/dtd/labels/{train,test}1.txt',
+    'flowers102': 'flowers102/flowers-102/jpg/, imagelabels.mat, setid.mat',
+    'oxfordpets': 'oxfordpets/oxford-iiit-pet/images/, '
+                  'annotations/{trainval,test}.txt',
+    'eurosat': 'eurosat/eurosat/2750/<class>/*.jpg',
+}
+for _name in coop_lmdb.DATASETS:
+  LAYOUT[_name] = f'{_name}/{{train,test}}.lmdb, {_name}/split.json (CoOp LMDB)'
+
+
+def reads(name: str) -> bool:
+  """Whether the PyTorch version read `name` from its data root."""
+  return name in LAYOUT
+
+
 def _require(path: str, name: str) -> str:
   """Returns `path`, or raises the one-line error naming what to fetch."""
   if not os.path.exists(path):
     how = _DOWNLOAD.get(name, coop_lmdb.HOW_TO_GET)
-    raise DataError(f'{name}: {path} not found (torchvision data root); get '
-                    f'it with {how}, or pick another data_dir.')
+    raise DataNotFound(f'{name}: {path} not found (torchvision data root); '
+                       f'get it with {how}, or pick another data_dir.')
   return path
 
 
@@ -105,9 +140,13 @@ def _check_class_count(name: str, found: int, expected: int, where: str):
 
 
 def _unpickle(path: str, name: str):
+  # CIFAR's batches are Python 2 pickles of dicts, lists, str and a NumPy
+  # array: `safe_pickle` admits that and refuses a pickle that calls code.
   try:
     with open(path, 'rb') as f:
-      return pickle.load(f, encoding='latin1')
+      return safe_pickle.load(f, what=f'{name}: {path}', encoding='latin1')
+  except DataError:
+    raise
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError,
           AttributeError, IndexError) as e:
     raise DataError(f'{name}: {path} is truncated or not a CIFAR pickle '
@@ -169,8 +208,9 @@ def _cifar(info: DatasetInfo, split: str, base: str) -> RootSplit:
   if key not in labels:
     raise DataError(f'{info.name}: {base} pickles have no {key!r}; is this '
                     'the right dataset?')
-  return RootSplit(ArraySource(images, _check_labels(
-      info.name, labels[key], info.num_classes, base)))
+  labels = _check_labels(info.name, labels[key], info.num_classes, base)
+  return RootSplit(ArraySource(images, labels,
+                               where=f'{base} ({split} pickles)'))
 
 
 def read_svhn_mat(path: str, name: str = 'svhn') -> tuple[np.ndarray,
@@ -191,10 +231,10 @@ def read_svhn_mat(path: str, name: str = 'svhn') -> tuple[np.ndarray,
 
 
 def _svhn(info: DatasetInfo, split: str, base: str) -> RootSplit:
-  images, labels = read_svhn_mat(os.path.join(base, f'{split}_32x32.mat'),
-                                 info.name)
+  path = os.path.join(base, f'{split}_32x32.mat')
+  images, labels = read_svhn_mat(path, info.name)
   labels = _check_labels(info.name, labels, info.num_classes, base)
-  return RootSplit(ArraySource(images, labels))
+  return RootSplit(ArraySource(images, labels, where=path))
 
 
 def _gtsrb(info: DatasetInfo, split: str, base: str) -> RootSplit:
@@ -346,7 +386,8 @@ def open_root_split(info: DatasetInfo, split: str, root: str) -> RootSplit:
   base = os.path.join(os.path.expanduser(root), info.name)
   if os.path.exists(os.path.join(base, 'train.lmdb')) or (
       info.name not in _READERS and info.name in coop_lmdb.DATASETS):
-    return RootSplit(coop_lmdb.open_lmdb_split(info, split, base))
+    source, class_names = coop_lmdb.open_lmdb_split(info, split, base)
+    return RootSplit(source, class_names=class_names)
   if info.name not in _READERS:
     raise DataError(f'{info.name}: the PyTorch version did not read it from '
                     'a torchvision data root; use source=tfds or folder.')

@@ -368,7 +368,8 @@ def _encode_split(split, positions, network, encode, layout, config,
       split.source, split.indices[positions], image_size=image_size,
       batch_size=batch_size, worker_count=config.data.worker_count,
       read_threads=config.data.read_threads,
-      prefetch_batches=config.data.prefetch_batches)
+      prefetch_batches=config.data.prefetch_batches,
+      origin=data.split_origin(split))  # A bad file is named in one line.
   outputs = []
   bar = tqdm.tqdm(batches, total=pipeline.num_batches(len(positions),
                                                       batch_size),
