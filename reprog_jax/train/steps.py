@@ -235,8 +235,9 @@ def make_encode_step(method, layout, precision: str | None = None):
   does not cache them (`cache_features=False`), which must run the cache's
   program to train the same head to the bit. So a run gives it its
   `eval_precision` everywhere: then the head trains and is evaluated on
-  features of one arithmetic, and the cost of 'highest' is paid once per
-  split where features are cached (every step only where they are not).
+  features computed at one precision (each split at its network's dtype),
+  and the cost of 'highest' is paid once per split where features are
+  cached (every step only where they are not).
   """
 
   def encode_step(network, images):
