@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from reprog_jax.tools import bench
-from reprog_jax.tools import bench_sides
+from reprog_jax.train import steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,9 +19,11 @@ TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
 
 @pytest.mark.parametrize("extra, expected", [
     (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
-      "--profile"],
+      "--profile", "--peak-tflops", "2"],
      [r"^ours: [\d,.]+ images/s", r"^pytorch: [\d,.]+ images/s",
-      r"^ours: .*TFLOP/s achieved", r"^input side: [\d,]+ images/s",
+      r"^ours: [\d.]+ TFLOP/s achieved = [\d.]+% of the given peak of 1 x "
+      r"cpu \(2 TFLOP/s\)$", r"^input side: [\d,]+ images/s",
+      r"^pytorch \(same FLOPs\): .* of the given peak",
       r"^profile of our step \([\d,]+ ms", r"^  backward convolution: "]),
     (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
       "--seeds", "2"],
@@ -37,14 +39,25 @@ TINY = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup",
     (["--method", "ilm_vp", "--image-size", "8", "--output-size", "32",
       "--set", "label_mapping=blmpp"],
      [r"^setting: ilm_vp \(label_mapping blmpp,", r"^ours: [\d,.]+ images/s",
-      r"^pytorch: [\d,.]+ images/s"]),
+      r"^pytorch: [\d,.]+ images/s",
+      # A CPU has no peak in the table: no percentage, and how to give one.
+      r"^ours: [\d.]+ TFLOP/s achieved \(no float32 peak known for cpu: "
+      r"pass --peak-tflops\)$"]),
+    # The features are encoded at the run config's eval_precision.
     (["--method", "linear_probe", "--image-size", "32", "--whole-lp",
-      "--examples", "6", "--epochs", "3"],
+      "--examples", "6", "--epochs", "3", "--set", "eval_precision=default"],
      [r"^  ours, cached features: ", r"^  PyTorch, recomputing: ",
       r"^cached / recomputing: [\d.]+x faster$"]),
 ])
-def test_tiny_benchmark_prints_every_figure(extra, expected, capsys):
+def test_tiny_benchmark_prints_every_figure(extra, expected, capsys,
+                                           monkeypatch):
+  asked = []
+  make = steps.make_encode_step
+  monkeypatch.setattr(steps, "make_encode_step", lambda *a, **k: (
+      asked.append(k.get("precision")), make(*a, **k))[1])
   assert bench.main(TINY + extra) == 0
+  if "--whole-lp" in extra:
+    assert asked == ["default"]
   lines = capsys.readouterr().out.strip().splitlines()
   assert re.fullmatch(r"ratio ours/pytorch = \d+\.\d\d", lines[-1])
   assert lines[0].startswith("machine: ")
@@ -65,6 +78,7 @@ def test_tiny_benchmark_prints_every_figure(extra, expected, capsys):
     (["--devices", "2", "--batch", "3"],
      "--batch 3 must be a multiple of --devices 2"),
     (["--n-shot", "0"], "--n-shot must be >= 1 or -1"),
+    (["--peak-tflops", "0"], "--peak-tflops 0 must be > 0"),
     (["--set", "nope=1"], "--set 'nope=1': want FIELD=VALUE with FIELD one "
      "of the method's config fields"),
     (["--set", "batch_size=x"], "--set 'batch_size=x': 'x' is not a int"),
@@ -102,21 +116,7 @@ def test_ours_runs_on_one_of_several_devices_without_preallocation():
   assert "ours on 1 of 2 devices" in out
 
 
-@pytest.mark.parametrize("name, kind", [
-    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc",
-     "convolution"),
-    ("cudnn::engines_precompiled::dgrad2d_grouped_direct_kernel",
-     "convolution"),
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64",
-     "matmul"),
-    ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_32x6_tn_align8",
-     "matmul"),
-    ("input_reduce_fusion_3", "reduction"),
-    ("Memcpy HtoD (Pageable -> Device)", "memory copy"),
-    ("loop_add_multiply_fusion_12", "element-wise and other"),
-])
-def test_gpu_kernels_are_counted_by_kind(name, kind):
-  assert bench_sides.kernel_kind(name) == kind
+# The profile's kinds of GPU kernels and the peaks: tests/test_profile.py.
 
 
 def test_tuned_pytorch_reference_computes_what_the_written_one_does():

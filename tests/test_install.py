@@ -1,6 +1,9 @@
 """pyproject's extras: the ones the README installs exist, and the optional
-pieces (GPU, TPU, TensorBoard, W&B) each have one; and a wheel, installed
-away from the checkout, runs a preset by name."""
+pieces (GPU with CUDA 12 or 13, TPU, TensorBoard, W&B) each have one; a
+wheel, installed away from the checkout, runs a preset by name; and the
+README's offline install (a wheelhouse, then `--no-index`) is what
+`.ci/offline_install_check.sh` runs (the check itself, slow and needing
+PyPI, only when asked)."""
 
 import json
 import os
@@ -55,6 +58,10 @@ def test_optional_pieces_have_extras():
   by_name = {name: {(r.name, frozenset(r.extras)) for r in rs}
              for name, rs in requirements.items()}
   assert ("jax", frozenset({"cuda12"})) in by_name["gpu"]
+  assert ("jax", frozenset({"cuda12"})) in by_name["cuda12"]
+  assert ("jax", frozenset({"cuda13"})) in by_name["cuda13"]
+  # `gpu` is `cuda12` under its older name, nothing more or less.
+  assert table["gpu"] == table["cuda12"]
   assert ("jax", frozenset({"tpu"})) in by_name["tpu"]
   assert ("tensorboard", frozenset()) in by_name["tensorboard"]
   assert ("wandb", frozenset()) in by_name["wandb"]
@@ -134,3 +141,53 @@ def test_installed_package_runs_a_preset_by_name_outside_the_checkout(
   assert proc.stderr.startswith("reprog_jax.main: error: --config=nonesuch:"
                                 "smoke: no preset module 'nonesuch'; use one "
                                 "of ilm_vp, linear_probe, study")
+
+
+# --------------------------------------------------------------------------
+# The offline install (README "On a node without internet")
+# --------------------------------------------------------------------------
+
+CHECK = ROOT / ".ci" / "offline_install_check.sh"
+
+
+def _offline_block() -> str:
+  text = (ROOT / "README.md").read_text()
+  match = re.search(r"<!-- offline-install -->\s*```bash\n(.*?)\n```", text,
+                    re.S)
+  assert match, "no command after <!-- offline-install --> in README.md"
+  return match.group(1)
+
+
+def test_the_offline_install_builds_a_wheelhouse_and_installs_from_it_alone():
+  pips = [line for line in _offline_block().splitlines()
+          if line.startswith("pip ")]
+  wheel, download, install = pips
+  # The project's wheel, and one of tensorflow-datasets' `promise`, which
+  # PyPI has only as source (pure Python: built once, fits any node).
+  assert wheel == "pip wheel --no-deps -w wheelhouse . promise"
+  # Wheels only, for the node's Python and each manylinux tag it runs
+  # (jaxlib's wheels are manylinux 2.27), the built ones included.
+  for flag in ("-d wheelhouse", "--find-links wheelhouse",
+               "--only-binary=:all:",
+               "--python-version 3.11", "--platform manylinux2014_x86_64",
+               "seq 17 28", "--platform manylinux_2_${minor}_x86_64"):
+    assert flag in download, flag
+  assert download.endswith('"$(ls wheelhouse/reprog_jax-*.whl)[cuda12]"')
+  assert install == ("pip install --no-index --find-links wheelhouse "
+                     "'reprog-jax[cuda12]'")
+  assert extras_named(_offline_block()) <= set(extras())
+  # The manual check runs this very block, less the CUDA extra.
+  script = CHECK.read_text()
+  assert "<!-- offline-install -->" in script
+  assert "${block//\\[cuda12\\]/}" in script
+
+
+@pytest.mark.skipif(os.environ.get("REPROG_JAX_OFFLINE_INSTALL_CHECK") != "1",
+                    reason="slow, needs PyPI: set "
+                    "REPROG_JAX_OFFLINE_INSTALL_CHECK=1 to run the offline "
+                    "install check")
+def test_offline_install_check_passes(tmp_path):
+  proc = subprocess.run(["bash", str(CHECK), str(tmp_path / "check")],
+                        capture_output=True, text=True, timeout=3600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "offline install check passed" in proc.stdout

@@ -27,7 +27,8 @@ tuned one. After warm-up the two alternate, `--rounds` times
 
 Modes:
 - default: images/s of one training step, and achieved FLOP/s (XLA's count
-  of our step's FLOPs) against the device's peak where known;
+  of our step's FLOPs) against the device's peak: its exact model's dense
+  16-bit tensor peak (`device_profile.PEAK_TFLOPS`), or `--peak-tflops`;
 - `--seeds S`: S seeds in one vmapped step against S sequential steps (ours
   and PyTorch's), the same examples per seed;
 - `--n-shot K`: one epoch of K examples per class (`--num-classes`; -1:
@@ -61,13 +62,9 @@ from reprog_jax import errors
 from reprog_jax import methods
 from reprog_jax.model import network as network_lib
 from reprog_jax.tools import bench_sides
+from reprog_jax.tools import device_profile
 from reprog_jax.train import run_config
 from reprog_jax.train import steps
-
-# Dense bfloat16 peak FLOP/s by device kind (substring match).
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12,
-             "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v4": 275e12}
-
 
 class BenchError(errors.UserError, ValueError):
   """A bad argument or an unavailable device, in one line."""
@@ -121,6 +118,10 @@ def parse(argv):
   parser.add_argument("--profile", action="store_true",
                       help="also print where our step's time goes, by kind "
                       "of operation (an XLA profile of --steps steps)")
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="one device's peak TFLOP/s for the percentages "
+                      "(default: the device model's dense 16-bit tensor "
+                      "peak where the table knows it)")
   args = parser.parse_args(argv)
   if args.batch is None:
     args.batch = 128 if args.device == "gpu" else 16
@@ -130,6 +131,8 @@ def parse(argv):
       raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
   if args.warmup < 0 or args.seeds < 0:
     raise BenchError("--warmup and --seeds must be >= 0")
+  if args.peak_tflops is not None and not args.peak_tflops > 0:
+    raise BenchError(f"--peak-tflops {args.peak_tflops:g} must be > 0")
   if args.n_shot is not None and (
       args.n_shot == 0 or args.n_shot < -1 or args.seeds or args.whole_lp):
     raise BenchError("--n-shot must be >= 1 or -1 (the full --examples), "
@@ -175,24 +178,23 @@ def _config(args):
   return config
 
 
-def _peak(dtype) -> float | None:
-  """One device's dense bf16 (and fp16) peak FLOP/s, if known."""
-  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-    return None
-  kind = jax.devices()[0].device_kind
-  return next((peak for name, peak in PEAK_BF16.items() if name in kind),
-              None)
-
-
-def _flops_line(name, flops, seconds, dtype, devices=1) -> str:
+def _flops_line(name, flops, seconds, dtype, given_tflops, devices=1
+                ) -> str:
   if not flops:
     return f"{name}: FLOP count unavailable"
   achieved = flops / seconds
-  peak = _peak(dtype) and _peak(dtype) * devices  # Of the devices used.
-  versus = (f" = {achieved / peak:.1%} of the bf16 peak of {devices} x "
-            f"{jax.devices()[0].device_kind} ({peak / 1e12:.0f} TFLOP/s)"
-            if peak else " (device peak unknown)")
-  return f"{name}: {achieved / 1e12:.3f} TFLOP/s achieved{versus}"
+  kind = jax.devices()[0].device_kind
+  peak = device_profile.peak_flops(kind, dtype, given_tflops)
+  if peak is None:
+    return (f"{name}: {achieved / 1e12:.3f} TFLOP/s achieved (no "
+            f"{jnp.dtype(dtype).name} peak known for {kind}: pass "
+            f"--peak-tflops)")
+  what = ("the given peak" if given_tflops is not None
+          else "the dense 16-bit tensor peak")
+  peak *= devices  # Of the devices used.
+  return (f"{name}: {achieved / 1e12:.3f} TFLOP/s achieved = "
+          f"{achieved / peak:.1%} of {what} of {devices} x {kind} "
+          f"({peak / 1e12:.0f} TFLOP/s)")
 
 
 def _cpu_model() -> str:
@@ -292,13 +294,14 @@ def _one_step(args, network, theirs, dtype) -> float:
     print(f"{name}: {args.batch / seconds[name]:,.1f} images/s "
           f"({seconds[name] * 1e3:.1f} ms per step)")
   print(_flops_line("ours", ours.flops, seconds["ours"], dtype,
-                    len(args.used_devices)))
+                    args.peak_tflops, len(args.used_devices)))
   for name in sides:
     print(_flops_line(f"{name} (same FLOPs)", ours.flops, seconds[name],
-                      jnp.float16 if args.device == "gpu" else jnp.float32))
+                      jnp.float16 if args.device == "gpu" else jnp.float32,
+                      args.peak_tflops))
   print(f"input side: {feed:,.0f} images/s from the decoded store")
   if args.profile:
-    bench_sides.profile(ours, our_batch, args.steps)
+    device_profile.profile(ours, our_batch, args.steps)
   return seconds[list(sides)[-1]] / seconds["ours"]
 
 
@@ -350,8 +353,8 @@ def _seeds(args, network, theirs, dtype) -> float:
   together = bench_sides.Ours(args, network, count, encoded=encoded)
   alone = bench_sides.Ours(args, network, 1, encoded=encoded)
   images = bench_sides.host_batch(args, num_seeds=count)
-  hosts = (dict(images,
-                image=bench_sides.features(together, images["image"]))
+  hosts = (dict(images, image=bench_sides.features(
+      together, images["image"], args.config.eval_precision))
            if encoded else images)
   batch_together = together.put(hosts)
   batches_alone = [alone.put(jax.tree.map(lambda x: x[k:k + 1], hosts))
@@ -386,7 +389,9 @@ def _whole_lp(args, network, theirs, dtype) -> float:
   recompute = bench_sides.Ours(args, network, 1)
   host = bench_sides.host_batch(args)
   images = recompute.put(jax.tree.map(lambda x: x[None], host))
-  encode = steps.make_encode_step(cached.method, cached.layout)
+  # As a run encodes: at its eval_precision (`steps.make_encode_step`).
+  encode = steps.make_encode_step(cached.method, cached.layout,
+                                  precision=args.config.eval_precision)
   image_batch = cached.layout.put(host["image"], cached.layout.batch)
   features = encode(cached.network, image_batch)
   feature_batch = cached.put({"image": np.asarray(features)[None],

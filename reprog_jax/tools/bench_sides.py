@@ -1,7 +1,8 @@
 """The two sides of `reprog_jax.bench` and how they are timed: our jitted
 step (built through the registry, `methods.build`) and the method's PyTorch
 reference step (`MethodSpec.torch_reference`), on device-resident batches;
-interleaved timing; the input side's images/s."""
+interleaved timing; the input side's images/s. (Where the step's time goes,
+`--profile`, is `device_profile`.)"""
 
 import statistics
 import time
@@ -153,83 +154,11 @@ def input_images_per_second(args, num_seeds, layout, seconds=1.0):
   return served / (time.perf_counter() - started)
 
 
-def features(ours, images):
-  """Pooled features of uint8 `images` (..., H, W, 3), as cached."""
-  encode = steps.make_encode_step(ours.method, ours.layout)
+def features(ours, images, precision=None):
+  """Pooled features of uint8 `images` (..., H, W, 3), as cached (at the
+  run's `eval_precision`, `precision`)."""
+  encode = steps.make_encode_step(ours.method, ours.layout,
+                                  precision=precision)
   flat = images.reshape((-1,) + images.shape[-3:])
   features = encode(ours.network, ours.layout.put(flat, ours.layout.batch))
   return np.asarray(features).reshape(images.shape[:-3] + (-1,))
-
-
-# --------------------------------------------------------------------------
-# Profile
-# --------------------------------------------------------------------------
-
-# GPU kernel names (cuDNN, cuBLAS, CUTLASS, XLA's own fusions) by kind, the
-# first match wins; XLA's HLO names do not name the cuDNN kernels that run
-# the convolutions, so kernels are classified by their own names.
-KERNEL_KINDS = (
-    ("convolution", ("conv", "cudnn", "implicit_gemm", "fprop", "dgrad",
-                     "wgrad", "xmma_fprop", "winograd")),
-    ("matmul", ("gemm", "cutlass", "cublas", "matmul", "dot", "nvjet")),
-    ("reduction", ("reduce", "reduction")),
-    ("memory copy", ("memcpy", "memset", "copy", "transpose")),
-    ("element-wise and other", ("",)),
-)
-
-
-def kernel_kind(name: str) -> str:
-  """The kind of a GPU kernel (or XLA op) by its name."""
-  lower = name.lower()
-  return next(kind for kind, parts in KERNEL_KINDS
-              if any(part in lower for part in parts))
-
-
-def profile(ours, batch, count) -> None:
-  """Prints where our step's device time goes: on a CPU by (forward /
-  backward, kind of JAX op), summed over XLA's threads; on a GPU by kind
-  of kernel (with kernel counts), summed over streams."""
-  import collections  # pylint: disable=g-import-not-at-top
-  import glob  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  hlo = ours.step.lower(ours.state, ours.network, ours.mappings,
-                        batch).compile().as_text()
-  op_names = {}  # HLO instruction -> the JAX op it came from.
-  for line in hlo.splitlines():
-    match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*", line)
-    if match:
-      found = re.search(r'op_name="([^"]*)"', line)
-      op_names.setdefault(match.group(1), found.group(1) if found else "")
-  with tempfile.TemporaryDirectory() as trace_dir:
-    with jax.profiler.trace(trace_dir):
-      ours.run(batch, count)
-    trace, = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
-    data = jax.profiler.ProfileData.from_file(trace)
-  cpu = jax.default_backend() == "cpu"
-  totals, kernels = collections.Counter(), collections.Counter()
-  for plane in data.planes:
-    if not cpu and not plane.name.startswith("/device:"):
-      continue
-    for line in plane.lines:
-      if cpu and not line.name.startswith("tf_XLAEigen"):
-        continue  # XLA's CPU worker threads run the ops.
-      for event in line.events:
-        if cpu:
-          if event.name not in op_names:
-            continue
-          op = op_names[event.name]
-          kind = ("matmul" if "dot_general" in op else
-                  "convolution" if "conv_general" in op else
-                  "pooling" if "pool" in op or "reduce_window" in op else
-                  "element-wise and other")
-          kind = ("backward " if "transpose(" in op else "forward ") + kind
-        else:
-          kind = kernel_kind(event.name)
-        totals[kind] += event.duration_ns / 1e6 / count
-        kernels[kind] += 1
-  print(f"profile of our step ({sum(totals.values()):,.0f} ms of device "
-        f"time per step, summed over {'threads' if cpu else 'streams'}):")
-  for name, ms in totals.most_common():
-    print(f"  {name}: {ms:,.1f} ms"
-          + ("" if cpu else f" ({kernels[name] / count:,.0f} kernels)"))

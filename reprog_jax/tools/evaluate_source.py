@@ -12,20 +12,28 @@ crop 224, scale to [0, 1], ImageNet normalisation. The top-1 (in %) is
 written atomically into the network's meta.json as `source_top1`
 (`network_dir.record_source_accuracy`): the report's claim 1 compares a dense
 network and its ticket by it ("their upstream performance is similar").
+
+Every matmul and convolution runs at `--eval-precision` (default
+'highest': true float32, as a run's evaluation at its default
+`eval_precision`; 'default' lets XLA use TF32 on Ampere and Hopper GPUs),
+and the record says which.
 """
 
 
 import os
 import sys
 
+import jax
 import numpy as np
 from PIL import Image
 
 from reprog_jax import cli
 from reprog_jax import errors
 from reprog_jax.data import folder
+from reprog_jax.model import network as network_lib
 from reprog_jax.model import network_dir
 from reprog_jax.model import prompts
+from reprog_jax.train import run_config
 
 RESIZE, CROP = 256, 224
 
@@ -73,15 +81,29 @@ def load_image(path) -> np.ndarray:
   return (array - mean) / std
 
 
-def top1(network, paths, labels, batch_size=64, progress=True) -> float:
-  """The network's top-1 accuracy (in %) on the listed images."""
+def make_logits(precision: str):
+  """`(network, images) -> logits`, jitted, with every matmul and
+  convolution at `precision` ('highest', 'default')."""
+
+  def logits(network, images):
+    with jax.default_matmul_precision(precision):
+      return network_lib.forward(network, images)
+
+  return jax.jit(logits)
+
+
+def top1(network, paths, labels, batch_size=64, progress=True,
+         precision="highest") -> float:
+  """The network's top-1 accuracy (in %) on the listed images, computed at
+  `precision`."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  logits = make_logits(precision)
   correct = 0
   bar = tqdm(total=len(paths), unit="img", disable=not progress,
              desc="source top-1")
   for start in range(0, len(paths), batch_size):
     batch = np.stack([load_image(p) for p in paths[start:start + batch_size]])
-    predicted = np.asarray(network.logits(batch)).argmax(-1)
+    predicted = np.asarray(logits(network, batch)).argmax(-1)
     correct += int((predicted == labels[start:start + batch_size]).sum())
     bar.update(len(batch))
     bar.set_postfix(top1=f"{100 * correct / (start + len(batch)):.2f} %")
@@ -89,9 +111,10 @@ def top1(network, paths, labels, batch_size=64, progress=True) -> float:
   return 100.0 * correct / len(paths)
 
 
-def evaluate(directory, data_dir, batch_size=64, progress=True) -> float:
+def evaluate(directory, data_dir, batch_size=64, progress=True,
+             precision="highest") -> float:
   """Measures and records the source top-1 (%) of the network in
-  `directory`; returns it."""
+  `directory`, at matmul/convolution `precision`; returns it."""
   network = network_dir.load(directory)
   paths, labels, classes = list_image_folder(data_dir)
   expected = network.meta.get("num_classes", 1000)
@@ -103,11 +126,12 @@ def evaluate(directory, data_dir, batch_size=64, progress=True) -> float:
   if not paths:
     raise SourceDataError(f"{data_dir}: no images under its class folders "
                           f"({', '.join(folder.IMAGE_EXTENSIONS)})")
-  accuracy = top1(network, paths, labels, batch_size, progress)
+  accuracy = top1(network, paths, labels, batch_size, progress, precision)
   network_dir.record_source_accuracy(
       directory, accuracy,
       f"python -m reprog_jax.evaluate_source on {os.path.abspath(data_dir)} "
-      f"({len(paths)} images, resize {RESIZE}, centre crop {CROP})")
+      f"({len(paths)} images, resize {RESIZE}, centre crop {CROP}, "
+      f"precision {precision})")
   return accuracy
 
 
@@ -123,13 +147,18 @@ def main(argv=None) -> int:
                       help="ImageFolder-layout validation set, one folder "
                       "per class (sorted names = the network's classes)")
   parser.add_argument("--batch_size", type=cli.positive_int, default=64)
+  parser.add_argument("--eval-precision", "--eval_precision",
+                      dest="eval_precision", default="highest",
+                      choices=run_config.PRECISIONS,
+                      help="matmul/convolution precision (default highest: "
+                      "true float32; 'default' allows TF32 on GPUs)")
   parser.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar")
   args = parser.parse_args(argv)
 
   def measure():
     accuracy = evaluate(args.network_dir, args.data_dir, args.batch_size,
-                        args.progress)
+                        args.progress, args.eval_precision)
     print(f"source top-1 {accuracy:.2f} %, recorded in "
           f"{os.path.join(args.network_dir, network_dir.META_FILE)} "
           f"(source_top1)")

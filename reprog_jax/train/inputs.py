@@ -12,8 +12,11 @@
   once from a single streaming pass over the images and kept in the
   workdir (`features/<split>.npz`) so a resumed run reuses them. A file is
   only reused when its key — the network's content, the data, the image
-  size and the compute dtype — equals the run's; otherwise it is
-  recomputed (and said so).
+  size, the dtype the features are computed in and the matmul/convolution
+  precision (`config.eval_precision`, which the encode runs at for every
+  split: `steps.make_encode_step` says why) — equals the run's; otherwise
+  it is recomputed and replaced (and said so). A file written before the
+  key had a field counts as another key: stale, recomputed.
 
 With `n_shot = -1` every seed's subset is the whole training split: the
 seeds then differ only in their order of examples and their initial values.
@@ -228,7 +231,8 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
     # With several processes each encodes its share on its own devices.
     encode_layout = (layout if jax.process_count() == 1 else
                      sharding.Layout.create(1, jax.local_devices()))
-    encode = steps.make_encode_step(method, encode_layout)
+    encode = steps.make_encode_step(method, encode_layout,
+                                    precision=config.eval_precision)
     features_dir = os.path.join(workdir, file_layout.FEATURES_DIR)
     stores = [
         _cached_features(os.path.join(features_dir, f"{name}.npz"),
@@ -307,7 +311,10 @@ def feature_key(network, split, positions, config, image_size) -> dict:
       "network": fingerprint((network.params, network.batch_stats,
                               network.masks)),
       "arch": type(network.model).__name__,
+      # The encode's arithmetic: the dtype it computes in and its
+      # matmul/convolution precision (on a GPU 'default' is TF32).
       "compute_dtype": jnp.dtype(network.model.dtype).name,
+      "precision": config.eval_precision,
       "dataset": config.data.name,
       "source": config.data.source,
       "mock": bool(config.data.mock),
@@ -340,14 +347,21 @@ def _stored(path, key) -> tuple[np.ndarray, np.ndarray] | None:
   by the lead) if there are none."""
   if not os.path.exists(path):
     return None
+  detail = ""
   try:
     with np.load(path) as stored:
-      if json.loads(str(stored["key"])) == key:
+      stored_key = json.loads(str(stored["key"]))
+      if stored_key == key:
         return stored["features"], stored["labels"]
     why = "features of another network or config"
+    # A file from before a field existed lacks it: that field differs.
+    old = stored_key if isinstance(stored_key, dict) else {}
+    detail = " (they differ in {})".format(", ".join(sorted(
+        name for name in key.keys() | old.keys()
+        if old.get(name) != key.get(name))))
   except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
     why = f"no readable features ({type(e).__name__})"
-  processes.say(f"{path} holds {why}; recomputing them")
+  processes.say(f"{path} holds {why}; recomputing them{detail}")
   return None
 
 

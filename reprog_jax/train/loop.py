@@ -165,7 +165,8 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
       # the same bits under bfloat16 too, not on another fusion's rounding.
       train_step=steps.make_train_step(method, optimizer, layout,
                                        inputs.encoded or encodes_each_step),
-      encode_step=(steps.make_encode_step(method, layout)
+      encode_step=(steps.make_encode_step(method, layout,
+                                          precision=config.eval_precision)
                    if encodes_each_step else None),
       eval_step=steps.make_eval_step(method, layout, inputs.encoded,
                                      precision=config.eval_precision),

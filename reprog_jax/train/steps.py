@@ -225,12 +225,24 @@ def make_count_step(method, layout, encoded: bool = False,
   return jax.jit(count_step, donate_argnums=0)
 
 
-def make_encode_step(method, layout):
+def make_encode_step(method, layout, precision: str | None = None):
   """`(network, images) -> inputs`, jitted: `method.encode` of a (B, ...)
-  batch split over the devices (features to cache)."""
+  batch split over the devices (features to cache).
+
+  `precision` as in `make_eval_step`. The encode is a frozen forward pass
+  (no gradient reaches it), and one program serves every split: the cached
+  training and test features alike, and the per-step encode of a run that
+  does not cache them (`cache_features=False`), which must run the cache's
+  program to train the same head to the bit. So a run gives it its
+  `eval_precision` everywhere: then the head trains and is evaluated on
+  features computed at one precision (each split at its network's dtype),
+  and the cost of 'highest' is paid once per split where features are
+  cached (every step only where they are not).
+  """
 
   def encode_step(network, images):
-    return layout.constrain(
-        network_inputs(method, network, images, encoded=False), layout.batch)
+    with _at_precision(precision):
+      inputs = network_inputs(method, network, images, encoded=False)
+    return layout.constrain(inputs, layout.batch)
 
   return jax.jit(encode_step)
