@@ -78,7 +78,8 @@ def add_source_accuracy(p) -> None:
 
 
 def _percent(text) -> float:
-  """argparse type: a percentage in [0, 100]."""
+  """argparse type: a percentage in (1, 100]; a value <= 1 is refused as a
+  fraction given by mistake (0.761 for 76.1 %)."""
   try:
     value = float(text)
   except ValueError:
@@ -86,6 +87,9 @@ def _percent(text) -> float:
   if not 0.0 <= value <= 100.0:
     raise argparse.ArgumentTypeError(
         f"{text} is not a percentage in [0, 100] (76.1 means 76.1 %)")
+  if value <= 1.0:
+    raise argparse.ArgumentTypeError(
+        f"{text} looks like a fraction; give percent (76.1 for 76.1 %)")
   return value
 
 

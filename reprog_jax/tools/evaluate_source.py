@@ -104,6 +104,14 @@ def evaluate(directory, data_dir, batch_size=64, progress=True) -> float:
     raise SourceDataError(f"{data_dir}: no images under its class folders "
                           f"({', '.join(folder.IMAGE_EXTENSIONS)})")
   accuracy = top1(network, paths, labels, batch_size, progress)
+  if accuracy <= 1.0:
+    # A report reads a source_top1 <= 1 as a fraction recorded by mistake;
+    # a network this far down on its own task is a wrong --data_dir.
+    raise SourceDataError(
+        f"{data_dir}: measured source top-1 {accuracy:.2f} % is <= 1 %, "
+        f"which looks like a fraction (the report wants percent), so it is "
+        f"not recorded; check that its class folders are the network's "
+        f"classes, in order")
   network_dir.record_source_accuracy(
       directory, accuracy,
       f"python -m reprog_jax.evaluate_source on {os.path.abspath(data_dir)} "
