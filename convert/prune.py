@@ -72,7 +72,8 @@ def add_source_accuracy(p) -> None:
   (ImageNet) top-1 in %, recorded as meta.json's `source_top1`."""
   p.add_argument("--source-accuracy", type=_percent, metavar="PCT",
                  help="the network's source (ImageNet) top-1 accuracy in %% "
-                 "(e.g. 76.1), recorded in meta.json as source_top1; the "
+                 "(e.g. 76.1; a value <= 1 is refused as a fraction), "
+                 "recorded in meta.json as source_top1; the "
                  "report's claim 1 compares dense and ticket by it. "
                  "Measure it with python -m reprog_jax.evaluate_source")
 

@@ -64,8 +64,9 @@ def fake_summary(method, network, kind, remaining, dataset, n_shot, values,
       "per_seed": per_seed,
       "seeds_mean_std": {"best": {
           key: {"mean": float(np.mean([p["best"][key] for p in per_seed])),
-                "std": float(np.std([p["best"][key] for p in per_seed],
-                                    ddof=1))}
+                "std": (float(np.std([p["best"][key] for p in per_seed],
+                                     ddof=1)) if len(per_seed) > 1
+                        else None)}
           for key in keys}},
   }
 
@@ -288,10 +289,12 @@ def test_plan_prints_the_seeds_each_claim_needs(sweep_dir, capsys):
   assert report.main([str(directory), "--plan", "2,0.005"]) == 0
   out = capsys.readouterr().out
   assert not (directory / "report.md").exists()  # --plan writes nothing.
-  # Claim 1: one applicable cell (svhn has no source accuracy), sd 1 pp.
-  assert "family of 1 applicable cell(s): level alpha / 1 = 0.05" in out
+  # Claim 1: cifar10's cell, sd 1 pp, and svhn's (its ticket's run
+  # failed; no source accuracy yet, which a study can still record).
+  assert "family of 2 cell(s): level alpha / 2 = 0.025 each" in out
   assert (f"cifar10 2-shot lt8 VP: sd 1 pp over 3 seeds -> "
-          f"{seeds_by_scan(2.0, 1.0, 0.05)} seeds") in out
+          f"{seeds_by_scan(2.0, 1.0, 0.025)} seeds") in out
+  assert "(1 cell(s) lack a network's source accuracy" in out
   # Claim 2: 4 cells found (svhn's two not testable), no study.json: 4
   # planned; each cell at 0.05, and at 0.8^(1/4) for all four together.
   lp = np.array([0.04, 0.06, 0.05]) - np.array([0.07, 0.09, 0.085])

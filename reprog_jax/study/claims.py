@@ -30,11 +30,11 @@ from typing import NamedTuple
 from reprog_jax import methods
 from reprog_jax.study import design
 from reprog_jax.study import statistics
+# Options, method_key and SELECTIONS are also this module's names, as
+# before `study.design` held them.
 from reprog_jax.study.design import (CLAIM_ONE_QUANTITY, CLAIM_TWO_QUANTITIES,
                                      QUANTITIES, SELECTIONS, Options,
                                      method_key)
-
-__all__ = ["Options", "method_key", "SELECTIONS"]
 
 # claims.csv, one row per cell of each analysis.
 COLUMNS = ("analysis", "family", "claim", "metric", "selection", "dataset",
@@ -193,8 +193,8 @@ class Analysis(NamedTuple):
   @property
   def name(self) -> str:
     """Its id in claims.csv's `family` column."""
-    return f"{self.claim}|{'+'.join(self.methods)}|{self.selection}|" \
-           f"{self.metric}"
+    return "|".join((self.claim, "+".join(self.methods), self.selection,
+                     self.metric))
 
   @property
   def universal(self) -> bool:
@@ -304,8 +304,7 @@ def _selection(c, analysis, methods_) -> tuple[str, str]:
 
 
 def _base(analysis, c, method, test, note) -> dict:
-  name, units, _ = QUANTITIES[analysis.metric]
-  del name
+  units = QUANTITIES[analysis.metric][1]
   cell = {"analysis": "primary" if analysis.primary else "sensitivity",
           "family": analysis.name, "claim": analysis.claim,
           "metric": analysis.metric, "selection": analysis.selection,

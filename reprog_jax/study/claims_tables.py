@@ -75,14 +75,17 @@ def digits(units) -> int:
 
 
 def number(value, places=4) -> str:
+  """`value` with `places` decimals, '-' for None."""
   return "-" if value is None else f"{value:.{places}f}"
 
 
 def p_text(value) -> str:
+  """A p-value to 3 significant digits, '-' for None."""
   return "-" if value is None else f"{value:.3g}"
 
 
 def interval(cell, places) -> str:
+  """'mean [low, high]' of a cell's difference, '-' without one."""
   if cell["diff_mean"] is None:
     return "-"
   if cell["ci_low"] is None:
@@ -93,11 +96,13 @@ def interval(cell, places) -> str:
 
 
 def verdict_text(cell) -> str:
+  """'**verdict** (note)'."""
   note = f" ({cell['note']})" if cell["note"] else ""
   return f"**{cell['verdict']}**{note}"
 
 
 def effect_text(options, metric) -> str:
+  """The effect of interest of a quantity with its units, '-' if none."""
   effect = options.power_effect.get(metric)
   units = design.QUANTITIES[metric][1]
   return "-" if effect is None else f"{effect:g} {units}"
@@ -283,10 +288,12 @@ def summary_lines(result) -> list[str]:
     _, summary, cells = result.primary(claim)
     for c in cells:
       places = digits(c["units"])
+      mde = ("" if c["mde_80"] is None else
+             f", MDE 80 % {number(c['mde_80'], places)}")
+      note = f" ({c['note']})" if c["note"] else ""
       lines.append(
           f"  claim {claim}, {c['dataset']} {shot_name(c['n_shot'])} "
           f"{c['ticket']} {claims.label(c['method'])}: dense - ticket "
-          f"{interval(c, places)} {c['units']}, MDE 80 % "
-          f"{number(c['mde_80'], places)}: {c['verdict']}")
+          f"{interval(c, places)} {c['units']}{mde}: {c['verdict']}{note}")
     lines.append("  " + power_sentence(summary, result.options))
   return lines

@@ -46,11 +46,21 @@ def effects(text) -> tuple[float, float | None]:
   return values[0], values[1] if len(values) > 1 else None
 
 
+_UNKNOWN_SOURCE = "source accuracy of a network unknown"
+
+
+def _plannable(cell) -> bool:
+  """Whether a cell will be tested once the study runs: applicable, or
+  lacking a source accuracy the study can still record."""
+  return (cell["verdict"] != "not applicable"
+          or _UNKNOWN_SOURCE in cell["note"])
+
+
 def _spread_cells(cells) -> list[dict]:
   """The cells whose spread the pilot measured: 2 or more paired seeds,
-  finite values, applicable."""
-  return [c for c in cells if c["verdict"] != "not applicable"
-          and c["test"].finite and c["n_seeds"] >= 2]
+  finite values, plannable."""
+  return [c for c in cells if _plannable(c) and c["test"].finite
+          and c["n_seeds"] >= 2]
 
 
 def pooled_sd(cells) -> float | None:
@@ -93,23 +103,30 @@ def plan(result, accuracy_effect, calibration_effect=None) -> list[str]:
            f"the spread of the paired differences in this pilot (primary "
            f"analysis, selection `{analysis_one.selection}`). A spread "
            f"from few seeds is itself uncertain: treat these as estimates."]
-  # Claim 1: the family is every applicable cell (the pilot's testable
-  # ones and those it ran with too few seeds).
-  size = sum(c["verdict"] != "not applicable" for c in cells_one)
+  # Claim 1: the family is every cell the study will test (the pilot's
+  # testable ones, those it ran with too few seeds, those lacking a source
+  # accuracy); a cell of dissimilar source accuracies never is.
+  size = sum(map(_plannable, cells_one))
   alpha = options.alpha / max(size, 1)
   lines += ["", f"Claim 1 ({claims.label(analysis_one.methods[0])}, "
-            f"accuracy), effect {accuracy_effect:g} pp, family of {size} "
-            f"applicable cell(s): level alpha / {size} = {alpha:.3g} each:"]
+            f"accuracy), effect {accuracy_effect:g} pp, "
+            + (f"family of {size} cell(s): level alpha / {size} = "
+               f"{alpha:.3g} each:" if size else "no cell to test:")]
   lines += _cell_lines(ones, accuracy_effect, alpha, power.POWER, "pp")
   if ones:
     sd = pooled_sd(ones)
     lines.append(f"  pooled sd {sd:.3g} pp -> "
                  f"{_needed(accuracy_effect, sd, alpha, power.POWER)} per "
                  f"cell")
-  skipped = summary_one["not_applicable"]
-  if skipped:
-    lines.append(f"  ({skipped} cell(s) not applicable: source accuracy "
-                 f"unknown or not similar; never tested)")
+  unknown = sum(c["verdict"] == "not applicable" and _plannable(c)
+                for c in cells_one)
+  if unknown:
+    lines.append(f"  ({unknown} cell(s) lack a network's source accuracy: "
+                 f"record it, or they are never tested)")
+  dissimilar = len(cells_one) - size
+  if dissimilar:
+    lines.append(f"  ({dissimilar} cell(s) of dissimilar source accuracies: "
+                 f"never tested)")
   planned = summary_two["cells"] + summary_two["missing"]
   joint = power.POWER ** (1 / max(planned, 1))
   name = claims.quantity_name(quantity)

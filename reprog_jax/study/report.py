@@ -180,6 +180,10 @@ def _markdown(directory, result, figure_names) -> str:
   failed = [r for r in rows if r.status == "failed"]
   selection = result.options.primary["selection"]
   lines = [f"# Report: {os.path.abspath(directory)}", ""]
+  # The primary analysis's two verdicts first; how they were reached in
+  # its section below.
+  lines += [" ".join(claims_tables.headline(result))
+            + " (The primary analysis: see below.)", ""]
   lines.append(
       f"{len(done)} finished cell(s), {len(failed)} failed"
       + _not_run(result) + f". Numbers: each seed's epoch by the primary "

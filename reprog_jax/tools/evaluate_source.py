@@ -11,7 +11,10 @@ transform: resize the shorter side to 256 (bilinear, antialiased), centre
 crop 224, scale to [0, 1], ImageNet normalisation. The top-1 (in %) is
 written atomically into the network's meta.json as `source_top1`
 (`network_dir.record_source_accuracy`): the report's claim 1 compares a dense
-network and its ticket by it ("their upstream performance is similar").
+network and its ticket by it ("their upstream performance is similar"). A
+measurement <= 1 % is refused, not recorded: the report would read it as a
+fraction recorded by mistake, and a network that far down on its own task
+means a --data_dir whose classes are not the network's.
 """
 
 
