@@ -72,13 +72,15 @@ def add_source_accuracy(p) -> None:
   (ImageNet) top-1 in %, recorded as meta.json's `source_top1`."""
   p.add_argument("--source-accuracy", type=_percent, metavar="PCT",
                  help="the network's source (ImageNet) top-1 accuracy in %% "
-                 "(e.g. 76.1), recorded in meta.json as source_top1; the "
+                 "(e.g. 76.1; a value <= 1 is refused as a fraction), "
+                 "recorded in meta.json as source_top1; the "
                  "report's claim 1 compares dense and ticket by it. "
                  "Measure it with python -m reprog_jax.evaluate_source")
 
 
 def _percent(text) -> float:
-  """argparse type: a percentage in [0, 100]."""
+  """argparse type: a percentage in (1, 100]; a value <= 1 is refused as a
+  fraction given by mistake (0.761 for 76.1 %)."""
   try:
     value = float(text)
   except ValueError:
@@ -86,6 +88,9 @@ def _percent(text) -> float:
   if not 0.0 <= value <= 100.0:
     raise argparse.ArgumentTypeError(
         f"{text} is not a percentage in [0, 100] (76.1 means 76.1 %)")
+  if value <= 1.0:
+    raise argparse.ArgumentTypeError(
+        f"{text} looks like a fraction; give percent (76.1 for 76.1 %)")
   return value
 
 

@@ -19,7 +19,8 @@ A sweep's directory (`python -m reprog_jax.sweep --workdir=DIR`)::
   <lp|vp>/<network>/<dataset>/<n>-shot|full/   one run workdir per cell,
                      with cell.json (what the sweep says it is) and, if it
                      failed, error.txt
-  report.md, report.csv, seeds.csv, claims.csv, figures/   the report
+  report.md, report.csv, seeds.csv, claims.csv, analyses.csv, figures/
+                     the report
 """
 
 import os
@@ -47,6 +48,7 @@ REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
 SEEDS_CSV = "seeds.csv"
 CLAIMS_CSV = "claims.csv"
+ANALYSES_CSV = "analyses.csv"
 FIGURES_DIR = "figures"
 
 # What a run keeps beside its summary: never searched for other runs.

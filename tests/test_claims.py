@@ -1,393 +1,461 @@
 """The claims' verdicts on sweeps with known truth (summary.json files
-written directly, no training), and their statistics against scipy."""
+written directly, no training), each recomputed independently from
+seeds.csv and study.json (`recompute_verdicts`)."""
 
-import csv
 import json
 import math
 import os
+import types
 
 import numpy as np
 import pytest
-from scipy import stats
 
+from reprog_jax import methods
 from reprog_jax.study import claims
 from reprog_jax.study import report
-from reprog_jax.study import statistics
+from recompute_verdicts import recompute
 
-SEEDS = (0, 1, 2, 3, 4)
-# Per-seed noise shared by dense and ticket (same seed, same subset): the
-# paired differences are what the test sees.
-NOISE = np.array([0.00, 0.03, -0.02, 0.01, -0.03])
+SEEDS = tuple(range(8))
+# Per-seed noise shared by dense and ticket (same seed, same subset) and a
+# smaller per-network one: the paired differences vary a little.
+NOISE = np.array([0.00, 0.03, -0.02, 0.01, -0.03, 0.02, -0.01, 0.015])
+JITTER = np.array([0.004, -0.003, 0.001, -0.002, 0.003, -0.004, 0.002, 0.0])
 
 
 def summary(method, network, kind, dataset, n_shot, acc, ece,
-            source_top1=None):
+            source_top1=None, validation=True, config=None, module=None):
   """A summary.json as `summary.write` lays it out: per seed (the first
-  len(acc) of SEEDS) a 'best' and a 'last' record with the given
-  accuracies and ECEs (lists, one per seed)."""
+  len(acc) of SEEDS) a 'validation', 'best' and 'last' record with the
+  given accuracies and ECEs (lists, one per seed)."""
   seeds = SEEDS[:len(acc)]
   per_seed = []
   for k, seed in enumerate(seeds):
     record = {"epoch": 3, "seed": seed, "test_acc": acc[k],
               "test_ece": ece[k], "test_ece_adaptive": ece[k],
               "test_pytorch_logged_quantity": 2 * ece[k]}
-    per_seed.append({"seed": seed, "best": record,
-                     "last": {**record, "epoch": 4}})
+    entry = {"seed": seed, "best": record, "last": {**record, "epoch": 4}}
+    if validation:
+      entry["validation"] = {**record, "epoch": 2}
+    per_seed.append(entry)
   network_meta = {"dir": f"/nonexistent/{network}", "arch": "resnet18",
-                  "dense": kind == "dense"}
-  if source_top1 is not None:
-    network_meta["source_top1"] = source_top1
-  return {"method": method, "dataset": dataset, "n_shot": n_shot,
-          "seeds": list(seeds), "network": network_meta,
-          "sparsity": {"global_remaining_percent":
-                           100.0 if kind == "dense" else 20.0,
-                       "remaining_percent": 100.0 if kind == "dense" else 19.},
-          "per_seed": per_seed}
+                  "dense": kind == "dense", "source_top1": source_top1}
+  result = {"method": method, "dataset": dataset, "n_shot": n_shot,
+            "seeds": list(seeds), "network": network_meta,
+            "sparsity": {"global_remaining_percent":
+                             100.0 if kind == "dense" else 20.0,
+                         "remaining_percent":
+                             100.0 if kind == "dense" else 19.0},
+            "per_seed": per_seed, "config": config or {}}
+  if module:
+    result["method_module"] = module
+  return result
 
 
-def write(directory, cells):
+def write(directory, cells, **kwargs):
   """cells: {(method, network, kind, dataset): (acc list, ece list[,
-  source_top1])}; writes each as a 10-shot run."""
+  source_top1])}; writes each as a 10-shot run under
+  <method>/<network>/<dataset>."""
   for (method, network, kind, dataset), values in cells.items():
     path = directory / method / network / dataset
     os.makedirs(path, exist_ok=True)
     (path / "summary.json").write_text(json.dumps(
-        summary(method, network, kind, dataset, 10, *values)))
-  return report.collect(directory)
+        summary(method, network, kind, dataset, 10, *values, **kwargs)))
 
 
-def sweep(tmp_path, vp_ticket, vp_dense=0.6, lp_ticket=0.8, lp_dense=0.8,
-          ece_dense=0.05, ece_ticket=0.05, sources=(None, None)):
-  """One dataset, one ticket; the accuracies are means around which every
-  seed moves by NOISE (the same for dense and ticket)."""
-  acc = lambda mean: list(mean + NOISE)
-  ece = lambda mean: list(mean + NOISE / 10)
-  return write(tmp_path, {
-      ("ilm_vp", "dense", "dense", "cifar10"):
-          (acc(vp_dense), ece(ece_dense), sources[0]),
-      ("ilm_vp", "lt", "ticket", "cifar10"):
-          (acc(vp_ticket), ece(ece_ticket), sources[1]),
-      ("linear_probe", "dense", "dense", "cifar10"):
-          (acc(lp_dense), ece(ece_dense), sources[0]),
-      ("linear_probe", "lt", "ticket", "cifar10"):
-          (acc(lp_ticket), ece(ece_ticket), sources[1])})
+def write_study(directory, runs, **analysis):
+  """A study.json planning `runs` [(method, network, kind, dataset)] (as
+  `write` lays them out), with `analysis` fields."""
+  study = {"networks": {}, "methods": [], "datasets": [], "n_shots": [10],
+           "seeds": list(SEEDS), **analysis}
+  (directory / "study.json").write_text(json.dumps({
+      "study": study, "cells": [f"{m}/{n}/{d}" for m, n, _, d in runs],
+      "runs": [{"cell": f"{m}/{n}/{d}", "method": m, "variant": "",
+                "network": n, "kind": k, "dataset": d, "n_shot": 10}
+               for m, n, k, d in runs]}))
 
 
-def verdicts(cells, claim, metric="test_acc", selection="best_test"):
-  return [c["verdict"] for c in cells if c["claim"] == claim
-          and c["metric"] == metric and c["selection"] == selection]
+@pytest.fixture(autouse=True)
+def no_figures(monkeypatch):
+  """The claims need no figures (test_report.py tests them): seconds
+  saved per test."""
+  monkeypatch.setattr(report.figures, "figures", lambda *a, **k: {})
 
 
-# --------------------------------------------------------------------------
-# Claim 1
-# --------------------------------------------------------------------------
+def acc(mean, n=8, jitter=0.0):
+  return list(mean + NOISE[:n] + jitter * JITTER[:n])
 
 
-def test_ticket_better_at_vp_is_not_claim_one(tmp_path):
-  cells = claims.cells(sweep(tmp_path, vp_ticket=0.65))
-  assert verdicts(cells, "1") == ["not held"]
-  (cell,) = [c for c in cells if c["claim"] == "1"
-             and c["selection"] == "best_test"]
-  assert cell["method"] == "ilm_vp"  # The prompt family only.
-  assert cell["diff_mean"] == pytest.approx(-0.05)
-  assert claims.overall("1", [cell])[0] == "not held"
+def ece(mean, n=8, jitter=0.0):
+  return list(mean + NOISE[:n] / 10 + jitter * JITTER[:n] / 10)
 
 
-def test_equal_accuracy_is_not_claim_one(tmp_path):
-  cells = claims.cells(sweep(tmp_path, vp_ticket=0.6))
-  assert verdicts(cells, "1") == ["not held"]
-  # Zero variance of the differences, mean 0: p = 1.
-  (cell,) = [c for c in cells if c["claim"] == "1"
-             and c["selection"] == "last"]
-  assert cell["p_value"] == 1.0 and cell["ci_low"] == cell["ci_high"] == 0
+def analysed(directory):
+  report.write(directory)
+  recompute(directory)  # Every number and word, independently.
+  return report.analyse(directory, warn=False)
 
 
-def test_clearly_worse_over_five_seeds_is_claim_one(tmp_path):
-  rows = sweep(tmp_path, vp_ticket=0.5, sources=(76.1, 75.6))
-  cells = claims.cells(rows)
-  assert verdicts(cells, "1") == ["held"]
-  assert verdicts(cells, "1", selection="last") == ["held"]
-  cell = next(c for c in cells if c["claim"] == "1")
-  assert cell["n_seeds"] == 5 and cell["source_gap_pp"] == pytest.approx(0.5)
-  assert claims.overall("1", [cell])[0] == "held"
-  # Upstream no longer similar: not the paper's claim.
-  cells = claims.cells(rows, claims.Options(similar_source_pp=0.4))
-  assert verdicts(cells, "1") == ["not held"]
-
-
-def test_claim_one_without_source_accuracy_says_so(tmp_path):
-  cells = claims.cells(sweep(tmp_path, vp_ticket=0.5))
-  one = [c for c in cells if c["claim"] == "1"]
-  assert [c["verdict"] for c in one] == ["held", "held"]
-  assert all(c["source_gap_pp"] is None for c in one)
-  assert claims.overall("1", one)[0] == "held (source similarity not checked)"
-  text = open(report.write(tmp_path)["report.md"]).read()
-  assert "**held** (source similarity not checked)" in text
-
-
-def test_noisy_gap_is_not_significant(tmp_path):
-  # 2 pp mean gap, seeds disagreeing by far more: not held at alpha 0.05.
-  rows = write(tmp_path, {
-      ("ilm_vp", "d", "dense", "x"): ([0.6, 0.5, 0.7], [0.1] * 3),
-      ("ilm_vp", "t", "ticket", "x"): ([0.5, 0.6, 0.64], [0.1] * 3)})
-  cell = next(c for c in claims.cells(rows) if c["claim"] == "1")
-  assert cell["diff_mean"] == pytest.approx(0.02)
-  assert cell["p_value"] > 0.05 and cell["verdict"] == "not held"
+def cell_of(result, claim, dataset=None, method=None):
+  _, _, cells = result.primary(claim)
+  return [c for c in cells if dataset in (None, c["dataset"])
+          and method in (None, c["method"])]
 
 
 # --------------------------------------------------------------------------
-# Claim 2
+# Claim 1, known truth
 # --------------------------------------------------------------------------
 
 
-def test_equal_ece_is_inconclusive(tmp_path):
-  cells = claims.cells(sweep(tmp_path, vp_ticket=0.6))
-  for metric in claims.CLAIM_TWO_METRICS:
-    mine = [c for c in cells if c["claim"] == "2" and c["metric"] == metric]
-    assert {c["method"] for c in mine} == {"ilm_vp", "linear_probe"}
-    assert {c["verdict"] for c in mine} == {"inconclusive"}
-    assert claims.overall("2", mine)[0] == "inconclusive"
+def three_datasets(tmp_path, ticket_a, sources=(76.1, 75.8), n=8):
+  """VP on datasets a, b, c: the ticket at `ticket_a` on a, level with the
+  dense network (0.6) elsewhere; per-network jitter keeps a spread."""
+  cells = {}
+  for dataset, ticket in (("a", ticket_a), ("b", 0.6), ("c", 0.6)):
+    cells[("ilm_vp", "dense", "dense", dataset)] = (
+        acc(0.6, n), ece(0.05, n), sources[0])
+    cells[("ilm_vp", "lt", "ticket", dataset)] = (
+        acc(ticket, n, jitter=1.0), ece(0.05, n, jitter=1.0), sources[1])
+  write(tmp_path, cells)
 
 
-def test_dense_better_calibrated_everywhere_is_claim_two(tmp_path):
-  cells = claims.cells(sweep(tmp_path, vp_ticket=0.6, ece_ticket=0.09))
-  two = [c for c in cells if c["claim"] == "2"]
-  assert {c["verdict"] for c in two} == {"held"}
-  assert claims.overall("2", two)[0] == "held"
+def test_ticket_clearly_worse_in_one_dataset_over_8_seeds_holds_claim_one(
+    tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5)
+  result = analysed(tmp_path)
+  verdicts = {c["dataset"]: c["verdict"] for c in cell_of(result, "1")}
+  assert verdicts == {"a": "held", "b": "inconclusive", "c": "inconclusive"}
+  _, overall, cells = result.primary("1")
+  assert overall["verdict"] == "held" and overall["family_size"] == 3
+  a = next(c for c in cells if c["dataset"] == "a")
+  assert a["n_seeds"] == 8 and a["units"] == "pp"
+  assert a["diff_mean"] == pytest.approx(10.0 - 100 * np.mean(JITTER),
+                                         rel=1e-9)
+  assert a["selection"] == "validation" and a["analysis"] == "primary"
+
+
+def test_ticket_better_is_reversed_and_claim_one_not_shown(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.7)
+  result = analysed(tmp_path)
+  verdicts = {c["dataset"]: c["verdict"] for c in cell_of(result, "1")}
+  assert verdicts["a"] == "reversed"
+  _, overall, _ = result.primary("1")
+  assert overall["verdict"] == "not shown"
+  assert overall["reversed"] == 1 and overall["inconclusive"] == 2
+  text = (tmp_path / "report.md").read_text()
+  assert ("**Claim 1: tickets are not universal reprogrammers: not shown** "
+          "(1 reversed, 2 inconclusive)") in text
+
+
+def test_source_gap_of_two_pp_is_not_applicable(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5, sources=(76.0, 74.0))
+  result = analysed(tmp_path)
+  cells = cell_of(result, "1")
+  assert {c["verdict"] for c in cells} == {"not applicable"}
+  assert all(c["p_value"] is None and c["family_size"] == 0 for c in cells)
+  assert cells[0]["note"] == "source gap 2.00 pp > 1"
+  # Shown, with its numbers, never tested.
+  assert cells[0]["diff_mean"] is not None
+  assert result.primary("1")[1]["verdict"] == "not shown"
+
+
+@pytest.mark.parametrize("ticket_source, applicable", [
+    (74.004, True), (73.994, False)])
+def test_source_gap_is_compared_after_rounding_to_a_hundredth(
+    tmp_path, ticket_source, applicable):
+  # 76 - 74.004 = 1.996 -> 2.00 <= 2; 76 - 73.994 = 2.006 -> 2.01 > 2.
+  three_datasets(tmp_path, ticket_a=0.5, sources=(76.0, ticket_source))
+  (tmp_path / "study.json").write_text(json.dumps({
+      "study": {"similar_source_pp": 2.0}, "cells": [], "runs": []}))
+  result = report.analyse(tmp_path, warn=False)
+  verdict = cell_of(result, "1", "a")[0]["verdict"]
+  assert (verdict == "held") == applicable
+  assert (verdict == "not applicable") == (not applicable)
+
+
+def test_unknown_source_accuracy_is_not_applicable(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5, sources=(76.1, None))
+  result = analysed(tmp_path)
+  assert {c["note"] for c in cell_of(result, "1")} == {
+      "source accuracy of a network unknown"}
+
+
+def test_two_seeds_are_not_testable(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5, n=2)
+  write(tmp_path, {("linear_probe", "dense", "dense", "a"):
+                   (acc(0.8, 2), ece(0.04, 2), 76.1),
+                   ("linear_probe", "lt", "ticket", "a"):
+                   (acc(0.8, 2), ece(0.09, 2), 75.8)})
+  result = analysed(tmp_path)
+  for claim in ("1", "2"):
+    cells = cell_of(result, claim)
+    assert cells and {c["verdict"] for c in cells} == {"not testable"}
+    assert all(c["p_value"] is None and c["n_seeds"] == 2 for c in cells)
+    assert cells[0]["note"] == "2 paired seed(s), 3 needed"
+  assert result.primary("1")[1]["verdict"] == "not shown"
+  assert result.primary("2")[1]["verdict"] == "inconclusive"
+  # The spread of 2 seeds still says how small an effect they could show.
+  assert all(c["mde_80"] > 0 for c in cell_of(result, "1"))
+
+
+def test_zero_variance_over_three_seeds_is_sign_flip_not_held(tmp_path):
+  # Exactly 10 pp in every seed (binary fractions: no rounding): the t
+  # statistic is undefined; the sign-flip p is 1/8.
+  write(tmp_path, {("ilm_vp", "dense", "dense", "a"):
+                   ([0.75, 0.625, 0.5], [0.1] * 3, 76.0),
+                   ("ilm_vp", "lt", "ticket", "a"):
+                   ([0.65, 0.525, 0.4], [0.1] * 3, 76.0)})
+  result = analysed(tmp_path)
+  (cell,) = cell_of(result, "1")
+  assert cell["diff_mean"] == pytest.approx(10.0) and cell["diff_sd"] == 0
+  assert cell["p_value"] == cell["p_signflip"] == 0.125
+  assert cell["ci_low"] == cell["ci_high"] == cell["diff_mean"]
+  assert cell["verdict"] == "inconclusive"
+  assert "zero variance" in cell["note"]
+  assert cell["mde_80"] is None
+
+
+def test_a_nan_metric_is_not_testable(tmp_path):
+  eces = ece(0.09)
+  eces[3] = math.nan
+  write(tmp_path, {
+      ("linear_probe", "dense", "dense", "a"): (acc(0.8), ece(0.04), 76.0),
+      ("linear_probe", "lt", "ticket", "a"): (acc(0.8, jitter=1.0), eces,
+                                              76.0)})
+  result = analysed(tmp_path)
+  (cell,) = cell_of(result, "2")
+  assert cell["verdict"] == "not testable"
+  assert cell["note"] == "a NaN or infinite value"
+  assert cell["p_value"] is None and cell["mde_80"] is None
+
+
+# --------------------------------------------------------------------------
+# Claim 2, known truth
+# --------------------------------------------------------------------------
+
+
+def calibration_sweep(tmp_path, ticket_ece, drop=None):
+  """LP and VP on datasets a and b, one ticket; the dense ECE 0.04, the
+  ticket's `ticket_ece[dataset]`; `drop`: a run never written."""
+  cells, runs = {}, []
+  for dataset in ("a", "b"):
+    for method in ("linear_probe", "ilm_vp"):
+      for network, kind, mean in (("dense", "dense", 0.04),
+                                  ("lt", "ticket", ticket_ece[dataset])):
+        runs.append((method, network, kind, dataset))
+        if (method, network, kind, dataset) != drop:
+          cells[runs[-1]] = (acc(0.6), ece(mean, jitter=float(
+              kind == "ticket")), 76.0)
+  write(tmp_path, cells)
+  return runs
+
+
+def test_dense_better_calibrated_in_every_planned_cell_holds_claim_two(
+    tmp_path):
+  runs = calibration_sweep(tmp_path, {"a": 0.09, "b": 0.08})
+  write_study(tmp_path, runs)
+  result = analysed(tmp_path)
+  assert {c["verdict"] for c in cell_of(result, "2")} == {"held"}
+  _, overall, cells = result.primary("2")
+  assert len(cells) == 4 and overall["verdict"] == "held"
+  assert overall["missing"] == 0
+  # Claim 2's held test is each cell's own: no Holm for it.
+  assert all(c["p_adjusted"] is None for c in cells)
+
+
+def test_claim_two_with_a_planned_cell_missing_is_inconclusive(tmp_path):
+  runs = calibration_sweep(tmp_path, {"a": 0.09, "b": 0.08},
+                           drop=("ilm_vp", "lt", "ticket", "b"))
+  write_study(tmp_path, runs)
+  result = analysed(tmp_path)
+  _, overall, cells = result.primary("2")
+  assert [c["verdict"] for c in cells] == ["held"] * 3
+  assert overall["verdict"] == "inconclusive" and overall["missing"] == 1
+  text = (tmp_path / "report.md").read_text()
+  assert ("**Claim 2: dense networks are always better calibrated: "
+          "inconclusive** (3 held, 1 planned but missing)") in text
+  # Without a plan the cells found are the plan, and the report says so.
+  os.remove(tmp_path / "study.json")
+  result = analysed(tmp_path)
+  assert result.primary("2")[1]["verdict"] == "held"
+  assert "No study.json here: the planned cells are the ones found." in (
+      tmp_path / "report.md").read_text()
 
 
 def test_ticket_better_calibrated_in_one_cell_contradicts_claim_two(
     tmp_path):
-  # Dense better calibrated on 'a', the ticket clearly better on 'b'.
-  acc = list(0.6 + NOISE)
-  rows = write(tmp_path, {
-      ("linear_probe", "d", "dense", "a"): (acc, list(0.05 + NOISE / 10)),
-      ("linear_probe", "t", "ticket", "a"): (acc, list(0.09 + NOISE / 10)),
-      ("linear_probe", "d", "dense", "b"): (acc, list(0.09 + NOISE / 10)),
-      ("linear_probe", "t", "ticket", "b"): (acc, list(0.05 + NOISE / 10))})
-  cells = [c for c in claims.cells(rows) if c["claim"] == "2"
-           and c["metric"] == "test_ece" and c["selection"] == "best_test"]
-  assert {c["dataset"]: c["verdict"] for c in cells} == {
-      "a": "held", "b": "contradicted"}
-  verdict, sentence = claims.overall("2", cells)
-  assert verdict == "contradicted"
-  assert sentence == "1 held, 1 contradicted"
-  text = open(report.write(tmp_path)["report.md"]).read()
-  assert "**ECE (`test_ece`): contradicted** (1 held, 1 contradicted)" in text
+  calibration_sweep(tmp_path, {"a": 0.09, "b": 0.0})
+  result = analysed(tmp_path)
+  verdicts = {(c["dataset"], c["method"]): c["verdict"]
+              for c in cell_of(result, "2")}
+  assert verdicts[("a", "linear_probe")] == "held"
+  assert verdicts[("b", "linear_probe")] == "contradicted"
+  assert result.primary("2")[1]["verdict"] == "contradicted"
 
 
-def test_fewer_than_two_paired_seeds_is_not_testable(tmp_path):
-  rows = write(tmp_path, {
-      ("linear_probe", "d", "dense", "a"): ([0.5, 0.6], [0.1, 0.2]),
-      ("linear_probe", "t", "ticket", "a"): ([0.5], [0.2])})
-  # The ticket ran seed 0 only.
-  cells = claims.cells(rows)
-  assert cells and {c["verdict"] for c in cells} == {"not testable"}
-  assert all(c["n_seeds"] == 0 and c["p_value"] is None for c in cells)
-
-
-# --------------------------------------------------------------------------
-# Statistics against scipy, Holm as published
-# --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("direction", ["greater", "less"])
-def test_paired_test_equals_scipy(direction):
-  rng = np.random.default_rng(0)
-  dense, ticket = rng.normal(0.6, 0.05, 7), rng.normal(0.58, 0.05, 7)
-  got = statistics.paired(dict(enumerate(dense)), dict(enumerate(ticket)),
-                          direction)
-  expected = stats.ttest_rel(dense, ticket, alternative=direction)
-  opposite = stats.ttest_rel(
-      dense, ticket, alternative="less" if direction == "greater"
-      else "greater")
-  assert got.p_value == pytest.approx(expected.pvalue, rel=1e-10)
-  assert got.p_opposite == pytest.approx(opposite.pvalue, rel=1e-10)
-  d = dense - ticket
-  half = stats.t.ppf(0.975, 6) * np.std(d, ddof=1) / math.sqrt(7)
-  assert got.ci_low == pytest.approx(d.mean() - half, rel=1e-10)
-  assert got.ci_high == pytest.approx(d.mean() + half, rel=1e-10)
-  assert got.diff_mean == pytest.approx(d.mean())
-  assert (got.dense_mean, got.ticket_mean) == pytest.approx(
-      (dense.mean(), ticket.mean()))
-
-
-def test_paired_uses_only_the_seeds_both_have():
-  got = statistics.paired({0: 0.5, 1: 0.7, 2: 0.9, 7: 0.1},
-                          {1: 0.6, 2: 0.6, 0: 0.4, 5: 0.3}, "greater")
-  expected = stats.ttest_rel([0.5, 0.7, 0.9], [0.4, 0.6, 0.6],
-                             alternative="greater")
-  assert got.n == 3 and got.p_value == pytest.approx(expected.pvalue)
-  assert statistics.paired({0: 1.0}, {0: 0.5}, "greater") is None
-
-
-def test_zero_variance_rule():
-  # 0.5 - 0.4 and 0.6 - 0.5 differ by float rounding only.
-  rounded = statistics.paired({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5}, "greater")
-  assert (rounded.p_value, rounded.p_opposite) == (0.0, 1.0)
-  # Exact binary fractions: the differences are exactly 0.25 twice.
-  up = statistics.paired({0: 0.75, 1: 0.625}, {0: 0.5, 1: 0.375}, "greater")
-  assert (up.p_value, up.p_opposite) == (0.0, 1.0)
-  assert up.ci_low == up.ci_high == 0.25
-  down = statistics.paired({0: 0.75, 1: 0.625}, {0: 0.5, 1: 0.375}, "less")
-  assert (down.p_value, down.p_opposite) == (1.0, 0.0)
-
-
-def holm_transcribed(p_values, alpha):
-  """Holm (1979) as published: sort ascending; reject H_(i) while p_(i) <=
-  alpha / (m - i + 1) (i from 1); stop at the first that is not."""
-  order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-  rejected = set()
-  for rank, i in enumerate(order):
-    if p_values[i] > alpha / (len(p_values) - rank):
-      break
-    rejected.add(i)
-  return rejected
-
-
-def test_holm_hand_computed_and_as_published():
-  # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, then
-  # 0.04 * 1 = 0.04 raised to the running maximum 0.06.
-  assert statistics.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
-      [0.03, 0.06, 0.06, 0.02])
-  # None is outside the family (m = 2): 0.2 * 2, then max(0.4, 0.3 * 1).
-  assert statistics.holm([0.3, None, 0.2]) == pytest.approx([0.4, None, 0.4])
-  assert statistics.holm([0.5, 0.9]) == [1.0, 1.0]  # Capped at 1.
-  rng = np.random.default_rng(1)
-  for _ in range(50):
-    p = list(rng.uniform(0, 0.1, rng.integers(1, 8)))
-    adjusted = statistics.holm(p)
-    for alpha in (0.01, 0.05, 0.1):
-      assert {i for i, a in enumerate(adjusted) if a <= alpha} == (
-          holm_transcribed(p, alpha))
-
-
-# --------------------------------------------------------------------------
-# claims.csv recomputed from seeds.csv with scipy
-# --------------------------------------------------------------------------
-
-
-def recompute_claims(directory, alpha=0.05, similar_source_pp=1.0):
-  """Checks claims.csv against seeds.csv: the same cells, and each cell's
-  numbers and verdict recomputed with scipy (paired t, Holm transcribed).
-
-  Returns:
-    claims.csv's rows.
-  """
-  with open(os.path.join(directory, "seeds.csv")) as f:
-    seeds = list(csv.DictReader(f))
-  with open(os.path.join(directory, "claims.csv")) as f:
-    rows = list(csv.DictReader(f))
-  assert tuple(rows[0]) == claims.COLUMNS if rows else True
-  values, kinds, sources, arch = {}, {}, {}, {}
-  for s in seeds:
-    key = (s["dataset"], s["n_shot"], s["network"], s["method"],
-           s["selection"])
-    values.setdefault(key, {})[s["seed"]] = s
-    kinds[s["network"]], arch[s["network"]] = s["kind"], s["arch"]
-    if s["source_top1"]:
-      sources[s["network"]] = float(s["source_top1"])
-  # Every cell: dense x ticket of one architecture x method x selection.
-  expected = set()
-  for dataset, n_shot, network, method, selection in values:
-    if kinds[network] != "dense":
-      continue
-    for ticket in {k[2] for k in values if k[:2] == (dataset, n_shot)
-                   and kinds[k[2]] == "ticket"}:
-      if arch[ticket] != arch[network]:
-        continue
-      metrics = list(claims.CLAIM_TWO_METRICS)
-      if claims.family(method) == "prompt":
-        metrics.append("test_acc")
-      expected |= {(m, selection, dataset, n_shot, network, ticket, method)
-                   for m in metrics}
-  assert {(r["metric"], r["selection"], r["dataset"], r["n_shot"],
-           r["dense"], r["ticket"], r["method"]) for r in rows} == expected
-  families = {}
-  for r in rows:
-    direction = "greater" if r["claim"] == "1" else "less"
-    dense = values[(r["dataset"], r["n_shot"], r["dense"], r["method"],
-                    r["selection"])]
-    ticket = values[(r["dataset"], r["n_shot"], r["ticket"], r["method"],
-                     r["selection"])]
-    common = sorted(set(dense) & set(ticket), key=int)
-    a = np.array([float(dense[s][r["metric"]]) for s in common])
-    b = np.array([float(ticket[s][r["metric"]]) for s in common])
-    assert int(r["n_seeds"]) == len(common)
-    d = a - b
-    # Zero variance up to float rounding, as documented.
-    if np.std(d, ddof=1) <= 1e-12 * max(abs(a).max(), abs(b).max()):
-      inside = d.mean() > 0 if direction == "greater" else d.mean() < 0
-      p = 0.0 if inside else 1.0
-      p_opp = 0.0 if (d.mean() != 0 and not inside) else 1.0
-      low = high = d.mean()
-    else:
-      p = stats.ttest_rel(a, b, alternative=direction).pvalue
-      p_opp = stats.ttest_rel(a, b, alternative="less" if direction ==
-                              "greater" else "greater").pvalue
-      half = stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(
-          len(d))
-      low, high = d.mean() - half, d.mean() + half
-    for key, value in (("dense_mean", a.mean()), ("ticket_mean", b.mean()),
-                       ("diff_mean", d.mean()), ("ci_low", low),
-                       ("ci_high", high), ("p_value", p)):
-      assert float(r[key]) == pytest.approx(value, rel=1e-9, abs=1e-12), key
-    gap = (sources[r["dense"]] - sources[r["ticket"]]
-           if r["dense"] in sources and r["ticket"] in sources else None)
-    assert (r["source_gap_pp"] == "") == (gap is None)
-    if gap is not None:
-      assert float(r["source_gap_pp"]) == pytest.approx(gap)
-    families.setdefault((r["claim"], r["metric"], r["selection"],
-                         r["method"]), []).append((r, p, p_opp, gap))
-  for members in families.values():
-    held = holm_transcribed([m[1] for m in members], alpha)
-    against = holm_transcribed([m[2] for m in members], alpha)
-    for i, (r, _, _, gap) in enumerate(members):
-      if r["claim"] == "1":
-        similar = gap is None or abs(gap) <= similar_source_pp
-        expected_verdict = "held" if i in held and similar else "not held"
-      else:
-        expected_verdict = ("held" if i in held else "contradicted"
-                            if i in against else "inconclusive")
-      assert r["verdict"] == expected_verdict, r
-  return rows
-
-
-def test_claims_csv_recomputed_from_seeds_csv(tmp_path):
-  acc = lambda mean: list(mean + NOISE)
+def test_consistent_direction_without_a_significant_cell(tmp_path):
+  # Every cell leans the way claim 2 predicts, none significant with 3
+  # noisy seeds; pooled over 6 cells the direction shows.
+  rng = np.random.default_rng(3)
   cells = {}
-  for dataset, vp_ticket, source in (("a", 0.5, 75.8), ("b", 0.59, 74.0),
-                                     ("c", 0.62, 75.9)):
-    cells[("ilm_vp", "dense", "dense", dataset)] = (
-        acc(0.6), list(0.05 + NOISE / 7), 76.1)
-    # One ticket per dataset: a network has one source accuracy.
-    cells[("ilm_vp", f"lt_{dataset}", "ticket", dataset)] = (
-        acc(vp_ticket), list(0.06 + NOISE[::-1] / 9), source)
+  for dataset in "abcdef":
+    dense = 0.05 + rng.normal(0, 0.01, 3)
     cells[("linear_probe", "dense", "dense", dataset)] = (
-        acc(0.8), list(0.04 + NOISE / 5), 76.1)
-    cells[("linear_probe", f"lt_{dataset}", "ticket", dataset)] = (
-        list(0.8 + NOISE[::-1]), list(0.04 + NOISE / 5), source)
+        [0.6] * 3, list(dense), 76.0)
+    cells[("linear_probe", "lt", "ticket", dataset)] = (
+        [0.6] * 3, list(dense + 0.006 + rng.normal(0, 0.006, 3)), 76.0)
   write(tmp_path, cells)
-  written = report.write(tmp_path)
-  assert {"seeds.csv", "claims.csv"} <= set(written)
-  rows = recompute_claims(tmp_path)
-  assert {r["verdict"] for r in rows} >= {"held", "not held"}
-  # The source gap of 'b' (2.1 pp) keeps it from claim 1.
-  one = {r["dataset"]: r["verdict"] for r in rows if r["claim"] == "1"
-         and r["selection"] == "best_test"}
-  assert one == {"a": "held", "b": "not held", "c": "not held"}
-  with open(tmp_path / "seeds.csv") as f:
-    header = next(csv.reader(f))
-  assert header[:12] == ["dataset", "n_shot", "network", "kind", "method",
-                         "seed", "selection", "epoch", "test_acc", "test_ece",
-                         "test_ece_adaptive", "test_pytorch_logged_quantity"]
-  # Other options, the same recomputation.
-  report.write(tmp_path, claims.Options(alpha=0.01, similar_source_pp=3.0))
-  recompute_claims(tmp_path, alpha=0.01, similar_source_pp=3.0)
+  result = analysed(tmp_path)
+  _, overall, _ = result.primary("2")
+  assert overall["verdict"] == "inconclusive" and overall["held"] < 6
+  assert overall["along"] >= 5
+  assert overall["direction"] == ("consistent in direction, not shown cell "
+                                  "by cell")
+  assert overall["pooled_ci_high"] < 0
 
 
 # --------------------------------------------------------------------------
-# Why runs are paired by seed
+# Analyses: primary and sensitivity, hybrids, what cannot be had
+# --------------------------------------------------------------------------
+
+
+def test_primary_first_and_disagreeing_sensitivity_named(tmp_path):
+  # Validation: the ticket level with the dense network; the last epoch
+  # (a sensitivity analysis): clearly worse.
+  three_datasets(tmp_path, ticket_a=0.5)
+  for path in tmp_path.rglob("summary.json"):
+    s = json.loads(path.read_text())
+    if s["network"]["dense"] or "/a/" not in str(path):
+      continue
+    for p in s["per_seed"]:
+      p["validation"]["test_acc"] += 0.1
+    path.write_text(json.dumps(s))
+  result = analysed(tmp_path)
+  assert result.primary("1")[1]["verdict"] == "not shown"
+  text = (tmp_path / "report.md").read_text()
+  assert text.index("## Primary analysis") < text.index(
+      "## Sensitivity analyses")
+  assert ("Where a sensitivity analysis disagrees with the primary one (2 "
+          "of ") in text
+  assert "claim 1, VP, `last`, accuracy: **held**" in text
+  assert "claim 1, VP, `best_test`, accuracy: **held**" in text
+
+
+def test_validation_falls_back_to_the_last_epoch(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5)
+  write(tmp_path, {("ilm_vp", "lt", "ticket", "a"):
+                   (acc(0.5, jitter=1.0), ece(0.05), 75.8)},
+        validation=False)
+  result = analysed(tmp_path)
+  a = cell_of(result, "1", "a")[0]
+  assert a["selection"] == "validation"
+  assert a["note"] == "last epoch: no validation split"
+  assert cell_of(result, "1", "b")[0]["note"] == ""
+
+
+def test_hybrids_have_tables_of_their_own(tmp_path, monkeypatch):
+  # What the report asks of a spec (a stand-in: how a hybrid's spec is
+  # built from parts is the methods' business).
+  hybrid = types.SimpleNamespace(name="toy_hybrid", short="th",
+                                 label="VP+LP toy", family="hybrid",
+                                 variant=lambda config: "")
+  monkeypatch.setattr(methods, "METHODS", {**methods.METHODS,
+                                           "toy_hybrid": hybrid})
+  three_datasets(tmp_path, ticket_a=0.5)
+  write(tmp_path, {("toy_hybrid", "dense", "dense", "a"):
+                   (acc(0.7), ece(0.05), 76.1),
+                   ("toy_hybrid", "lt", "ticket", "a"):
+                   (acc(0.6, jitter=1.0), ece(0.09, jitter=1.0), 75.8)})
+  result = analysed(tmp_path)
+  for claim in ("1", "2"):
+    assert "toy_hybrid" not in {c["method"] for c in cell_of(result, claim)}
+  mine = {(c["claim"], c["metric"], c["selection"]): c["verdict"]
+          for c in result.cells if c["method"] == "toy_hybrid"}
+  assert mine[("hybrid", "test_acc", "validation")] == "held"
+  assert mine[("hybrid", "test_ece", "validation")] == "held"
+  assert all(c["analysis"] == "sensitivity" for c in result.cells
+             if c["method"] == "toy_hybrid")
+  text = (tmp_path / "report.md").read_text()
+  assert "### Hybrid methods (not a claim of the paper)" in text
+  assert "**VP+LP toy, accuracy: held**" in text
+
+
+def test_a_method_not_registered_here_warns_in_one_line(tmp_path, capsys):
+  three_datasets(tmp_path, ticket_a=0.5)
+  write(tmp_path, {("mystery", "dense", "dense", "a"):
+                   (acc(0.7), ece(0.05), 76.1),
+                   ("mystery", "lt", "ticket", "a"):
+                   (acc(0.6), ece(0.09), 75.8)}, module="no_such_plugin")
+  assert report.main([str(tmp_path)]) == 0
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1
+  assert ("reprog_jax.report: warning: method 'mystery' (module "
+          "'no_such_plugin', as its runs recorded) is not registered here: "
+          "its 2 run(s) stay in the main table") in err
+  assert "REPROG_JAX_METHODS=no_such_plugin" in err
+  text = (tmp_path / "report.md").read_text()
+  assert "| mystery | dense |" in text and "`mystery`" in text
+  rows, _ = recompute(tmp_path)
+  assert "mystery" not in {r["method"] for r in rows}
+
+
+def test_a_source_accuracy_given_as_a_fraction_is_set_aside(tmp_path,
+                                                            capsys):
+  three_datasets(tmp_path, ticket_a=0.5, sources=(0.761, 75.8))
+  assert report.main([str(tmp_path)]) == 0
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1
+  assert "network dense: source_top1 0.761 in its summary.json looks like " \
+         "a fraction" in err
+  result = report.analyse(tmp_path, warn=False)
+  assert {c["verdict"] for c in cell_of(result, "1")} == {"not applicable"}
+
+
+def test_best_test_among_tested_epochs_is_named_so(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5)
+  write(tmp_path, {("ilm_vp", "lt", "ticket", "a"):
+                   (acc(0.5, jitter=1.0), ece(0.05), 75.8)},
+        config={"test_every": 0})
+  report.write(tmp_path)
+  text = (tmp_path / "report.md").read_text()
+  assert "best test accuracy among the epochs tested" in text
+  rows, _ = recompute(tmp_path)
+  assert "best_test" in {r["selection"] for r in rows}
+
+
+def test_declared_analysis_is_read_from_study_json(tmp_path):
+  runs = calibration_sweep(tmp_path, {"a": 0.09, "b": 0.08})
+  write_study(tmp_path, runs, alpha=0.01, power_effect={"test_ece": 0.02},
+              primary={"selection": "last", "quantity": "test_nll"})
+  result = report.analyse(tmp_path, warn=False)
+  assert result.options.alpha == 0.01
+  assert result.options.power_effect["test_ece"] == 0.02
+  assert result.options.power_effect["test_acc"] == 1.0  # The default.
+  analysis, _, _ = result.primary("2")
+  assert (analysis.selection, analysis.metric) == ("last", "test_nll")
+  # A flag overrides it, and the report says so.
+  result = report.analyse(tmp_path, claims.Options(alpha=0.2), warn=False)
+  assert result.options.alpha == 0.2
+
+
+def test_claims_csv_has_every_column_in_percentage_points(tmp_path):
+  three_datasets(tmp_path, ticket_a=0.5)
+  report.write(tmp_path)
+  rows, summaries = recompute(tmp_path)
+  assert tuple(rows[0]) == claims.COLUMNS
+  for name in ("analysis", "family_size", "p_opposite",
+               "p_opposite_adjusted", "p_signflip", "n_dense", "n_ticket",
+               "units", "mde_80", "seeds_needed"):
+    assert name in rows[0]
+  one = [r for r in rows if r["claim"] == "1" and r["dataset"] == "a"
+         and r["analysis"] == "primary"][0]
+  assert one["units"] == "pp"
+  assert 9 < float(one["diff_mean"]) < 11 and 55 < float(
+      one["dense_mean"]) < 65
+  assert {s["analysis"] for s in summaries} == {"primary", "sensitivity"}
+
+
+# --------------------------------------------------------------------------
+# Why runs are paired by seed, and which pairs are cells
 # --------------------------------------------------------------------------
 
 
@@ -396,7 +464,6 @@ def test_a_seed_gives_dense_and_ticket_the_same_subset_and_order(tmp_path):
   the dataset and n_shot, never on the network."""
   import jax  # pylint: disable=g-import-not-at-top
   from conftest import smoke_config  # pylint: disable=g-import-not-at-top
-  from reprog_jax import methods  # pylint: disable=g-import-not-at-top
   from reprog_jax.model import network as network_lib  # pylint: disable=g-import-not-at-top
   from reprog_jax.model import pruning  # pylint: disable=g-import-not-at-top
   from reprog_jax.train import inputs  # pylint: disable=g-import-not-at-top
@@ -436,14 +503,15 @@ def test_a_pair_never_run_with_a_method_has_no_cell(tmp_path):
   # LP ran on the dense network and both tickets; VP on the dense network
   # and one ticket only (as a sweep may run a variant on some networks):
   # the other ticket gets no VP cell at all, not a "not testable" one.
-  acc, ece = [0.5, 0.6, 0.7], [0.05, 0.06, 0.07]
-  rows = write(tmp_path, {
-      ("linear_probe", "dense", "dense", "cifar10"): (acc, ece),
-      ("linear_probe", "lt_a", "ticket", "cifar10"): (acc, ece),
-      ("linear_probe", "lt_b", "ticket", "cifar10"): (acc, ece),
-      ("ilm_vp", "dense", "dense", "cifar10"): (acc, ece),
-      ("ilm_vp", "lt_a", "ticket", "cifar10"): (acc, ece)})
-  found = {(c["ticket"], c["method"]) for c in claims.cells(rows)
-           if c["claim"] == "2" and c["metric"] == "test_ece"}
+  runs = {}
+  for method, network, kind in (
+      ("linear_probe", "dense", "dense"), ("linear_probe", "lt_a", "ticket"),
+      ("linear_probe", "lt_b", "ticket"), ("ilm_vp", "dense", "dense"),
+      ("ilm_vp", "lt_a", "ticket")):
+    runs[(method, network, kind, "cifar10")] = (acc(0.6, 3), ece(0.05, 3),
+                                                76.0)
+  write(tmp_path, runs)
+  result = report.analyse(tmp_path, warn=False)
+  found = {(c["ticket"], c["method"]) for c in cell_of(result, "2")}
   assert found == {("lt_a", "linear_probe"), ("lt_b", "linear_probe"),
                    ("lt_a", "ilm_vp")}

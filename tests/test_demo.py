@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -17,7 +18,7 @@ from reprog_jax.model import network as network_lib
 from reprog_jax.model import network_dir
 from reprog_jax.model import resnet
 from reprog_jax.tools import source_task
-from test_claims import recompute_claims
+from recompute_verdicts import recompute
 
 
 def test_source_images_are_deterministic_and_coloured_by_class():
@@ -143,13 +144,19 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert all(r["status"] == "done" for r in rows)
   assert all(r["seeds"] == " ".join(map(str, scale.seeds)) for r in rows)
   report_md = (sweep_dir / "report.md").read_text()
-  assert "MINIATURE" in report_md and "## Claims" in report_md
-  assert "##### VP\n" in report_md and "##### VP blmpp\n" in report_md
+  assert "MINIATURE" in report_md and "## Primary analysis" in report_md
+  assert "## Sensitivity analyses" in report_md
   assert (sweep_dir / "blmpp" / "vp-blmpp" / "dense").is_dir()
+  # The primary verdicts and their minimum detectable effects, printed.
+  assert "primary analysis: Claim 1: tickets are not universal " in out
+  assert "  claim 1, digits 5-shot ticket_k2 VP: dense - ticket " in out
+  # Every tested cell's minimum detectable effect (claim 2: LP and VP).
+  assert out.count("MDE 80 %") >= 2
 
-  # seeds.csv and claims.csv: claims.csv recomputed from seeds.csv with
-  # scipy (paired t, Holm) gives the same numbers and verdicts.
-  claim_rows = recompute_claims(sweep_dir)
+  # seeds.csv, claims.csv and analyses.csv: every number and verdict
+  # recomputed from seeds.csv and study.json with scipy, independently of
+  # the package's statistics.
+  claim_rows, analyses = recompute(sweep_dir)
   with open(sweep_dir / "seeds.csv") as f:
     seed_rows = list(csv.DictReader(f))
   # Validation (the digits leave examples outside every subset), last and
@@ -158,17 +165,30 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert {r["selection"] for r in seed_rows} == {"validation", "best_test",
                                                  "last"}
   ones = [r for r in claim_rows if r["claim"] == "1"]
-  assert {r["method"] for r in ones} == {"ilm_vp", "ilm_vp[blmpp]"}
+  assert {(r["method"], r["analysis"]) for r in ones} == {
+      ("ilm_vp", "primary"), ("ilm_vp", "sensitivity"),
+      ("ilm_vp[blmpp]", "sensitivity")}
   # Per mapping: one ticket, three selections.
   assert len(ones) == 2 * 3 * len(scale.n_shots)
-  assert report_md.index("Selection `validation`") < report_md.index(
-      "Selection `last`") < report_md.index("Selection `best_test`")
-  # The demo records its networks' source accuracies: the gap is stated.
+  # 3 seeds: every cell is testable, unless its source accuracies differ.
+  assert all(r["n_seeds"] == "3" for r in claim_rows)
+  assert {r["verdict"] for r in claim_rows if r["claim"] == "2"} <= {
+      "held", "contradicted", "inconclusive"}
+  assert all(r["mde_80"] != "" for r in claim_rows if r["claim"] == "2")
+  # The demo records its networks' source accuracies: the gap is stated,
+  # and every run's summary carries its network's.
   assert all(r["source_gap_pp"] != "" for r in ones)
   assert dense.meta["source_top1"] == pytest.approx(
       100 * dense.meta["source_test_accuracy"])
+  for path in sweep_dir.rglob("summary.json"):
+    network = json.loads(path.read_text())["network"]
+    meta = json.loads((pathlib.Path(network["dir"]) / "meta.json")
+                      .read_text())
+    assert network["source_top1"] == meta["source_top1"]
   assert {r["metric"] for r in claim_rows if r["claim"] == "2"} == {
-      "test_ece", "test_ece_adaptive", "test_pytorch_logged_quantity"}
+      "test_ece", "test_ece_adaptive", "test_ece_ts", "test_nll",
+      "test_brier", "test_pytorch_logged_quantity"}
+  assert sum(a["analysis"] == "primary" for a in analyses) == 2
 
   # Re-running trains nothing: every stage is kept, every cell skipped.
   with open(workdir / "stages" / "networks.json") as f:

@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from reprog_jax.study import claims
 from reprog_jax import errors
 from reprog_jax.model import network as network_lib
 from reprog_jax.model import network_dir
@@ -135,38 +134,40 @@ def test_report_of_the_sweep_equals_its_summaries(swept, tmp_path):
     summary = json.loads((copy / cell.workdir_rel / "summary.json").read_text())
     summaries[cell.name] = summary
     assert row["network"] == cell.network and row["status"] == "done"
+    # The table is at the study's primary selection: validation.
+    assert row["selection"] == "validation"
     for key in ("test_acc", "test_ece"):
-      stat = summary["seeds_mean_std"]["best"][key]
-      assert float(row[f"{key}_mean"]) == stat["mean"]
-      assert float(row[f"{key}_std"]) == stat["std"]
+      stat = summary["seeds_mean_std"]["validation"][key]
+      assert float(row[f"{key}_mean"]) == pytest.approx(stat["mean"])
+      assert float(row[f"{key}_std"]) == pytest.approx(stat["std"])
     assert float(row["remaining_percent"]) == (
         summary["sparsity"]["global_remaining_percent"])
-  # Claim 1 for the ticket, recomputed from the summaries.
+  # The VP-gap analysis (VP gap - LP gap) for the ticket, from the
+  # summaries: every seed paired, so the gaps are differences of means.
   acc = {name: s["seeds_mean_std"]["best"]["test_acc"]["mean"]
          for name, s in summaries.items()}
-  # The secondary analysis (VP gap - LP gap) for the ticket, from the
-  # summaries: every seed paired, so the gaps are differences of means.
-  gaps = {(c["ticket"], c["selection"]): c
-          for c in claims.gap_cells(report.collect(str(copy)))}
+  result = report.analyse(str(copy), warn=False)
+  gaps = {(c["ticket"], c["selection"]): c for c in result.cells
+          if c["claim"] == "gap"}
   one = gaps[("lt", "best_test")]
-  assert one["vp_gap"] == pytest.approx(
-      acc["vp/dense/cifar10/2-shot"] - acc["vp/lt/cifar10/2-shot"])
-  assert one["lp_gap"] == pytest.approx(
-      acc["lp/dense/cifar10/2-shot"] - acc["lp/lt/cifar10/2-shot"])
+  assert one["dense_mean"] == pytest.approx(
+      100 * (acc["vp/dense/cifar10/2-shot"] - acc["vp/lt/cifar10/2-shot"]))
+  assert one["ticket_mean"] == pytest.approx(
+      100 * (acc["lp/dense/cifar10/2-shot"] - acc["lp/lt/cifar10/2-shot"]))
   assert gaps[("gone", "best_test")]["verdict"] == "not testable"
   text = open(written["report.md"]).read()
   assert "**FAILED** `vp/gone/cifar10/2-shot`" in text
-  # Claim 1's overall verdict once per selection (validation, last,
-  # best_test).
-  assert text.count("**Overall: ") == 3
-  assert (copy / "claims.csv").exists() and (copy / "seeds.csv").exists()
+  # The primary analysis first, then the others.
+  assert text.index("## Primary analysis") < text.index(
+      "## Sensitivity analyses")
+  for name in ("claims.csv", "seeds.csv", "analyses.csv"):
+    assert (copy / name).exists()
   assert all("validation" in s["seeds_mean_std"] for s in summaries.values())
-  # `python -m reprog_jax.report` shows the validation selection first.
+  # study.json records what each cell runs and the declared analysis.
+  recorded = json.loads((copy / "study.json").read_text())
+  assert {r["cell"] for r in recorded["runs"]} == set(recorded["cells"])
+  assert recorded["study"]["primary"]["quantity"] == "test_ece"
   assert report.main([str(copy)]) == 0
-  text = (copy / "report.md").read_text()
-  where = [text.index(f"### Selection `{selection}`")
-           for selection in ("validation", "last", "best_test")]
-  assert where == sorted(where)
 
 
 def test_rerun_skips_finished_cells_and_resumes_the_rest(swept, tmp_path,

@@ -16,12 +16,12 @@ from test_report import fake_summary
 from test_sweep import study_preset
 
 # Per (label mapping, kind): each seed's (test accuracy, ECE). Under ILM the
-# ticket trails by 10 points on both seeds (claim 1 held); under BLM++ it
-# does not (not held).
-VALUES = {("ilm", "dense"): [(0.80, 0.1), (0.82, 0.1)],
-          ("ilm", "ticket"): [(0.70, 0.1), (0.71, 0.1)],
-          ("blmpp", "dense"): [(0.80, 0.1), (0.82, 0.1)],
-          ("blmpp", "ticket"): [(0.81, 0.1), (0.80, 0.1)]}
+# ticket trails by 10, 11 and 9 points (claim 1 held); under BLM++ by -1, 2
+# and 1 (inconclusive).
+VALUES = {("ilm", "dense"): [(0.80, 0.1), (0.82, 0.1), (0.81, 0.1)],
+          ("ilm", "ticket"): [(0.70, 0.1), (0.71, 0.1), (0.72, 0.1)],
+          ("blmpp", "dense"): [(0.80, 0.1), (0.82, 0.1), (0.81, 0.1)],
+          ("blmpp", "ticket"): [(0.81, 0.1), (0.80, 0.1), (0.80, 0.1)]}
 
 
 @pytest.fixture
@@ -35,7 +35,8 @@ def variant_sweep(tmp_path, monkeypatch):
     summary = fake_summary(config.method, "net", config.network,
                            100.0 if config.network == "dense" else 20.0,
                            config.data.name, config.n_shot,
-                           VALUES[(mapping, config.network)])
+                           VALUES[(mapping, config.network)],
+                           source_top1=76.0)
     summary["config"] = {"label_mapping": mapping,
                          "prompt": config.get("prompt", "expansive")}
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -75,13 +76,14 @@ def test_report_tests_claim_one_per_label_mapping(variant_sweep):
   workdir, _, _ = variant_sweep
   written = report.write(str(workdir))
   text = open(written["report.md"]).read()
-  assert "##### VP\n" in text and "##### VP blmpp\n" in text
-  ilm = text[text.index("##### VP\n"):text.index("##### VP blmpp\n")]
-  blmpp = text[text.index("##### VP blmpp\n"):]
-  assert "**VP: held (source similarity not checked)**" in ilm
-  assert "**VP blmpp: not held**" in blmpp
+  # ILM is the primary analysis; BLM++ a sensitivity analysis of its own.
+  assert ("**Claim 1: tickets are not universal reprogrammers: held** (1 "
+          "held)") in text
+  assert ("| 1 | VP blmpp | `validation` | accuracy | **not shown** | 1 "
+          "inconclusive |") in text
   with open(written["claims.csv"]) as f:
-    rows = [r for r in csv.DictReader(f) if r["claim"] == "1"]
-  assert sorted(r["method"] for r in rows) == ["ilm_vp", "ilm_vp[blmpp]"]
-  verdicts = {r["method"]: r["verdict"] for r in rows}
-  assert verdicts == {"ilm_vp": "held", "ilm_vp[blmpp]": "not held"}
+    rows = [r for r in csv.DictReader(f) if r["claim"] == "1"
+            and r["selection"] == "validation"]
+  verdicts = {(r["method"], r["analysis"]): r["verdict"] for r in rows}
+  assert verdicts == {("ilm_vp", "primary"): "held",
+                      ("ilm_vp[blmpp]", "sensitivity"): "inconclusive"}

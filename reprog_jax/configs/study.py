@@ -27,6 +27,25 @@ Fields:
     E.g. --config.label_mappings="('ilm', 'blmpp')" asks whether the
     ticket gap survives BLM++; the report tests claim 1 per variant.
 
+The analysis the report runs, declared before the runs (recorded in the
+sweep's study.json with the grid, so that anyone can recompute the
+verdicts; `reprog_jax.study.design`):
+  primary: the primary analysis; every other one is a sensitivity
+    analysis. `method` and `variant`: the reprogramming method of claim 1
+    and claim 2 (ILM-VP, '' its default label mapping and prompt);
+    `probe`: the linear-probing method of claim 2; `selection`: the model
+    selection ('validation': the epoch picked on a validation split, the
+    last epoch for cells without one); `quantity`: claim 2's calibration
+    quantity (`test_ece`).
+  alpha: the significance level of every verdict.
+  similar_source_pp: claim 1 is about a dense network and a ticket of
+    similar source (ImageNet) top-1: at most this many percentage points
+    apart (after rounding to 0.01 pp); other cells are "not applicable".
+  power_effect: per quantity, the effect a study should be able to detect
+    (accuracy in percentage points, the others in their own units); the
+    report states the seeds each cell would need for 80 % power at it.
+    E.g. --config.power_effect.test_acc=2.0.
+
 Presets:
   smoke: mock CIFAR-10, a random ResNet-18, both methods, 2 shots, 2
     seeds, 1 epoch: seconds per cell on a CPU; its numbers mean nothing.
@@ -78,6 +97,32 @@ GRID_PROVENANCE = {
 }
 
 
+# The analysis fields' defaults (every preset's); a study.json written
+# before they existed is read with these.
+ANALYSIS = {
+    "primary": {"method": "ilm_vp", "variant": "", "probe": "linear_probe",
+                "selection": "validation", "quantity": "test_ece"},
+    "alpha": 0.05,
+    "similar_source_pp": 1.0,
+    # None: no effect of interest is declared (the PyTorch version's logged
+    # quantity has no natural scale).
+    "power_effect": {"test_acc": 1.0, "test_ece": 0.01,
+                     "test_ece_adaptive": 0.01, "test_ece_ts": 0.01,
+                     "test_nll": 0.05, "test_brier": 0.01,
+                     "test_pytorch_logged_quantity": None},
+}
+
+
+def _analysis(study):
+  """Sets the analysis fields (`ANALYSIS`) of `study`."""
+  study.primary = dict(ANALYSIS["primary"])
+  study.alpha = ANALYSIS["alpha"]
+  study.similar_source_pp = ANALYSIS["similar_source_pp"]
+  study.power_effect = {
+      k: config_dict.placeholder(float) if v is None else v
+      for k, v in ANALYSIS["power_effect"].items()}
+
+
 def _network(kind, random=None):
   return {"dir": config_dict.placeholder(str),
           "random": config_dict.placeholder(str) if random is None else random,
@@ -119,4 +164,5 @@ def get_config(preset=None):
   else:
     raise ValueError(f"configs/study.py: unknown preset {preset!r}; use "
                      f"smoke or grid")
+  _analysis(study)
   return study.lock()

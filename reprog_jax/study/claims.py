@@ -1,89 +1,52 @@
-"""The paper's two claims, tested on a sweep's runs (`reprog_jax.report`).
+"""The paper's two claims, tested on a sweep's runs (`reprog_jax.report`):
+which cells there are, and each cell's statistics.
 
 In the paper's words (abstract):
   1. "for certain target datasets, reprogramming an LT yields significantly
      lower performance than the reprogrammed dense model although their
-     corresponding upstream performance is similar". Tested per dataset x
-     n_shot x ticket on the test accuracy of every reprogramming method
-     (registry family 'prompt', ILM-VP, each label mapping and prompt
-     variant on its own: `method_key`): held in a cell when the one-sided
-     paired t-test of dense > ticket is significant after Holm's
-     correction (`p_adjusted < alpha`) and the two networks' source
-     (ImageNet) top-1 differ by at most `similar_source_pp` points. Without
-     both source accuracies the cell can still be held, and says "source
-     similarity not checked". Overall: held when some cell is held.
+     corresponding upstream performance is similar": per dataset x n_shot
+     x ticket, the test accuracy of a reprogramming method (registry family
+     'prompt': ILM-VP, each label mapping and prompt on its own,
+     `method_key`).
   2. "the calibration of dense models is always superior to that of their
-     lottery ticket counterparts under both LP and VP regimes". Tested for
-     every method on three quantities: `test_ece` (top-label ECE),
-     `test_ece_adaptive` and `test_pytorch_logged_quantity` (what the
-     PyTorch version logged as "ECE", the paper's evidence). A cell is held
-     when dense < ticket is significant after Holm, contradicted when
-     dense > ticket is, inconclusive otherwise. Overall, per quantity:
-     contradicted if any cell is, held if every testable cell is, else
-     inconclusive.
+     lottery ticket counterparts under both LP and VP regimes": per
+     dataset x n_shot x ticket x {LP, VP}, a calibration quantity.
 
-Statistics (`study.statistics`): runs are paired by seed (a seed gives dense
-and ticket the same few-shot subset and training order); d_s = dense -
-ticket; a two-sided 95 % Student-t interval of its mean; Holm over the cells
-of one (claim, metric, selection, method). Fewer than 2 paired seeds: not
-testable.
-
-Secondary analysis, not claim 1: "the VP gap exceeds the LP gap", the
-ticket's shortfall under reprogramming minus its shortfall under linear
-probing, per seed, with the same statistics (`gap_cells`).
-
-Every test is repeated for each model selection the runs recorded
-(`SELECTIONS`): the epoch picked on a validation split, the last epoch, and
-the PyTorch version's best-test-accuracy epoch (optimistic: picked on the
-test set).
+A cell is one ticket against one dense network of its architecture, runs
+paired by seed (`study.statistics`): d_s = dense_s - ticket_s, accuracy in
+percentage points. An analysis (`Analysis`) is one family of cells: one
+claim, method variant (claim 2: the probe and one prompt method), model
+selection and quantity, over ALL datasets x budgets x tickets together.
+The study declares one primary analysis (`design.Options.primary`); every
+other one is a sensitivity analysis, as are the hybrid methods' tables
+(family 'hybrid': a prompt with a new head; never claim 1 nor the primary
+claim 2) and the VP-gap analysis (the ticket's accuracy shortfall under
+reprogramming minus its shortfall under linear probing, per seed). How the
+cells become verdicts: `study.verdicts`.
 """
 
 from typing import NamedTuple
 
 from reprog_jax import methods
+from reprog_jax.study import design
 from reprog_jax.study import statistics
+# Options, method_key and SELECTIONS are also this module's names, as
+# before `study.design` held them.
+from reprog_jax.study.design import (CLAIM_ONE_QUANTITY, CLAIM_TWO_QUANTITIES,
+                                     QUANTITIES, SELECTIONS, Options,
+                                     method_key)
 
-# Model selection -> (the summary's per-seed key, its description); in the
-# order the report shows them.
-SELECTIONS = {
-    "validation": ("validation", "the epoch with the best accuracy on a "
-                   "validation split (held out of the training split)"),
-    "last": ("last", "the last epoch"),
-    "best_test": ("best", "the epoch with the best test accuracy, as the "
-                  "PyTorch version reports (optimistic: picked on the test "
-                  "set)"),
-}
-CLAIM_ONE_METRIC = "test_acc"
-CLAIM_TWO_METRICS = ("test_ece", "test_ece_adaptive",
-                     "test_pytorch_logged_quantity")
-# claims.csv, one row per cell.
-COLUMNS = ("claim", "metric", "selection", "dataset", "n_shot", "dense",
-           "ticket", "method", "n_seeds", "dense_mean", "ticket_mean",
-           "diff_mean", "ci_low", "ci_high", "p_value", "p_adjusted",
-           "source_gap_pp", "verdict")
-VERDICTS = ("held", "not held", "contradicted", "inconclusive",
-            "not testable")
-
-
-class Options(NamedTuple):
-  """The report's thresholds (`python -m reprog_jax.report --alpha ...`).
-
-  Attributes:
-    alpha: the family-wise significance level of Holm's correction.
-    similar_source_pp: the largest |dense - ticket| source top-1 gap, in
-      percentage points, under which claim 1 calls the upstream performance
-      "similar".
-  """
-  alpha: float = 0.05
-  similar_source_pp: float = 1.0
-
-
-def method_key(method, variant="") -> str | None:
-  """How the report names a method's variant: 'ilm_vp' (its defaults),
-  'ilm_vp[blmpp]' (`MethodSpec.variant`); every claim is tested per key."""
-  if method is None or not variant:
-    return method
-  return f"{method}[{variant}]"
+# claims.csv, one row per cell of each analysis.
+COLUMNS = ("analysis", "family", "claim", "metric", "selection", "dataset",
+           "n_shot", "dense", "ticket", "method", "family_size", "n_seeds",
+           "n_dense", "n_ticket", "units", "dense_mean", "ticket_mean",
+           "diff_mean", "diff_sd", "ci_low", "ci_high", "p_value",
+           "p_adjusted", "p_opposite", "p_opposite_adjusted", "p_signflip",
+           "mde_80", "seeds_needed", "source_gap_pp", "verdict", "note")
+# The fewest paired seeds a cell is tested with: with 2 (1 degree of
+# freedom) the t-test's spread is one number and the sign-flip p cannot go
+# below 0.25.
+MIN_SEEDS = 3
 
 
 def variant_key(method, config) -> str:
@@ -99,8 +62,8 @@ def _split(method) -> tuple[str, str]:
 
 
 def family(method) -> str | None:
-  """The registry's family of `method` ('prompt', 'probe'), None if the
-  method is not registered."""
+  """The registry's family of `method` ('prompt', 'probe', 'hybrid'),
+  None if the method is not registered here."""
   spec = methods.METHODS.get(_split(method)[0])
   return spec.family if spec else None
 
@@ -118,7 +81,7 @@ def label(method) -> str:
 def method_rank(method) -> tuple[int, str]:
   """A method's place in tables and figures: the registry's order, then
   its variants after it by name."""
-  names = list(methods.names())
+  names = list(methods.METHODS)
   name, variant = _split(method)
   return (names.index(name) if name in names else len(names)), variant
 
@@ -141,13 +104,19 @@ class Comparison(NamedTuple):
   def methods(self) -> list[str]:
     return sorted({m for _, m in self.runs})
 
-  def values(self, kind, method, selection, metric) -> dict:
-    """{seed: value} of a finished run (empty when missing or failed)."""
+  def records(self, kind, method, selection) -> dict | None:
+    """{seed: record} of a finished run at `selection` (None: no such
+    finished run)."""
     row = self.runs.get((kind, method))
     if row is None or row.status != "done":
-      return {}
-    records = row.selections.get(selection, {})
-    return {seed: r[metric] for seed, r in records.items()
+      return None
+    return row.selections.get(selection, {})
+
+  def values(self, kind, method, selection, metric, scale=1.0) -> dict:
+    """{seed: scale * value} of a finished run (empty when missing or
+    failed); NaN stays NaN."""
+    records = self.records(kind, method, selection) or {}
+    return {seed: scale * r[metric] for seed, r in records.items()
             if r.get(metric) is not None}
 
 
@@ -197,162 +166,220 @@ def _cell_order(key):
   return dataset, n_shot == -1, n_shot
 
 
-def selections(rows) -> list[str]:
-  """The selections some finished run recorded, in `SELECTIONS` order."""
-  return [s for s in SELECTIONS
-          if any(r.selections.get(s) for r in rows if r.status == "done")]
-
-
-def _has_metric(rows, selection, metric) -> bool:
-  return any(metric in record for r in rows if r.status == "done"
-             for record in r.selections.get(selection, {}).values())
-
-
 # --------------------------------------------------------------------------
-# Claims 1 and 2, one claims.csv row per cell
+# Analyses: the families
 # --------------------------------------------------------------------------
 
 
-def cells(rows, options=Options()) -> list[dict]:
-  """Every claims.csv row (`COLUMNS`, plus 'p_opposite' and
-  'p_opposite_adjusted' for claim 2), tested and corrected."""
-  pairs = comparisons(rows)
+class Analysis(NamedTuple):
+  """One family of cells.
+
+  Attributes:
+    claim: '1', '2', 'hybrid' (a hybrid method, dense vs ticket, claim 1's
+      rules on accuracy and claim 2's on calibration) or 'gap' (the VP
+      gap minus the LP gap, claim 1's rules).
+    metric: the quantity (`design.QUANTITIES`).
+    selection: the model selection (`design.SELECTIONS`).
+    methods: the method keys whose cells form the family ('gap': the
+      prompt method, then the probe method).
+    primary: whether it is the study's declared primary analysis.
+  """
+  claim: str
+  metric: str
+  selection: str
+  methods: tuple
+  primary: bool = False
+
+  @property
+  def name(self) -> str:
+    """Its id in claims.csv's `family` column."""
+    return "|".join((self.claim, "+".join(self.methods), self.selection,
+                     self.metric))
+
+  @property
+  def universal(self) -> bool:
+    """Calibration (claim 2's rules: every cell on its own) rather than
+    accuracy (claim 1's: Holm over the family, some cell)."""
+    return self.metric != CLAIM_ONE_QUANTITY
+
+  @property
+  def direction(self) -> str:
+    """What the paper predicts for dense - ticket."""
+    return statistics.LESS if self.universal else statistics.GREATER
+
+  @property
+  def gated_by_source(self) -> bool:
+    """Claim 1's cells need networks of similar source accuracy."""
+    return self.claim in ("1", "hybrid") and not self.universal
+
+
+def analyses(rows, options=Options()) -> list[Analysis]:
+  """Every analysis of `rows`, the primary ones first: claim 1 per prompt
+  method x selection; claim 2 per probe method x prompt method x
+  selection x quantity; the hybrids'; the VP gap's."""
+  done = [r for r in rows if r.status == "done"]
+  primary = options.primary
+  found = {}
+  for r in rows:
+    if r.method and family(r.method):
+      found.setdefault(family(r.method), set()).add(r.method)
+  # The declared methods count even without a run: their planned cells
+  # are then missing, which claim 2 must say.
+  prompt = method_key(primary["method"], primary["variant"])
+  found.setdefault("prompt", set()).add(prompt)
+  found.setdefault("probe", set()).add(primary["probe"])
+  order = lambda keys: sorted(keys, key=lambda m: (method_rank(m), m))
+  prompts, probes = order(found["prompt"]), order(found["probe"])
+  hybrids = order(found.get("hybrid", ()))
+  chosen = [s for s in SELECTIONS if s == primary["selection"]
+            or any(r.selections.get(s) for r in done)]
+
+  def has(selection, metric):
+    return metric == primary["quantity"] or any(
+        metric in record for r in done
+        for key in {selection, "last"}
+        for record in r.selections.get(key, {}).values())
+
   result = []
-  for selection in selections(rows):
-    tests = []
-    if _has_metric(rows, selection, CLAIM_ONE_METRIC):
-      tests.append(("1", CLAIM_ONE_METRIC, statistics.GREATER, {"prompt"}))
-    tests += [("2", metric, statistics.LESS, None)
-              for metric in CLAIM_TWO_METRICS
-              if _has_metric(rows, selection, metric)]
-    for claim, metric, direction, families in tests:
-      for c in pairs:
-        for method in c.methods:
-          if families is not None and family(method) not in families:
-            continue
-          if None in (c.runs.get(("dense", method)),
-                      c.runs.get(("ticket", method))):
-            # Never asked of this pair (a sweep may run a variant on some
-            # networks only); a run that failed is a row, and not testable.
-            continue
-          result.append(_cell(c, claim, metric, selection, method, direction))
-  _correct(result, "p_value", "p_adjusted")
-  _correct(result, "p_opposite", "p_opposite_adjusted")
-  for cell in result:
-    cell["verdict"] = _verdict(cell, options)
+  for selection in chosen:
+    for vp in prompts:
+      result.append(Analysis("1", CLAIM_ONE_QUANTITY, selection, (vp,),
+                             vp == prompt and selection ==
+                             primary["selection"]))
+    for lp in probes:
+      for vp in prompts:
+        result += [Analysis("2", q, selection, (lp, vp),
+                            (lp, vp, selection, q) == (
+                                primary["probe"], prompt,
+                                primary["selection"], primary["quantity"]))
+                   for q in CLAIM_TWO_QUANTITIES if has(selection, q)]
+    for hybrid in hybrids:
+      result += [Analysis("hybrid", q, selection, (hybrid,))
+                 for q in (CLAIM_ONE_QUANTITY,) + CLAIM_TWO_QUANTITIES
+                 if has(selection, q)]
+    result += [Analysis("gap", CLAIM_ONE_QUANTITY, selection, (vp, lp))
+               for vp in prompts for lp in probes]
+  return sorted(result, key=lambda a: not a.primary)
+
+
+# --------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------
+
+
+def cells(rows, analysis, options=Options()) -> list[dict]:
+  """The cells of `analysis` (claims.csv rows without the family's
+  columns: `verdicts.decide` adds them), in dataset, n_shot, ticket,
+  method order."""
+  result = []
+  for c in comparisons(rows):
+    if analysis.claim == "gap":
+      vp, lp = analysis.methods
+      if any(c.runs.get((k, m)) is None for k in ("dense", "ticket")
+             for m in (vp, lp)):
+        continue
+      result.append(_gap_cell(analysis, c, vp, lp))
+      continue
+    for method in analysis.methods:
+      if None in (c.runs.get(("dense", method)),
+                  c.runs.get(("ticket", method))):
+        # Never asked of this pair (a sweep may run a variant on some
+        # networks only); a run that failed is a row, and not testable.
+        continue
+      result.append(_cell(analysis, c, method, options))
   return result
 
 
-def _cell(c, claim, metric, selection, method, direction) -> dict:
-  test = statistics.paired(c.values("dense", method, selection, metric),
-                           c.values("ticket", method, selection, metric),
-                           direction)
-  cell = {"claim": claim, "metric": metric, "selection": selection,
+def _selection(c, analysis, methods_) -> tuple[str, str]:
+  """(the selection a cell uses, a note): 'validation' falls back to the last epoch where a run has no validation split."""
+  key = analysis.selection
+  if key != "validation":
+    return key, ""
+  for kind in ("dense", "ticket"):
+    for m in methods_:
+      records = c.records(kind, m, key)
+      if records is not None and not records:
+        return "last", "last epoch: no validation split"
+  return key, ""
+
+
+def _base(analysis, c, method, test, note) -> dict:
+  units = QUANTITIES[analysis.metric][1]
+  cell = {"analysis": "primary" if analysis.primary else "sensitivity",
+          "family": analysis.name, "claim": analysis.claim,
+          "metric": analysis.metric, "selection": analysis.selection,
           "dataset": c.dataset, "n_shot": c.n_shot, "dense": c.dense,
-          "ticket": c.ticket, "method": method,
-          "n_seeds": test.n if test else 0,
-          "source_gap_pp": c.source_gap_pp, "remaining": c.remaining}
-  for key in ("dense_mean", "ticket_mean", "diff_mean", "ci_low", "ci_high",
-              "p_value", "p_opposite"):
-    cell[key] = getattr(test, key) if test else None
+          "ticket": c.ticket, "method": method, "n_seeds": test.n,
+          "units": units, "source_gap_pp": c.source_gap_pp,
+          "remaining": c.remaining, "note": note, "test": test}
+  for key in ("dense_mean", "ticket_mean", "diff_mean", "diff_sd", "ci_low",
+              "ci_high", "p_value", "p_opposite", "p_signflip"):
+    cell[key] = getattr(test, key)
   return cell
 
 
-def _correct(result, key, adjusted_key) -> None:
-  """Holm over the cells of each (claim, metric, selection, method)."""
-  families = {}
-  for cell in result:
-    families.setdefault((cell["claim"], cell["metric"], cell["selection"],
-                         cell["method"]), []).append(cell)
-  for members in families.values():
-    for cell, p in zip(members, statistics.holm([m[key] for m in members])):
-      cell[adjusted_key] = p
+def _cell(analysis, c, method, options) -> dict:
+  key, note = _selection(c, analysis, (method,))
+  scale = QUANTITIES[analysis.metric][2]
+  dense = c.values("dense", method, key, analysis.metric, scale)
+  ticket = c.values("ticket", method, key, analysis.metric, scale)
+  test = statistics.paired(dense, ticket, analysis.direction)
+  cell = _base(analysis, c, method, test, note)
+  cell.update(n_dense=len(dense), n_ticket=len(ticket))
+  cell["verdict"] = _untested(analysis, cell, options)
+  return cell
 
 
-def _verdict(cell, options) -> str:
-  if cell["p_value"] is None:
-    return "not testable"
-  significant = cell["p_adjusted"] < options.alpha
-  if cell["claim"] == "1":
+def _gap_cell(analysis, c, vp, lp) -> dict:
+  """d_s = (dense - ticket accuracy under `vp`) - (the same under `lp`),
+  in percentage points; 'dense' holds the VP gaps, 'ticket' the LP ones."""
+  key, note = _selection(c, analysis, (vp, lp))
+
+  def gaps(method):
+    dense = c.values("dense", method, key, CLAIM_ONE_QUANTITY, 100.0)
+    ticket = c.values("ticket", method, key, CLAIM_ONE_QUANTITY, 100.0)
+    return {s: dense[s] - ticket[s] for s in set(dense) & set(ticket)}
+
+  vp_gaps, lp_gaps = gaps(vp), gaps(lp)
+  test = statistics.paired(vp_gaps, lp_gaps, statistics.GREATER)
+  cell = _base(analysis, c, f"{vp} - {lp}", test, note)
+  cell.update(n_dense=len(vp_gaps), n_ticket=len(lp_gaps))
+  cell["verdict"] = _untested(analysis, cell, Options())
+  return cell
+
+
+def _untested(analysis, cell, options) -> str | None:
+  """'not applicable' or 'not testable' (with the cell's note), or None
+  for a cell of the family."""
+  def said(verdict, why):
+    cell["note"] = "; ".join(filter(None, (cell["note"], why)))
+    return verdict
+
+  if analysis.gated_by_source:
     gap = cell["source_gap_pp"]
-    similar = gap is None or abs(gap) <= options.similar_source_pp
-    return "held" if significant and similar else "not held"
-  if significant:
-    return "held"
-  if cell["p_opposite_adjusted"] < options.alpha:
-    return "contradicted"
-  return "inconclusive"
+    if gap is None:
+      return said("not applicable", "source accuracy of a network unknown")
+    if round(abs(gap), 2) > options.similar_source_pp:
+      return said("not applicable",
+                  f"source gap {gap:.2f} pp > {options.similar_source_pp:g}")
+  test = cell["test"]
+  if not test.finite:
+    return said("not testable", "a NaN or infinite value")
+  if test.n < MIN_SEEDS:
+    return said("not testable", f"{test.n} paired seed(s), {MIN_SEEDS} "
+                "needed")
+  return None
 
 
-def overall(claim, cell_rows) -> tuple[str, str]:
-  """(verdict, sentence) of claim '1' or '2' over the cells of one metric
-  and selection."""
-  counts = {v: sum(c["verdict"] == v for c in cell_rows) for v in VERDICTS}
-  testable = len(cell_rows) - counts["not testable"]
-  said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-  if not testable:
-    return "not testable", (f"none of {len(cell_rows)} cells has 2 seeds "
-                            "of dense and ticket" if cell_rows else
-                            "no ticket shares a dataset and n_shot with a "
-                            "dense network")
-  if claim == "1":
-    held = [c for c in cell_rows if c["verdict"] == "held"]
-    if not held:
-      return "not held", said
-    unchecked = sum(c["source_gap_pp"] is None for c in held)
-    if unchecked == len(held):
-      return "held (source similarity not checked)", said
-    return "held", said
-  if counts["contradicted"]:
-    return "contradicted", said
-  if counts["held"] == testable:
-    return "held", said
-  return "inconclusive", said
+def quantity_name(metric) -> str:
+  """The report's name of a quantity."""
+  return QUANTITIES[metric][0]
 
 
-# --------------------------------------------------------------------------
-# Secondary analysis: the VP gap exceeds the LP gap
-# --------------------------------------------------------------------------
-
-
-def gap_cells(rows, options=Options()) -> list[dict]:
-  """Per (dataset, n_shot, ticket, prompt method, probe method, selection):
-  d_s = (dense - ticket accuracy under the prompt method) - (the same under
-  the probe method), tested one-sided for > 0 with Holm per (selection,
-  method pair). Verdict 'held' / 'not held' / 'not testable'."""
-  result = []
-  for selection in selections(rows):
-    for c in comparisons(rows):
-      prompts = [m for m in c.methods if family(m) == "prompt"]
-      probes = [m for m in c.methods if family(m) == "probe"]
-      for vp in prompts:
-        for lp in probes:
-          gaps = [_gaps(c, m, selection) for m in (vp, lp)]
-          test = statistics.paired(*gaps, statistics.GREATER)
-          result.append({
-              "selection": selection, "dataset": c.dataset,
-              "n_shot": c.n_shot, "dense": c.dense, "ticket": c.ticket,
-              "remaining": c.remaining, "method": f"{vp} - {lp}",
-              "n_seeds": test.n if test else 0,
-              "vp_gap": test.dense_mean if test else None,
-              "lp_gap": test.ticket_mean if test else None,
-              "diff_mean": test.diff_mean if test else None,
-              "ci_low": test.ci_low if test else None,
-              "ci_high": test.ci_high if test else None,
-              "p_value": test.p_value if test else None})
-  families = {}
-  for cell in result:
-    families.setdefault((cell["selection"], cell["method"]), []).append(cell)
-  for members in families.values():
-    for cell, p in zip(members,
-                       statistics.holm([m["p_value"] for m in members])):
-      cell["p_adjusted"] = p
-      cell["verdict"] = ("not testable" if p is None else
-                         "held" if p < options.alpha else "not held")
-  return result
-
-
-def _gaps(c, method, selection) -> dict:
-  dense = c.values("dense", method, selection, CLAIM_ONE_METRIC)
-  ticket = c.values("ticket", method, selection, CLAIM_ONE_METRIC)
-  return {s: dense[s] - ticket[s] for s in set(dense) & set(ticket)}
+def selection_name(selection, rows) -> str:
+  """How the report describes a model selection: `best_test` is 'among
+  tested epochs' where some run did not test every epoch."""
+  if selection == "best_test" and any(
+      r.test_every != 1 for r in rows if r.status == "done"):
+    return design.BEST_AMONG_TESTED
+  return SELECTIONS[selection][1]

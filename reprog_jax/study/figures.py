@@ -1,6 +1,7 @@
 """The report's figures (`reprog_jax.report`): accuracy and ECE against the
 remaining weights, accuracy against n_shot, reliability diagrams of dense
-networks against tickets."""
+networks against tickets; all at the study's primary model selection (the
+rows' `stats` and `reliability`)."""
 
 import io
 
@@ -8,16 +9,19 @@ from reprog_jax.data.fewshot import shot_name
 from reprog_jax.study import claims
 
 
-def figures(rows, directory) -> dict:
+def figures(rows, directory, selection="validation-selected epoch") -> dict:
   """{relative path under `directory`: function returning PNG bytes} of
-  the report's rows; error bars are the seeds' ddof=1 std."""
+  the report's rows; error bars are the seeds' ddof=1 std; `selection`
+  names the rows' model selection on the axes."""
+  accuracy = f"test accuracy (%), {selection}"
   drawn = {
       f"{directory}/accuracy_vs_remaining.png":
-          lambda: _versus_remaining(rows, "test_acc", "best test accuracy (%)",
-                                    100.0),
+          lambda: _versus_remaining(rows, "test_acc", accuracy, 100.0),
       f"{directory}/ece_vs_remaining.png":
-          lambda: _versus_remaining(rows, "test_ece", "ECE", 1.0),
-      f"{directory}/accuracy_vs_n_shot.png": lambda: _versus_n_shot(rows),
+          lambda: _versus_remaining(rows, "test_ece", f"ECE, {selection}",
+                                    1.0),
+      f"{directory}/accuracy_vs_n_shot.png":
+          lambda: _versus_n_shot(rows, accuracy),
   }
   for dataset, n_shot in sorted({(r.dataset, r.n_shot) for r in rows
                                  if r.reliability}):
@@ -65,15 +69,16 @@ def _versus_remaining(rows, metric, ylabel, scale) -> bytes:
     axes.invert_xaxis()  # Sparser to the right, as pruning proceeds.
     axes.set(title=dataset, xlabel="remaining weights (%)", ylabel=ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if axes.get_legend_handles_labels()[0]:
+      axes.legend(fontsize=8)
   return _png(figure)
 
 
-def _versus_n_shot(rows) -> bytes:
+def _versus_n_shot(rows, ylabel) -> bytes:
   datasets = sorted({r.dataset for r in rows})
   figure, panels = _panels(len(datasets))
   for axes, dataset in zip(panels, datasets):
-    mine = [r for r in rows if r.dataset == dataset]
+    mine = [r for r in rows if r.dataset == dataset and "test_acc" in r.stats]
     shots = sorted({r.n_shot for r in mine}, key=lambda n: (n == -1, n))
     series = sorted({(r.method, r.network, r.remaining) for r in mine},
                     key=lambda s: (claims.method_rank(s[0]), -s[2], s[1]))
@@ -88,9 +93,10 @@ def _versus_n_shot(rows) -> bytes:
     axes.set_xticks(range(len(shots)), [
         "full" if n == -1 else str(n) for n in shots])
     axes.set(title=dataset, xlabel="training examples per class (n_shot)",
-             ylabel="best test accuracy (%)")
+             ylabel=ylabel)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if axes.get_legend_handles_labels()[0]:
+      axes.legend(fontsize=8)
   return _png(figure)
 
 
@@ -114,5 +120,6 @@ def _reliability(rows) -> bytes:
              ylabel="accuracy", title=f"{claims.label(method)}: "
              f"{rows[0].dataset}, {shot_name(rows[0].n_shot)}")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    if axes.get_legend_handles_labels()[0]:
+      axes.legend(fontsize=8)
   return _png(figure)

@@ -18,11 +18,12 @@ import ml_collections
 from reprog_jax import data
 from reprog_jax import errors
 from reprog_jax import methods
+from reprog_jax.study import design
 from reprog_jax.train import run_config
 from reprog_jax.train import workdir as workdir_lib
 
 FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
-          "method_overrides", "label_mappings", "prompts")
+          "method_overrides", "label_mappings", "prompts") + design.FIELDS
 # Optional study axes -> the config field each varies, in methods that
 # declare it (`MethodSpec.variant_fields`); absent or empty: the method's
 # default only, and study.json keeps them absent (older sweeps match).
@@ -68,6 +69,9 @@ def plain_study(study) -> dict:
         f"exactly {', '.join(FIELDS)} (see configs/study.py)")
   study.setdefault("overrides", {})
   study.setdefault("method_overrides", {})
+  # The declared analysis (`study.design`); an older study.json without it
+  # reads as the defaults.
+  study = design.with_defaults(study)
   for axis in VARIANT_AXES:  # Unused axes stay out of study.json.
     if not study.get(axis):
       study.pop(axis, None)
@@ -102,6 +106,17 @@ def cells(study) -> list[Cell]:
                              data.shot_name(n_shot)))
             grid.append(Cell(name, name, config, network))
   return grid
+
+
+def planned_runs(grid) -> list[dict]:
+  """What each cell of `grid` runs, as study.json records it for the
+  report (`design.planned_runs`): 'cell', 'method', 'variant', 'network',
+  'kind', 'dataset', 'n_shot'."""
+  return [{"cell": c.name, "method": c.config.method,
+           "variant": methods.get(c.config.method).variant(c.config),
+           "network": c.network, "kind": c.config.network,
+           "dataset": c.config.data.name, "n_shot": c.config.n_shot}
+          for c in grid]
 
 
 def _variants(study, spec) -> list[dict]:
@@ -163,6 +178,9 @@ def _check_axes(study) -> None:
           f"the full training split")
   for dataset in study["datasets"]:
     data.get_dataset_info(dataset)  # A DataError listing every name.
+  trouble = design.problem(study)
+  if trouble:
+    bad(trouble)
   # Overrides of a method the study does not run are kept, unused: a
   # preset's methods can then be narrowed from the command line.
   unknown = sorted(set(study["method_overrides"]) - set(known))

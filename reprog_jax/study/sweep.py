@@ -20,6 +20,9 @@ whose index in the study's order is i modulo n (`--task_index`,
 all writing to one workdir on a shared filesystem. The grid is recorded in
 `<workdir>/study.json`: a later sweep with another grid is refused, or with
 `--extend`, when it only adds cells, runs the new ones.
+Beside the grid, study.json records what each cell runs (`runs`) and the
+study's declared analysis (primary analysis, alpha, similar_source_pp,
+power_effect), from which the report decides and states its verdicts.
 
 The grid itself (the cells and their checked configs) is built by
 `study.grid`; this module runs its cells and keeps the sweep directory.
@@ -58,6 +61,7 @@ def record_study(workdir, study, grid, extend=False) -> None:
   """
   path = os.path.join(workdir, layout.STUDY_FILE)
   study = grid_lib.plain_study(study)
+  recorded = None
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
@@ -80,9 +84,12 @@ def record_study(workdir, study, grid, extend=False) -> None:
           f"{workdir} holds a sweep of another grid: this study adds "
           f"{len(added)} cell(s) (e.g. {added[0]}); pass --extend to run "
           f"them too, or use another --workdir")
-    if recorded["study"] == study:
-      return
-  fileio.write_json(path, {"study": study, "cells": [c.name for c in grid]})
+  record = {"study": study, "cells": [c.name for c in grid],
+            # What each cell runs, for the report's planned grid.
+            "runs": grid_lib.planned_runs(grid)}
+  if recorded == record:
+    return
+  fileio.write_json(path, record)
 
 
 def _differences(old, new) -> list[str]:

@@ -11,7 +11,10 @@ transform: resize the shorter side to 256 (bilinear, antialiased), centre
 crop 224, scale to [0, 1], ImageNet normalisation. The top-1 (in %) is
 written atomically into the network's meta.json as `source_top1`
 (`network_dir.record_source_accuracy`): the report's claim 1 compares a dense
-network and its ticket by it ("their upstream performance is similar").
+network and its ticket by it ("their upstream performance is similar"). A
+measurement <= 1 % is refused, not recorded: the report would read it as a
+fraction recorded by mistake, and a network that far down on its own task
+means a --data_dir whose classes are not the network's.
 
 Every matmul and convolution runs at `--eval-precision` (default
 'highest': true float32, as a run's evaluation at its default
@@ -127,6 +130,15 @@ def evaluate(directory, data_dir, batch_size=64, progress=True,
     raise SourceDataError(f"{data_dir}: no images under its class folders "
                           f"({', '.join(folder.IMAGE_EXTENSIONS)})")
   accuracy = top1(network, paths, labels, batch_size, progress, precision)
+  if accuracy <= 1.0:
+    # A report reads a source_top1 <= 1 as a fraction recorded by mistake;
+    # a network this far down on its own task is a wrong --data_dir.
+    raise SourceDataError(
+        f"{data_dir}: measured source top-1 {accuracy:.2f} % is <= 1 %, "
+        f"which looks like a fraction (the report wants percent), so it is "
+        f"not recorded; check that its class folders are the network's "
+        f"classes, in order")
+>>>>>>> verdicts
   network_dir.record_source_accuracy(
       directory, accuracy,
       f"python -m reprog_jax.evaluate_source on {os.path.abspath(data_dir)} "

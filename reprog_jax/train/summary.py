@@ -102,7 +102,10 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
       "test_examples": inputs.test_batches.num_examples,
       "network": {"dir": config.network_dir, "arch": net.arch,
                   "dense": net.meta["dense"], "ticket": net.meta.get("ticket"),
-                  "sources": net.meta["sources"]},
+                  "sources": net.meta["sources"],
+                  # Its source (ImageNet) top-1 in %, if recorded: the
+                  # report's claim 1 needs it without the directory.
+                  "source_top1": net.meta.get("source_top1")},
       "sparsity": sparsity,
       "per_seed": per_seed,
       "seeds_mean_std": seeds_mean_std,
