@@ -138,7 +138,6 @@ def evaluate(directory, data_dir, batch_size=64, progress=True,
         f"which looks like a fraction (the report wants percent), so it is "
         f"not recorded; check that its class folders are the network's "
         f"classes, in order")
->>>>>>> verdicts
   network_dir.record_source_accuracy(
       directory, accuracy,
       f"python -m reprog_jax.evaluate_source on {os.path.abspath(data_dir)} "
