@@ -165,8 +165,8 @@ class _Reference:
     self.optimizer.zero_grad()
     loss = self._loss(*self.to_device(images_nhwc, labels))
     loss.backward()
-    return float(loss.detach()), {name: _ours(p.grad)
-                         for name, p in self.trained().items()}
+    gradients = {name: _ours(p.grad) for name, p in self.trained().items()}
+    return float(loss.detach()), gradients
 
   def apply_gradients(self, gradients: dict) -> None:
     """One optimiser step taking `gradients` (our layout) as the trained
