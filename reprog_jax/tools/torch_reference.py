@@ -8,8 +8,11 @@ benchmark times it against ours. torch is imported lazily, so the package
 never needs it (`pip install 'reprog-jax[torch]'`).
 
 Inputs are NHWC NumPy arrays, as our loaders produce; they are transposed to
-NCHW here. By default both references run float32 on the CPU (no autocast)
-so that parity can be checked to float32 precision; `device='cuda',
+NCHW here; trained values, gradients and Adam's moments go in and out in
+our layout and names (`values`, `gradients`, `adam_state`, `load_state`),
+so that a test can compare each step teacher-forced: both sides start it
+from the same state. By default both references run float32 on the CPU (no
+autocast) so that parity can be checked to float32 precision; `device='cuda',
 amp=True` runs the training step as the PyTorch version does on a GPU: fp16
 autocast around the forward and loss, and a gradient scaler. `tune()` then
 makes it what a careful PyTorch user would run (the benchmark times both):
@@ -45,6 +48,22 @@ def _normalize(x, constants=None):
   # to it) on every call unless a tuned reference passes its own.
   mean, std = constants or _constants(x.device)
   return (x - mean) / std
+
+
+def _ours(tensor) -> np.ndarray:
+  """A trained tensor in our layout: a program (C, H, W) as (H, W, C), a
+  Linear weight (out, in) as a kernel (in, out), a bias as it is."""
+  array = tensor.detach().cpu().numpy()
+  order = {3: (1, 2, 0), 2: (1, 0)}.get(array.ndim)
+  return np.array(array.transpose(order) if order else array, np.float32)
+
+
+def _theirs(array, like):
+  """`_ours`' inverse: an array of our layout as a tensor like `like`."""
+  array = np.asarray(array, np.float32)
+  order = {3: (2, 0, 1), 2: (1, 0)}.get(array.ndim)
+  array = np.array(array.transpose(order) if order else array, order="C")
+  return _torch().from_numpy(array).to(like.device)
 
 
 def _adam_and_schedule(params, lr, milestones, gamma):
@@ -106,14 +125,17 @@ class _Reference:
     """One optimiser step on a NumPy batch; returns the loss."""
     return float(self.step_tensors(*self.to_device(images_nhwc, labels)))
 
+  def _loss(self, x, labels):
+    torch = self._torch
+    with torch.autocast(self.device.type, dtype=torch.float16,
+                        enabled=self.amp):
+      return torch.nn.functional.cross_entropy(self.logits(x), labels)
+
   def step_tensors(self, x, labels):
     """One optimiser step on device tensors; returns the loss tensor (no
     host sync)."""
-    torch = self._torch
     self.optimizer.zero_grad()
-    with torch.autocast(self.device.type, dtype=torch.float16,
-                        enabled=self.amp):
-      loss = torch.nn.functional.cross_entropy(self.logits(x), labels)
+    loss = self._loss(x, labels)
     self.scaler.scale(loss).backward()
     self.scaler.step(self.optimizer)
     self.scaler.update()
@@ -125,6 +147,59 @@ class _Reference:
   @property
   def lr(self) -> float:
     return self.optimizer.param_groups[0]["lr"]
+
+  # Teacher forcing: each step's state set from outside, its parts read.
+
+  def trained(self) -> dict:
+    """The trained parameters by our names (a dict: their order is the
+    optimiser's)."""
+    raise NotImplementedError
+
+  def values(self) -> dict[str, np.ndarray]:
+    """The trained values, in our layout."""
+    return {name: _ours(p) for name, p in self.trained().items()}
+
+  def gradients(self, images_nhwc, labels) -> tuple[float, dict]:
+    """The loss of a NumPy batch and the gradients of the trained values
+    (our layout) from the current state; nothing is updated."""
+    self.optimizer.zero_grad()
+    loss = self._loss(*self.to_device(images_nhwc, labels))
+    loss.backward()
+    gradients = {name: _ours(p.grad) for name, p in self.trained().items()}
+    return float(loss.detach()), gradients
+
+  def apply_gradients(self, gradients: dict) -> None:
+    """One optimiser step taking `gradients` (our layout) as the trained
+    values' gradients: the update alone, from given gradients."""
+    for name, p in self.trained().items():
+      p.grad = _theirs(gradients[name], p)
+    self.optimizer.step()
+
+  def adam_state(self) -> dict:
+    """Adam's `step` count and its moments `mu` (exp_avg) and `nu`
+    (exp_avg_sq) in our layout, once it has stepped."""
+    states = {name: self.optimizer.state[p]
+              for name, p in self.trained().items()}
+    return {"step": int(next(iter(states.values()))["step"]),
+            "mu": {name: _ours(s["exp_avg"]) for name, s in states.items()},
+            "nu": {name: _ours(s["exp_avg_sq"])
+                   for name, s in states.items()}}
+
+  def load_state(self, values: dict, mu=None, nu=None, step=0) -> None:
+    """Sets the trained values (our layout) and Adam's state: `step`
+    updates done, moments `mu` and `nu` (None with step 0: a fresh
+    Adam). The lr stays the scheduler's."""
+    torch = self._torch
+    with torch.no_grad():
+      for name, p in self.trained().items():
+        p.copy_(_theirs(values[name], p))
+        self.optimizer.state.pop(p, None)
+        if step:
+          # As torch.optim.Adam keeps it: a float32 scalar step on the CPU.
+          self.optimizer.state[p] = {
+              "step": torch.tensor(float(step), dtype=torch.float32),
+              "exp_avg": _theirs(mu[name], p).clone(),
+              "exp_avg_sq": _theirs(nu[name], p).clone()}
 
 
 class VisualPromptReference(_Reference):
@@ -162,8 +237,8 @@ class VisualPromptReference(_Reference):
   def logits(self, x):
     return self.source_logits(x)[:, self.mapping_sequence]
 
-  def program_nhwc(self) -> np.ndarray:
-    return self.program.detach().cpu().numpy().transpose(1, 2, 0).copy()
+  def trained(self) -> dict:
+    return {"program": self.program}
 
 
 class LinearProbeReference(_Reference):
@@ -177,24 +252,17 @@ class LinearProbeReference(_Reference):
   def __init__(self, network, head_kernel, head_bias, lr=0.01, milestones=(),
                gamma=0.1, device="cpu", amp=False):
     super().__init__(network, device, amp)
-    torch = self._torch
-    head_kernel = np.asarray(head_kernel, np.float32)
-    self.network.fc = torch.nn.Linear(*head_kernel.shape).to(self.device)
-    with torch.no_grad():
-      self.network.fc.weight.copy_(torch.from_numpy(head_kernel.T.copy()))
-      self.network.fc.bias.copy_(torch.from_numpy(
-          np.asarray(head_bias, np.float32)))
+    self.network.fc = self._torch.nn.Linear(*np.shape(head_kernel)).to(
+        self.device)
     self.optimizer, self.scheduler = _adam_and_schedule(
         self.network.fc.parameters(), lr, milestones, gamma)
+    self.load_state({"kernel": head_kernel, "bias": head_bias})
 
   def logits(self, x):
     return self.network(self.normalize(x))
 
-  def head(self) -> tuple[np.ndarray, np.ndarray]:
-    """(kernel (in, out), bias) in our layout."""
-    fc = self.network.fc
-    return (fc.weight.detach().cpu().numpy().T.copy(),
-            fc.bias.detach().cpu().numpy().copy())
+  def trained(self) -> dict:
+    return {"kernel": self.network.fc.weight, "bias": self.network.fc.bias}
 
 
 class PromptVariantReference(_Reference):
@@ -231,11 +299,9 @@ class PromptVariantReference(_Reference):
     torch = self._torch
     self.image_size, self.output_size, self.prompt_kind = (
         image_size, output_size, prompt)
-    start = (np.zeros((output_size, output_size, 3), np.float32)
-             if program_nhwc is None else np.asarray(program_nhwc,
-                                                     np.float32))
-    self.program = torch.nn.Parameter(torch.from_numpy(
-        np.ascontiguousarray(start.transpose(2, 0, 1))).to(self.device))
+    self.program = torch.nn.Parameter(
+        torch.zeros(3, output_size, output_size, device=self.device))
+    start = {} if program_nhwc is None else {"program": program_nhwc}
     if prompt == "padding":
       inside = torch.zeros(3, output_size - 2 * pad, output_size - 2 * pad)
       self.mask = torch.nn.functional.pad(inside, (pad,) * 4, value=1)
@@ -246,21 +312,19 @@ class PromptVariantReference(_Reference):
       self.mask = torch.nn.functional.pad(
           torch.zeros(3, image_size, image_size), self.frame, value=1)
     self.mask = self.mask.to(self.device)
-    trained = [self.program]
     self.output_mapping = None
     if fullymap is not None:
-      kernel, bias = (np.array(a, np.float32) for a in fullymap)
-      self.output_mapping = torch.nn.Linear(*kernel.shape).to(self.device)
-      with torch.no_grad():
-        self.output_mapping.weight.copy_(torch.from_numpy(kernel.T.copy()))
-        self.output_mapping.bias.copy_(torch.from_numpy(bias))
-      trained += list(self.output_mapping.parameters())
+      self.output_mapping = torch.nn.Linear(*np.shape(fullymap[0])).to(
+          self.device)
+      start.update(mapping_kernel=fullymap[0], mapping_bias=fullymap[1])
     mapping = np.asarray(mapping)
     self.mapping = (torch.from_numpy(mapping.astype(np.float32))
                     if mapping.ndim == 2 else
                     torch.as_tensor(mapping).long()).to(self.device)
     self.optimizer, self.scheduler = _adam_and_schedule(
-        trained, lr, milestones, gamma)
+        self.trained().values(), lr, milestones, gamma)
+    if start:
+      self.load_state({**self.values(), **start})
 
   def prompt(self, x):
     functional = self._torch.nn.functional
@@ -282,14 +346,14 @@ class PromptVariantReference(_Reference):
       return source @ self.mapping
     return source[:, self.mapping]
 
-  def program_nhwc(self) -> np.ndarray:
-    return self.program.detach().cpu().numpy().transpose(1, 2, 0).copy()
-
-  def fullymap_values(self) -> tuple[np.ndarray, np.ndarray]:
-    """(kernel (S, T), bias) in our layout."""
-    layer = self.output_mapping
-    return (layer.weight.detach().cpu().numpy().T.copy(),
-            layer.bias.detach().cpu().numpy().copy())
+  def trained(self) -> dict:
+    """The program, and FullyMap's layer as `mapping_kernel` (S, T) and
+    `mapping_bias`."""
+    trained = {"program": self.program}
+    if self.output_mapping is not None:
+      trained.update(mapping_kernel=self.output_mapping.weight,
+                     mapping_bias=self.output_mapping.bias)
+    return trained
 
   def bayesian_matrix(self, images_nhwc, labels, num_classes, lap,
                       top_k=None) -> np.ndarray:
