@@ -143,6 +143,46 @@ def test_a_run_finds_its_method_by_its_recorded_module(monkeypatch):
   assert spec.module == "parts_method" and spec.family == "probe"
 
 
+def test_export_of_an_unknown_method_is_one_line_naming_its_module(
+    tmp_path, capsys):
+  from convert import cli  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / "ghost_run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(
+      {"method": "ghost", "seed": 4, "seeds": None}))
+  (run_dir / "summary.json").write_text(json.dumps(
+      {"method": "ghost", "method_module": "ghost_plugin"}))
+  assert cli.main(["export", str(run_dir), "--out",
+                   str(tmp_path / "x.pth")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1, err
+  assert (f"{run_dir}: method 'ghost' is not registered and its module "
+          f"'ghost_plugin' (recorded by the run) cannot be imported here; "
+          f"put its directory on PYTHONPATH, e.g. "
+          f"REPROG_JAX_METHODS=ghost_plugin python -m convert export") in err
+  (run_dir / "summary.json").unlink()  # An interrupted run of its own.
+  assert cli.main(["export", str(run_dir), "--out",
+                   str(tmp_path / "x.pth")]) == 1
+  assert "the run does not record its module; name it, e.g. " \
+      "REPROG_JAX_METHODS=my_package.my_method" in capsys.readouterr().err
+  assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_sweep_imports_the_methods_its_study_recorded(tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(methods, "METHODS", {
+      n: s for n, s in methods.METHODS.items() if n != "logit_head"})
+  monkeypatch.setattr(methods, "_SOURCES", dict(methods._SOURCES))
+  monkeypatch.delitem(sys.modules, "parts_method")
+  (tmp_path / "study.json").write_text(json.dumps(
+      {"study": {}, "cells": [],
+       "method_modules": {"logit_head": "parts_method",
+                          "gone": "no_such_plugin"}}))
+  sweep.import_recorded_methods(str(tmp_path))
+  assert methods.get("logit_head").module == "parts_method"
+  assert "gone" not in methods.names()  # Left for the grid's one line.
+
+
 def _run(*args, plugin="toy_method"):
   env = dict(os.environ, REPROG_JAX_METHODS=plugin,
              PYTHONPATH=os.pathsep.join(

@@ -257,3 +257,52 @@ def test_blmpp_k_beyond_the_source_classes_is_one_line():
                      r"network's 12 source classes; set --config.top_k"):
     compose.assemble("ilm_vp", methods.get("ilm_vp").parts, config,
                      readouts.logits_of(NAMES), 13, 16)
+
+
+def _patch(config, image_size):
+  """docs/adding-a-method.md's part of one's own: a learned additive patch
+  over the whole image."""
+  del config
+
+  def init(rng):
+    del rng  # Starts at zero: the plain image.
+    return {"patch": jnp.zeros((image_size, image_size, 3), jnp.float32)}
+
+  def apply(trained, images):
+    return prompts.imagenet_normalize(images + trained["patch"])
+
+  return parts.BuiltInput(apply=apply, init=init)
+
+
+PATCH = parts.Input(
+    name="patch", transforms=True, build=_patch,
+    configure=inputs.NONE.configure, smoke=inputs.NONE.smoke,
+    export=lambda params, image_size, config: {"patch": np.transpose(
+        np.asarray(params["patch"]), (2, 0, 1))})
+
+
+def test_a_part_of_ones_own_composes_with_the_built_in_ones(monkeypatch):
+  monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+  monkeypatch.setattr(methods, "_SOURCES", dict(methods._SOURCES))
+  spec = methods.register(compose.compose(
+      name="patch_lp", short="plp", label="Patch+LP",
+      parts=compose.Composition(PATCH, readouts.FEATURES, outputs.LINEAR)))
+  assert (spec.family, spec.encodes, spec.module) == ("hybrid", False,
+                                                      "test_parts")
+  config = run_config.method_config("patch_lp", "smoke")
+  assert config.image_size == 64  # NONE's smoke size, reused.
+  readout = parts.BuiltReadout(apply=lambda network, x: x.sum(axis=(1, 2)),
+                               width=3, own_head=False)
+  method = compose.assemble("patch_lp", spec.parts, config, readout, 2, 4)
+  trained = method.init(jax.random.key(0))
+  assert set(trained) == {"patch", "kernel", "bias"}
+  trained["patch"] = jnp.full((4, 4, 3), 0.25)
+  images = np.full((1, 4, 4, 3), 0.5, np.float32)
+  values = prompts.imagenet_normalize(images + 0.25).sum(axis=(1, 2))
+  np.testing.assert_allclose(
+      method.scores(trained, None, images),
+      values @ trained["kernel"] + trained["bias"], rtol=1e-6)
+  exported = spec.to_pytorch(jax.tree.map(np.asarray, trained),
+                             method.initial_mapping, 4, config.to_dict())
+  assert set(exported) == {"patch", "fc_dict"}
+  assert exported["patch"].shape == (3, 4, 4)

@@ -98,9 +98,10 @@ def import_recorded_methods(workdir) -> None:
       recorded = json.load(f)
   except (OSError, ValueError):
     return  # No sweep yet, or one `record_study` will refuse.
-  modules = recorded.get("method_modules") if isinstance(recorded,
-                                                         dict) else None
-  for name, module in (modules if isinstance(modules, dict) else {}).items():
+  if not isinstance(recorded, dict) or not isinstance(
+      recorded.get("method_modules"), dict):
+    return
+  for name, module in recorded["method_modules"].items():
     methods.find(name, module)
 
 
