@@ -91,11 +91,20 @@ def _metrics(workdir):
 
 
 def _leaves(tree, prefix=""):
+  """(path, leaf) of nested dicts (an export)."""
   if isinstance(tree, dict):
     for key, value in tree.items():
       yield from _leaves(value, f"{prefix}{key}/")
   else:
     yield prefix.rstrip("/"), tree
+
+
+def _checkpoint_leaves(run_dir) -> dict:
+  """Every array of a run's checkpoint, by its pytree path."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from reprog_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  flat, _ = jax.tree_util.tree_flatten_with_path(checkpoints.read(str(run_dir)))
+  return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
 
 
 def _same(a, b) -> bool:
@@ -104,15 +113,18 @@ def _same(a, b) -> bool:
           and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
 
 
-def compare(reference, other, what) -> list[str]:
-  """Every difference between two run directories' outputs."""
+def compare(reference, other, what) -> tuple[list[str], int]:
+  """Every difference between two run directories' outputs, and how many
+  values (metrics lines, checkpoint arrays, exported entries) were
+  compared."""
   import torch  # pylint: disable=g-import-not-at-top
-  from reprog_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
   problems = []
+  compared = len(_metrics(reference))
   if _metrics(reference) != _metrics(other):
     problems.append(f"{what}: metrics.jsonl differs")
-  ref_tree = dict(_leaves(checkpoints.read(str(reference))))
-  other_tree = dict(_leaves(checkpoints.read(str(other))))
+  ref_tree = _checkpoint_leaves(reference)
+  other_tree = _checkpoint_leaves(other)
+  compared += len(ref_tree)
   if ref_tree.keys() != other_tree.keys():
     problems.append(f"{what}: checkpoint leaves differ: "
                     f"{sorted(ref_tree.keys() ^ other_tree.keys())}")
@@ -129,6 +141,7 @@ def compare(reference, other, what) -> list[str]:
       problems.append(f"{what}: export ({which}) keys differ: "
                       f"{sorted(ref_items)} vs {sorted(other_items)}")
       continue
+    compared += len(ref_items)
     for key, value in ref_items.items():
       mine = other_items[key]
       if isinstance(value, torch.Tensor):
@@ -138,7 +151,7 @@ def compare(reference, other, what) -> list[str]:
         equal = value == mine
       if not equal:
         problems.append(f"{what}: export ({which}) {key} differs")
-  return problems
+  return problems, compared
 
 
 def main(argv=None) -> int:
@@ -160,13 +173,14 @@ def main(argv=None) -> int:
                   ("base", "mine") if args.stage == "all" else (args.stage,))
     if args.stage == "base":
       continue
-    found = (compare(dirs["base"], dirs["mine"], f"{name} (mine)")
-             + compare(dirs["base"], dirs["resumed"], f"{name} (resumed)"))
+    found, compared = compare(dirs["base"], dirs["mine"], f"{name} (mine)")
+    resumed, _ = compare(dirs["base"], dirs["resumed"], f"{name} (resumed)")
+    found += resumed
     print(f"{name}: {'; '.join(found) if found else 'identical'} "
-          f"(metrics.jsonl, checkpoint arrays, best and last exports; the "
-          f"base run stopped after epoch 0 resumed by this checkout: "
-          f"{'differs' if any('resumed' in p for p in found) else 'same'})",
-          flush=True)
+          f"({compared} values: metrics.jsonl lines, checkpoint arrays, best "
+          f"and last exports' entries; the base run stopped after epoch 0 "
+          f"and resumed by this checkout: "
+          f"{'differs' if resumed else 'the same'})", flush=True)
     problems += found
   return 1 if problems else 0
 

@@ -140,8 +140,9 @@ def _check_padding(config, image_size):
   problem = _check_canvas(config, image_size)
   if problem:
     return problem
-  if not 0 < config.pad <= config.prompt_output_size // 2:
-    return (f"pad {config.pad} must be in [1, prompt_output_size // 2 = "
+  pad = config.get("pad", 30)  # A config from before the padding prompt.
+  if not 0 < pad <= config.prompt_output_size // 2:
+    return (f"pad {pad} must be in [1, prompt_output_size // 2 = "
             f"{config.prompt_output_size // 2}]")
   return None
 

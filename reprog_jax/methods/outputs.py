@@ -54,20 +54,26 @@ def _mapping_fields(config):
 
 def _check_mapping(config, image_size):
   del image_size  # The mapping works on logits, whatever the images.
-  if config.label_mapping not in MAPPINGS:
-    label_mapping.get_label_mapping(config.label_mapping)  # Lists names.
+  # `get`: a config built before a field existed checks with its default.
+  mapping = config.get("label_mapping", "ilm")
+  if mapping not in MAPPINGS:
+    label_mapping.get_label_mapping(mapping)  # An unknown one lists names.
     raise errors.ConfigError(
-        f"config: label_mapping {config.label_mapping!r} is a trained head, "
-        f"not a mapping; compose outputs.LINEAR instead (as ilm_vp does)")
-  if config.mapping_interval < 1:
-    return f"mapping_interval must be >= 1, got {config.mapping_interval}"
-  if not config.lap >= 0:
-    return f"lap must be >= 0, got {config.lap}"
-  if config.top_k is not None and not (
-      1 <= config.top_k <= label_mapping.NUM_IMAGENET_CLASSES):
-    return f"top_k must be in [1, 1000], got {config.top_k}"
-  if not 0 < config.topk_ratio <= 1:
-    return f"topk_ratio must be in (0, 1], got {config.topk_ratio}"
+        f"config: label_mapping {mapping!r} is a trained head, not a "
+        f"mapping; compose outputs.LINEAR instead (as ilm_vp does)")
+  interval = config.get("mapping_interval", 1)
+  lap = config.get("lap", LAP)
+  top_k = config.get("top_k")
+  ratio = config.get("topk_ratio", TOPK_RATIO)
+  if interval < 1:
+    return f"mapping_interval must be >= 1, got {interval}"
+  if not lap >= 0:
+    return f"lap must be >= 0, got {lap}"
+  if top_k is not None and not (
+      1 <= top_k <= label_mapping.NUM_IMAGENET_CLASSES):
+    return f"top_k must be in [1, 1000], got {top_k}"
+  if not 0 < ratio <= 1:
+    return f"topk_ratio must be in (0, 1], got {ratio}"
   return None
 
 
