@@ -251,6 +251,14 @@ def test_blmpp_k_is_the_published_ratio_of_the_classes(classes, k):
   assert outputs.top_k(config, classes) == 4
 
 
+def test_blmpp_top_k_is_settable_from_bench_set():
+  config = run_config.method_config("ilm_vp", "smoke").unlock()
+  run_config.set_field(config, "top_k=5")  # An unset placeholder: an int.
+  assert config.top_k == 5
+  with pytest.raises(errors.ConfigError, match="'x' is not a int"):
+    run_config.set_field(config, "top_k=x")
+
+
 def test_blmpp_k_beyond_the_source_classes_is_one_line():
   config = _config("ilm_vp", label_mapping="blmpp", topk_ratio=1.0)
   with pytest.raises(errors.ConfigError, match=r"k = 13 .* exceeds the "
