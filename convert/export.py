@@ -10,7 +10,7 @@ checkpoint is read). The file holds what the PyTorch version's `best.pth`
 `ckpt.pth` (`--which last`: the last checkpointed epoch) holds, or the epoch
 picked on the validation split (`--which validation`), with its key
 names and PyTorch's tensor layouts, as the run's method lays them out
-(`MethodSpec.to_pytorch` in its module under `reprog_jax/methods/`):
+(`MethodSpec.to_pytorch`):
 
   ILM-VP  {'visual_prompt_dict': {'program': (3, H, W) float32,
                                   'mask': (3, H, W) float32},
@@ -20,6 +20,12 @@ names and PyTorch's tensor layouts, as the run's method lays them out
            'epoch': int, 'best_acc': float}
   LP      {'fc_dict': {'weight': (T, F) float32, 'bias': (T,) float32},
            'epoch': int, 'best_acc': float}
+  VP+LP   {'visual_prompt_dict': ..., 'fc_dict': ..., 'epoch', 'best_acc'}
+
+(each part of a composed method exports its own keys: `methods/inputs.py`,
+`methods/outputs.py`). A plug-in method is imported from the module the
+run recorded (`summary.json`'s or a sweep cell's `method_module`), or from
+REPROG_JAX_METHODS.
 
 `program` and `mask` load into the PyTorch version's `ExpansiveVisualPrompt`
 (`load_state_dict`), `fc_dict` into its `network.fc`; target logits are
@@ -138,13 +144,35 @@ def _tensors(layout):
   return torch.from_numpy(np.array(layout, copy=True, order="C"))
 
 
+def _recorded_module(run_dir) -> str | None:
+  """The module that defines the run's method, as the run recorded it:
+  `summary.json`'s `method_module` (a finished run) or a sweep cell's
+  `cell.json`; None where neither says (an interrupted run of its own)."""
+  for name in (layout.SUMMARY_FILE, layout.CELL_FILE):
+    try:
+      with open(os.path.join(run_dir, name)) as f:
+        record = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if isinstance(record, dict) and record.get("method_module"):
+      return str(record["method_module"])
+  return None
+
+
 def _spec(run_dir, method):
-  """The method's registry entry, exportable."""
+  """The method's registry entry, imported from the run's record if need
+  be, exportable."""
   from reprog_jax import methods  # JAX and Flax: only export needs them.
-  try:
-    spec = methods.get(method)
-  except errors.ConfigError as e:
-    raise ExportError(f"{run_dir}: {str(e).removeprefix('config: ')}") from None
+  module = _recorded_module(run_dir)
+  spec = methods.find(method, module)
+  if spec is None:
+    where = (f"its module {module!r} (recorded by the run) cannot be "
+             f"imported here; put its directory on PYTHONPATH" if module else
+             "the run does not record its module; name it")
+    raise ExportError(
+        f"{run_dir}: method {method!r} is not registered and {where}, e.g. "
+        f"{methods.PLUGINS_ENV}={module or 'my_package.my_method'} python -m "
+        f"convert export ...")
   if spec.to_pytorch is None:
     raise ExportError(f"{run_dir}: method {method!r} has no PyTorch layout "
                       f"(its MethodSpec.to_pytorch is None)")

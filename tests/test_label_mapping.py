@@ -318,3 +318,80 @@ def test_one_hot_matrix_gives_the_sequence_logits_and_losses_exactly():
                                 np.asarray(loss(by_index)))
   np.testing.assert_array_equal(label_mapping.dominant_sources(one_hot),
                                 sequence)
+
+
+# --- The published code at its experiments' settings ------------------------
+# tmlr-group/BayesianLM's `mapping.py` (`blm_reweight_matrix`,
+# `blmp_reweight_matrix`: their computation after the network's forward
+# pass, transcribed in torch) at the settings of its `cfg.py`: lap 1 for
+# both, BLM++'s k = int(topk_ratio * T) with topk_ratio 0.15.
+
+
+def published_blm(fx0s, ys, lap=1):
+  import torch  # pylint: disable=g-import-not-at-top
+  fx = torch.nn.functional.one_hot(torch.argmax(fx0s, dim=-1),
+                                   num_classes=fx0s.size(-1))
+  freq_matrix = torch.cat([fx[ys == i].sum(0).unsqueeze(1)
+                           for i in range(len(ys.unique()))], dim=1)
+  classes_sum = torch.sum(freq_matrix, dim=1, keepdim=True)
+  classes_sum = classes_sum + lap * torch.ones_like(classes_sum)
+  matrix = torch.div(freq_matrix, classes_sum)
+  target_sum = torch.sum(matrix, dim=0)
+  return torch.div(matrix, target_sum)
+
+
+def published_blmp(fx0, ys, lap, k):
+  import torch  # pylint: disable=g-import-not-at-top
+  probabilities = torch.nn.functional.softmax(fx0, dim=1)
+  top_values, top_indices = torch.topk(probabilities, k, dim=1)
+  probs = torch.zeros_like(probabilities)
+  probs.scatter_(1, top_indices, top_values)
+  matrix = torch.zeros((len(ys.unique()), probs.size(-1)))
+  indices = ys.view(-1, 1).long().expand(-1, matrix.size(-1))
+  matrix.scatter_add_(0, indices, probs)
+  matrix = matrix.t()
+  classes_sum = torch.sum(matrix, dim=1, keepdim=True)
+  classes_sum = classes_sum + lap * torch.ones_like(classes_sum)
+  matrix = torch.div(matrix, classes_sum)
+  target_sum = torch.sum(matrix, dim=0)
+  return torch.div(matrix, target_sum)
+
+
+@pytest.mark.parametrize("mapping", ["blm", "blmpp"])
+@pytest.mark.parametrize("dataset, num_classes", [("cifar10", 10),
+                                                  ("cifar100", 100)])
+def test_default_blm_and_blmpp_equal_the_published_experiments(
+    mapping, dataset, num_classes):
+  """Our BLM and BLM++ at their config defaults (the mapping pass's
+  statistic summed over two batches, then the epoch's mapping) against
+  the published functions at cfg.py's settings, on random logits of 1000
+  sources where the published code is defined (every target has
+  examples)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from reprog_jax.methods import compose, ilm_vp, readouts
+  from reprog_jax.model import network as network_lib
+  from reprog_jax.train import run_config
+  config = run_config.method_config("ilm_vp", dataset).unlock()
+  config.label_mapping = mapping
+  method = compose.assemble("ilm_vp", ilm_vp.PARTS, config,
+                            readouts.logits_of(network_lib.imagenet_classes()),
+                            num_classes, 32)
+  rng = np.random.default_rng(num_classes)
+  n = 4 * num_classes
+  logits = rng.normal(size=(n, 1000)).astype(np.float32) * 3
+  logits[:, :20] += 4 * rng.random(20).astype(np.float32)
+  labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+  statistic = method.mapping_statistic or label_mapping.count_matrix
+  mask = np.ones(n, bool)
+  sums = sum(np.asarray(statistic(logits[part], labels[part], num_classes,
+                                  mask[part]))
+             for part in (slice(0, n // 3), slice(n // 3, None)))
+  ours = method.epoch_mapping(0, method.initial_mapping[None], [0],
+                              lambda: sums[None])[0]
+  fx0, ys = torch.from_numpy(logits), torch.from_numpy(labels)
+  theirs = (published_blm(fx0, ys, lap=1) if mapping == "blm" else
+            published_blmp(fx0, ys, lap=1, k=int(num_classes * 0.15)))
+  theirs = theirs.numpy()
+  assert ours.shape == theirs.shape == (1000, num_classes)
+  assert np.isfinite(theirs).all()
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-9)

@@ -1,7 +1,10 @@
-"""The method registry: a method is one module, and a toy method from
-outside the package (`toy_method.py`, registered by its import) runs
-through every entry point with no edit elsewhere."""
+"""The method registry: a method is one module; it refuses a name or short
+name twice; and two plug-ins from outside the package, one written by hand
+(`toy_method.py`) and one composed from parts (`parts_method.py`), each
+registered by its import, run through every entry point with no edit
+elsewhere."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+import parts_method
 import toy_method
 from reprog_jax import errors
 from reprog_jax import methods
+from reprog_jax.methods import base
 from reprog_jax.model import network as network_lib
 from reprog_jax.study import report
 from reprog_jax.study import sweep
@@ -34,7 +39,7 @@ def network():
 @pytest.mark.parametrize("name", methods.names())
 def test_every_spec_agrees_with_what_it_builds(name, network):
   spec = methods.get(name)
-  assert spec.name == name and spec.family in ("prompt", "probe")
+  assert spec.name == name and spec.family in base.FAMILIES
   config = run_config.method_config(name, "smoke")
   run_config.check(config)  # A smoke preset runs as it is.
   size = run_config.image_size(config)
@@ -102,8 +107,84 @@ def test_plugins_named_in_the_environment_are_imported(tmp_path,
     methods.names()
 
 
-def _run(*args):
-  env = dict(os.environ, REPROG_JAX_METHODS="toy_method",
+def test_a_name_or_short_name_registered_twice_is_refused(monkeypatch):
+  monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+  monkeypatch.setattr(methods, "_SOURCES", dict(methods._SOURCES))
+  ilm_vp = methods.get("ilm_vp")
+  shadow = dataclasses.replace(ilm_vp, short="vp2", module=None)
+  with pytest.raises(errors.ConfigError) as raised:
+    methods.register(shadow)
+  assert str(raised.value) == (
+      "method 'ilm_vp' (module test_methods): its name is 'ilm_vp''s "
+      "(module reprog_jax.methods.ilm_vp); choose another, or pass "
+      "replace=True to replace 'ilm_vp'")
+  clash = dataclasses.replace(toy_method.SPEC, name="toy2", short="lp")
+  with pytest.raises(errors.ConfigError, match=r"its short name 'lp' is "
+                     r"'linear_probe''s \(module reprog_jax.methods."
+                     r"linear_probe\)"):
+    methods.register(clash)
+  assert methods.get("ilm_vp") is ilm_vp  # Nothing was replaced.
+  replaced = methods.register(shadow, replace=True)
+  assert methods.get("ilm_vp") is replaced and replaced.short == "vp2"
+  assert replaced.module == "test_methods"  # Its registering module.
+  with pytest.raises(errors.ConfigError, match="short name 'vp2'"):
+    methods.register(dataclasses.replace(toy_method.SPEC, name="toy3",
+                                         short="vp2"), replace=True)
+
+
+def test_a_run_finds_its_method_by_its_recorded_module(monkeypatch):
+  monkeypatch.setattr(methods, "METHODS", {
+      n: s for n, s in methods.METHODS.items() if n != "logit_head"})
+  assert methods.find("logit_head") is None
+  assert methods.find("logit_head", "no_such_module") is None
+  monkeypatch.setattr(methods, "_SOURCES", dict(methods._SOURCES))
+  monkeypatch.delitem(sys.modules, "parts_method")  # Imported anew.
+  spec = methods.find("logit_head", "parts_method")
+  assert spec.module == "parts_method" and spec.family == "probe"
+
+
+def test_export_of_an_unknown_method_is_one_line_naming_its_module(
+    tmp_path, capsys):
+  from convert import cli  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / "ghost_run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text(json.dumps(
+      {"method": "ghost", "seed": 4, "seeds": None}))
+  (run_dir / "summary.json").write_text(json.dumps(
+      {"method": "ghost", "method_module": "ghost_plugin"}))
+  assert cli.main(["export", str(run_dir), "--out",
+                   str(tmp_path / "x.pth")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1, err
+  assert (f"{run_dir}: method 'ghost' is not registered and its module "
+          f"'ghost_plugin' (recorded by the run) cannot be imported here; "
+          f"put its directory on PYTHONPATH, e.g. "
+          f"REPROG_JAX_METHODS=ghost_plugin python -m convert export") in err
+  (run_dir / "summary.json").unlink()  # An interrupted run of its own.
+  assert cli.main(["export", str(run_dir), "--out",
+                   str(tmp_path / "x.pth")]) == 1
+  assert "the run does not record its module; name it, e.g. " \
+      "REPROG_JAX_METHODS=my_package.my_method" in capsys.readouterr().err
+  assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_sweep_imports_the_methods_its_study_recorded(tmp_path,
+                                                        monkeypatch):
+  monkeypatch.setattr(methods, "METHODS", {
+      n: s for n, s in methods.METHODS.items() if n != "logit_head"})
+  monkeypatch.setattr(methods, "_SOURCES", dict(methods._SOURCES))
+  monkeypatch.delitem(sys.modules, "parts_method")
+  (tmp_path / "study.json").write_text(json.dumps(
+      {"study": {}, "cells": [],
+       "method_modules": {"logit_head": "parts_method",
+                          "gone": "no_such_plugin"}}))
+  sweep.import_recorded_methods(str(tmp_path))
+  assert methods.get("logit_head").module == "parts_method"
+  assert "gone" not in methods.names()  # Left for the grid's one line.
+
+
+def _run(*args, plugin="toy_method"):
+  env = dict(os.environ, REPROG_JAX_METHODS=plugin,
              PYTHONPATH=os.pathsep.join(
                  [str(TESTS), os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
@@ -112,43 +193,68 @@ def _run(*args):
   return proc
 
 
-def test_a_toy_method_runs_through_main_sweep_report_and_export(tmp_path):
-  # main: its own module as the config file, in a fresh process.
-  run_dir = tmp_path / "run"
-  _run("reprog_jax.main", "--config=tests/toy_method.py:smoke",
-       f"--workdir={run_dir}", "--config.progress=False",
-       "--config.epochs=1", "--config.bias_init=0.5")
-  summary = json.loads((run_dir / "summary.json").read_text())
-  assert summary["method"] == toy_method.NAME
-
-  # export: the process finds the method through REPROG_JAX_METHODS.
-  out = tmp_path / "toy.pth"
-  _run("convert", "export", str(run_dir), "--out", str(out))
-  exported = torch.load(out, weights_only=True)
-  best = checkpoints.read(str(run_dir))["best"]
+def _check_toy_export(exported, best):
   np.testing.assert_array_equal(exported["bias"].numpy(),
                                 np.asarray(best["params"]["bias"])[0])
   assert not np.allclose(exported["bias"].numpy(), 0.5)  # It trained.
   np.testing.assert_array_equal(exported["mapping_sequence"].numpy(),
                                 np.arange(10))
-  assert exported["epoch"] == 0 and exported["exported_from"]["method"] == (
-      toy_method.NAME)
 
-  # sweep and report, in this process (the test module registered it).
+
+def _check_parts_export(exported, best):
+  # A linear head on the logits: FullyMap's layout, (T, S) and (T,).
+  head = exported["output_mapping_dict"]
+  np.testing.assert_array_equal(
+      head["weight"].numpy(), np.asarray(best["params"]["mapping_kernel"])[0].T)
+  np.testing.assert_array_equal(head["bias"].numpy(),
+                                np.asarray(best["params"]["mapping_bias"])[0])
+  assert set(exported) == {"output_mapping_dict", "epoch", "best_acc",
+                           "exported_from"}
+
+
+@pytest.mark.parametrize("plugin, spec, flags, check_export, label", [
+    (toy_method, toy_method.SPEC, ["--config.bias_init=0.5"],
+     _check_toy_export, "Toy"),
+    (parts_method, parts_method.SPEC, [], _check_parts_export, "LH"),
+])
+def test_a_plugin_runs_through_main_sweep_report_and_export(
+    plugin, spec, flags, check_export, label, tmp_path):
+  name = plugin.__name__
+  # main: its own module as the config file, in a fresh process.
+  run_dir = tmp_path / "run"
+  _run("reprog_jax.main", f"--config=tests/{name}.py:smoke",
+       f"--workdir={run_dir}", "--config.progress=False",
+       "--config.epochs=1", *flags, plugin=name)
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert (summary["method"], summary["method_module"]) == (spec.name, name)
+
+  # export: the process imports the module the run recorded (no
+  # REPROG_JAX_METHODS).
+  out = tmp_path / "plugin.pth"
+  _run("convert", "export", str(run_dir), "--out", str(out), plugin="")
+  exported = torch.load(out, weights_only=True)
+  check_export(exported, checkpoints.read(str(run_dir))["best"])
+  assert exported["epoch"] == 0 and exported["exported_from"]["method"] == (
+      spec.name)
+
+  # sweep and report, in this process (the test module registered it); a
+  # smoke study: the method's own smoke sizes, no overrides of its own.
   study = {"networks": {"dense": {"dir": None, "random": "resnet18",
                                   "kind": "dense"}},
-           "methods": [toy_method.NAME], "datasets": ["cifar10"],
-           "n_shots": [2], "seeds": [0, 1],
+           "methods": [spec.name], "datasets": ["cifar10"],
+           "n_shots": [2], "seeds": [0, 1], "smoke": True,
            "overrides": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16,
-                         "data": {"mock": True, "worker_count": 0}},
-           "method_overrides": {toy_method.NAME: {"image_size": 16}}}
+                         "data": {"mock": True, "worker_count": 0}}}
   sweep_dir = tmp_path / "sweep"
   outcomes = sweep.run(study, str(sweep_dir))
+  cell_name = f"{spec.short}/dense/cifar10/2-shot"
   assert {name: o["status"] for name, o in outcomes.items()} == {
-      "toy/dense/cifar10/2-shot": "done"}
-  cell = json.loads(
-      (sweep_dir / "toy/dense/cifar10/2-shot/summary.json").read_text())
-  assert cell["config"]["image_size"] == 16
+      cell_name: "done"}
+  cell = json.loads((sweep_dir / cell_name / "summary.json").read_text())
+  smoke = run_config.method_config(spec.name, "smoke")
+  assert cell["config"]["image_size"] == smoke.image_size  # Its smoke size.
+  assert json.loads((sweep_dir / cell_name / "cell.json").read_text())[
+      "method_module"] == name
   assert report.main([str(sweep_dir)]) == 0
   table = (sweep_dir / "report.md").read_text()
-  assert "| Toy | dense |" in table, table
+  assert f"| {label} | dense |" in table, table

@@ -51,7 +51,8 @@ def test_bayesian_mapping_pass_matches_pytorch(ticket, mapping, lap, top_k):
   reference = ref_lib.PromptVariantReference(
       torch_network, IMAGE, np.zeros((1000, CLASSES), np.float32),
       output_size=CANVAS)
-  method = methods.ilm_vp.visual_prompt(IMAGE, CLASSES, CANVAS, mapping)
+  method = methods.ilm_vp.visual_prompt(IMAGE, CLASSES, CANVAS, mapping,
+                                        top_k=top_k)
   params = method.init(jax.random.key(0))
   rng = np.random.default_rng(8)
   images = rng.random((40, IMAGE, IMAGE, 3), np.float32)

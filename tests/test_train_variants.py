@@ -38,7 +38,9 @@ def test_blmpp_runs_resumes_and_exports_its_matrix(tmp_path, capsys):
   np.testing.assert_allclose(matrix.sum(0), 1.0, atol=1e-5)  # BLM's columns.
   # The summary names each target's source of largest weight.
   assert summary["mapping_sequence"] == matrix.argmax(0).tolist()
-  assert summary["config"]["top_k"] == 3 and summary["config"]["lap"] is None
+  # The published experiments' defaults: lap 1, k = max(1, int(0.15 T)).
+  assert summary["config"]["top_k"] is None and summary["config"]["lap"] == 1
+  assert summary["config"]["topk_ratio"] == 0.15
   assert (workdir / "plots" / "label_mapping.png").stat().st_size > 0
 
   export.export(str(workdir), str(tmp_path / "blmpp.pth"))

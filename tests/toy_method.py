@@ -1,5 +1,7 @@
-"""A toy method from outside the package: everything about it in this one
-module, registered on import (`REPROG_JAX_METHODS=toy_method`).
+"""A toy method from outside the package, written by hand (not from parts:
+see `parts_method.py` for that): everything about it in this one module,
+registered on import (`REPROG_JAX_METHODS=toy_method`). It states only what
+it has (`Method`'s defaults: no pictures, no mapping pass).
 
 Logit bias (`toy_bias`): the frozen network's own ImageNet logits plus a
 learned bias per source class; target class t is source class t (a fixed
@@ -32,17 +34,9 @@ def _build(config, network, num_classes, image_size):
     logits = network_lib.forward(network, prompts.imagenet_normalize(images))
     return logits.astype(jnp.float32) + trainable["bias"]
 
-  def epoch_mapping(epoch, current, seeds, count_pass):
-    del epoch, seeds, count_pass  # The mapping never changes.
-    return current
-
-  def pictures(*args):
-    del args
-    return {}
-
+  # The mapping never changes: target t is source t.
   return Method(NAME, init, scores, num_source,
-                np.arange(num_classes, dtype=np.int32), epoch_mapping,
-                pictures)
+                initial_mapping=np.arange(num_classes, dtype=np.int32))
 
 
 def _configure(config):

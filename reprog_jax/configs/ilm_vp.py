@@ -11,7 +11,8 @@ workdir. The ILM-VP paper reports 76.6 % best test accuracy on CIFAR-10 with
 a dense ResNet-50 (200 epochs, seed 7); this paper's code runs 100 epochs,
 seed 4.
 
-The method's own fields and their defaults: `reprog_jax/methods/ilm_vp.py`.
+The method's parts, and their fields and defaults:
+`reprog_jax/methods/ilm_vp.py` (`inputs.py`, `outputs.py`).
 
 Smoke run (mock data, a random ResNet-18, seconds on a CPU):
 

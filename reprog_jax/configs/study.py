@@ -20,6 +20,9 @@ Fields:
   overrides: a partial nested dict of the training config, applied to
     every cell, e.g. {'epochs': 2, 'data': {'mock': True}}.
   method_overrides: {method: partial nested dict}, applied after.
+  smoke: True: every cell first gets its method's own smoke sizes
+    (`MethodSpec.smoke`: tiny images, a small canvas), before the
+    overrides; a new method then runs at smoke size with nothing here.
   label_mappings, prompts: optional; ILM-VP's label mappings ('ilm', 'flm',
     'rlm', 'blm', 'blmpp', 'fullymap') and prompts ('expansive', 'padding')
     to run, each a cell of its own (`vp-blmpp/...`; the defaults ilm and
@@ -47,8 +50,10 @@ verdicts; `reprog_jax.study.design`):
     E.g. --config.power_effect.test_acc=2.0.
 
 Presets:
-  smoke: mock CIFAR-10, a random ResNet-18, both methods, 2 shots, 2
-    seeds, 1 epoch: seconds per cell on a CPU; its numbers mean nothing.
+  smoke: mock CIFAR-10, a random ResNet-18, LP and ILM-VP, 2 shots, 2
+    seeds, 1 epoch, each method at its smoke sizes: seconds per cell on a
+    CPU; its numbers mean nothing. Add a method with
+    --config.methods="('linear_probe', 'ilm_vp', 'vp_lp')".
     (Random networks are dense: a smoke study has no ticket, so the
     report's claims say "not testable".)
   grid: a grid around the paper's setting: a dense ResNet-50 and its
@@ -138,11 +143,11 @@ def get_config(preset=None):
     study.datasets = ("cifar10",)
     study.n_shots = (2,)
     study.seeds = (0, 1)
-    # What `run_config.shrink_for_smoke` does, plus tiny images.
+    # What `run_config.shrink_for_smoke` does, with 1 epoch.
     study.overrides = {"epochs": 1, "batch_size": 8, "eval_batch_size": 16,
                        "data": {"mock": True, "worker_count": 0}}
-    study.method_overrides = {"linear_probe": {"image_size": 32},
-                              "ilm_vp": {"prompt_output_size": 64}}
+    study.method_overrides = {}
+    study.smoke = True  # Each method's own sizes (`MethodSpec.smoke`).
     study.label_mappings = config_dict.placeholder(tuple)
     study.prompts = config_dict.placeholder(tuple)
   elif preset == "paper":
@@ -159,6 +164,7 @@ def get_config(preset=None):
     study.seeds = (0, 1, 2)
     study.overrides = {}  # The PyTorch version's defaults (100 epochs).
     study.method_overrides = {}
+    study.smoke = False
     study.label_mappings = config_dict.placeholder(tuple)  # ILM only.
     study.prompts = config_dict.placeholder(tuple)
   else:

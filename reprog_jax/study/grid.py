@@ -4,9 +4,11 @@ A study (`configs/study.py`) names networks, methods, datasets, n_shots and
 seeds, and optionally the label mappings and prompts to vary (ILM-VP's
 `label_mappings`, `prompts`); a cell is one network x method (variant) x
 dataset x n_shot, and all seeds of a cell train in one run
-(`config.seeds`). `cells` checks the study (its axes, its overrides) and
-builds every cell's config; `sweep` runs them and records the grid in the
-sweep directory.
+(`config.seeds`). A smoke study (`smoke: True`) shrinks every cell with
+its method's own smoke sizes (`MethodSpec.smoke`) before the overrides, so
+that a new method needs nothing in the study. `cells` checks the study (its
+axes, its overrides) and builds every cell's config; `sweep` runs them and
+records the grid in the sweep directory.
 """
 
 import json
@@ -23,7 +25,8 @@ from reprog_jax.train import run_config
 from reprog_jax.train import workdir as workdir_lib
 
 FIELDS = ("networks", "methods", "datasets", "n_shots", "seeds", "overrides",
-          "method_overrides", "label_mappings", "prompts") + design.FIELDS
+          "method_overrides", "label_mappings", "prompts",
+          "smoke") + design.FIELDS
 # Optional study axes -> the config field each varies, in methods that
 # declare it (`MethodSpec.variant_fields`); absent or empty: the method's
 # default only, and study.json keeps them absent (older sweeps match).
@@ -72,7 +75,7 @@ def plain_study(study) -> dict:
   # The declared analysis (`study.design`); an older study.json without it
   # reads as the defaults.
   study = design.with_defaults(study)
-  for axis in VARIANT_AXES:  # Unused axes stay out of study.json.
+  for axis in (*VARIANT_AXES, "smoke"):  # Unused: out of study.json.
     if not study.get(axis):
       study.pop(axis, None)
   return study
@@ -156,6 +159,8 @@ def _check_axes(study) -> None:
     if entry.get("random") and entry["kind"] != "dense":
       bad(f"networks.{name}: a random network is dense, not a "
           f"{entry['kind']}; give its dir instead")
+  if not isinstance(study.get("smoke", False), bool):
+    bad(f"smoke {study['smoke']!r} must be True or False")
   for axis in VARIANT_AXES:
     values = study.get(axis)
     if values is not None and (not isinstance(values, list) or len(set(
@@ -200,6 +205,8 @@ def _cell_config(study, name, network, entry, method, dataset, n_shot,
                  variant=None):
   config = run_config.method_config(method, dataset)
   config.progress = False  # The sweep prints a line per cell instead.
+  if study.get("smoke"):  # Each method's own smoke sizes, then overrides.
+    methods.get(method).smoke(config)
   _override(config, study["overrides"], name, "overrides")
   _override(config, study["method_overrides"].get(method, {}), name,
             f"method_overrides.{method}")

@@ -86,10 +86,31 @@ def record_study(workdir, study, grid, extend=False) -> None:
           f"them too, or use another --workdir")
   record = {"study": study, "cells": [c.name for c in grid],
             # What each cell runs, for the report's planned grid.
-            "runs": grid_lib.planned_runs(grid)}
+            "runs": grid_lib.planned_runs(grid),
+            # Where each method is defined: a re-run imports a plug-in
+            # from here.
+            "method_modules": {m: methods.get(m).module
+                               for m in study["methods"]}}
   if recorded == record:
     return
   fileio.write_json(path, record)
+
+
+def import_recorded_methods(workdir) -> None:
+  """Imports the methods `workdir/study.json` records the modules of
+  (`methods.find`), so that re-running a sweep of a plug-in method needs
+  no REPROG_JAX_METHODS; one that cannot be imported is left for the
+  grid's one-line error."""
+  try:
+    with open(os.path.join(workdir, layout.STUDY_FILE)) as f:
+      recorded = json.load(f)
+  except (OSError, ValueError):
+    return  # No sweep yet, or one `record_study` will refuse.
+  if not isinstance(recorded, dict) or not isinstance(
+      recorded.get("method_modules"), dict):
+    return
+  for name, module in recorded["method_modules"].items():
+    methods.find(name, module)
 
 
 def _differences(old, new) -> list[str]:
@@ -152,6 +173,7 @@ def run(study, workdir, task_index=0, num_tasks=1, extend=False) -> dict:
     grid_lib.SweepError: a bad study or task index, or a workdir of another
       grid; nothing has run then. A failing cell raises nothing: it is recorded.
   """
+  import_recorded_methods(workdir)
   grid = grid_lib.cells(study)
   mine = task_cells(grid, task_index, num_tasks)
   workdir_lib.check(workdir)
@@ -184,10 +206,11 @@ def run_cell(cell, workdir, prefix="") -> dict:
     return {**outcome, "status": "skipped", "message": "finished before"}
   os.makedirs(cell_dir, exist_ok=True)
   config = cell.config
+  spec = methods.get(config.method)
   fileio.write_json(os.path.join(cell_dir, layout.CELL_FILE), {
       "name": cell.name, "network": cell.network, "kind": config.network,
-      "method": config.method,
-      "variant": methods.get(config.method).variant(config),
+      "method": config.method, "method_module": spec.module,
+      "variant": spec.variant(config),
       "dataset": config.data.name,
       "n_shot": config.n_shot, "seeds": list(config.seeds)})
   started = time.time()

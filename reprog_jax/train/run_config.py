@@ -249,16 +249,19 @@ def set_field(config, setting: str) -> None:
         f"--set {setting!r}: want FIELD=VALUE with FIELD one of the "
         f"method's config fields ({', '.join(fields)})")
   current = config[field]
+  # An unset placeholder (BLM++'s top_k) parses as its declared type.
+  kind = (type(current) if current is not None
+          else config.get_ref(field).get_type())
   try:
-    if isinstance(current, bool):
+    if kind is bool:
       if text not in ("True", "False"):
         raise ValueError(text)
       value = text == "True"
-    elif current is None or isinstance(current, str):
+    elif kind in (str, type(None)):
       value = text
     else:
-      value = type(current)(text)
+      value = kind(text)
   except ValueError:
     raise errors.ConfigError(f"--set {setting!r}: {text!r} is not a "
-                             f"{type(current).__name__}") from None
+                             f"{kind.__name__}") from None
   config[field] = value

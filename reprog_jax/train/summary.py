@@ -16,6 +16,7 @@ import numpy as np
 
 from reprog_jax import layout as file_layout
 from reprog_jax import fileio
+from reprog_jax import methods
 from reprog_jax.metrics import calibration
 from reprog_jax.metrics import metric_writer
 from reprog_jax.model import label_mapping
@@ -94,6 +95,9 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
   epoch_records = [r for r in records if r.get("seed") == seeds[0]]
   summary = {
       "method": config.method,
+      # Where the method is defined, so that export, sweep and report can
+      # import it again (`methods.find`), a plug-in's too.
+      "method_module": methods.get(config.method).module,
       "dataset": config.data.name,
       "n_shot": config.n_shot,
       "seeds": list(seeds),

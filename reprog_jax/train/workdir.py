@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from reprog_jax import layout
 from reprog_jax import fileio
+from reprog_jax import methods
 from reprog_jax.train import checkpoints
 from reprog_jax.train import run_config
 from reprog_jax.errors import TrainingError
@@ -80,6 +81,11 @@ def _mismatch(path, current) -> str | None:
     previous = json.load(f)
   previous = {RENAMED.get(k, k): v for k, v in previous.items()
               if k not in NOT_COMPARED}
+  # Fields the method does not use in this config, or that an older
+  # version left implicit, as the method reads them (its parts decide).
+  spec = methods.find(current.get("method"))
+  if spec is not None:
+    previous, current = spec.comparable(previous), spec.comparable(current)
   diff = sorted(k for k in previous.keys() | current.keys()
                 if previous.get(k) != current.get(k))
   return f"another config (differs in {', '.join(diff[:5])})" if diff else None
