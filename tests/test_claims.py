@@ -5,7 +5,6 @@ seeds.csv and study.json (`recompute_verdicts`)."""
 import json
 import math
 import os
-import types
 
 import numpy as np
 import pytest
@@ -352,31 +351,27 @@ def test_validation_falls_back_to_the_last_epoch(tmp_path):
   assert cell_of(result, "1", "b")[0]["note"] == ""
 
 
-def test_hybrids_have_tables_of_their_own(tmp_path, monkeypatch):
-  # What the report asks of a spec (a stand-in: how a hybrid's spec is
-  # built from parts is the methods' business).
-  hybrid = types.SimpleNamespace(name="toy_hybrid", short="th",
-                                 label="VP+LP toy", family="hybrid",
-                                 variant=lambda config: "")
-  monkeypatch.setattr(methods, "METHODS", {**methods.METHODS,
-                                           "toy_hybrid": hybrid})
+def test_hybrids_have_tables_of_their_own(tmp_path):
+  # VP+LP: a prompt with a new head on pooled features; its family comes
+  # from its parts.
+  assert methods.get("vp_lp").family == "hybrid"
   three_datasets(tmp_path, ticket_a=0.5)
-  write(tmp_path, {("toy_hybrid", "dense", "dense", "a"):
+  write(tmp_path, {("vp_lp", "dense", "dense", "a"):
                    (acc(0.7), ece(0.05), 76.1),
-                   ("toy_hybrid", "lt", "ticket", "a"):
+                   ("vp_lp", "lt", "ticket", "a"):
                    (acc(0.6, jitter=1.0), ece(0.09, jitter=1.0), 75.8)})
   result = analysed(tmp_path)
   for claim in ("1", "2"):
-    assert "toy_hybrid" not in {c["method"] for c in cell_of(result, claim)}
+    assert "vp_lp" not in {c["method"] for c in cell_of(result, claim)}
   mine = {(c["claim"], c["metric"], c["selection"]): c["verdict"]
-          for c in result.cells if c["method"] == "toy_hybrid"}
+          for c in result.cells if c["method"] == "vp_lp"}
   assert mine[("hybrid", "test_acc", "validation")] == "held"
   assert mine[("hybrid", "test_ece", "validation")] == "held"
   assert all(c["analysis"] == "sensitivity" for c in result.cells
-             if c["method"] == "toy_hybrid")
+             if c["method"] == "vp_lp")
   text = (tmp_path / "report.md").read_text()
   assert "### Hybrid methods (not a claim of the paper)" in text
-  assert "**VP+LP toy, accuracy: held**" in text
+  assert "**VP+LP, accuracy: held**" in text
 
 
 def test_a_method_not_registered_here_warns_in_one_line(tmp_path, capsys):
