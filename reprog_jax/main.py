@@ -14,7 +14,9 @@ from absl import logging
 from ml_collections import config_flags
 
 from reprog_jax import cli as flag_errors
+from reprog_jax import errors
 from reprog_jax.train import loop as train
+from reprog_jax.train import processes
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file and preset, e.g. "
@@ -69,13 +71,19 @@ def main(argv):
           f"({flag_errors.one_line(e)}); launch under SLURM, Open MPI, "
           f"Kubernetes or on Cloud TPU, or pass --coordinator_address, "
           f"--num_processes and --process_id")
-  try:
-    config = _CONFIG.value
-    config.method  # A config file that failed to load raises on first use.
-  except OSError as e:
-    return flag_errors.fail(PROG, flag_errors.one_line(e))
+
+  def load_config():
+    try:
+      config = _CONFIG.value
+      config.method  # A config file that failed to load raises on first use.
+    except OSError as e:
+      raise errors.ConfigError(flag_errors.one_line(e)) from None
+    return config
 
   def train_and_evaluate():
+    # With several processes a config file missing on one host ends every
+    # process at once, in one line (`processes.each_checks`).
+    config = processes.each_checks(load_config)
     train.train_and_evaluate(config, _WORKDIR.value,
                              stop_after_epoch=_STOP_AFTER.value)
 

@@ -13,15 +13,22 @@ from convert import torch_io
 
 # Many tests compile the same small programs (a smoke run's steps, again and
 # again): a persistent compilation cache, shared with the subprocesses the
-# tests start, compiles each once per machine.
+# tests start, compiles each once per machine. With the size limit every
+# run sets (`compile_cache.enable`): JAX's size-limited cache cannot write
+# at all into a directory holding an entry written without a limit (its
+# eviction scan reads every entry's access-time file, which such an entry
+# lacks), and then every subprocess compiled everything again. (Older test
+# runs left such entries under the directory's old name, `-xla-cache`.)
 _COMPILATION_CACHE = os.path.join(tempfile.gettempdir(),
-                                  f"reprog-jax-tests-{os.getuid()}-xla-cache")
+                                  f"reprog-jax-tests-{os.getuid()}-xla-lru")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from reprog_jax import compile_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update("jax_compilation_cache_dir",
                   os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_compilation_cache_max_size", compile_cache.MAX_BYTES)
 
 
 def torch_reference(arch, state_dict, mask=None, num_classes=1000):

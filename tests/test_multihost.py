@@ -1,49 +1,102 @@
 """Two processes x 2 simulated CPU devices (on localhost, gloo collectives,
 as `--distributed` sets up) run like one process with 4 devices: fresh,
-stopped after epoch 0 and resumed; only the lead prints; and a bad workdir
-ends both processes of `main --distributed` with the same one line."""
+stopped after epoch 0 and resumed; only the lead prints. A bad input that
+one process alone sees (its data root, its network directory) ends both
+processes of `main --distributed` at once, each printing the same one line
+that names the failed process; a bad workdir, a bug in one process's checks
+or the lead's error ends both alike, and they go on together after it."""
 
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
+import jax
 import portpicker
 import pytest
 
 from conftest import assert_records_close, per_seed_records
+from convert import cli as convert_cli
+from reprog_jax.train import processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("ilm_vp", "linear_probe")
-# Both processes of a run start together; none may wait for ever.
-TIMEOUT = 300
+# Both processes of a run start together; none may wait for ever (a
+# launch takes 1-2 minutes on 2 cores; several on a busy machine).
+TIMEOUT = 600
+# A process that fails must not wait for the others' runtime to notice: JAX
+# gives up on a missing process after 2 minutes (devices) or 5 (shutdown).
+FAIL_WITHIN = 30
 
-# Each method's smoke run with 3 seeds (on 4 devices: split on the batch
-# axis), in one process per launch: stopped after epoch 0, then resumed
-# (each a fresh `train_and_evaluate`, as a re-run is). With several
-# processes: `main --distributed`'s setup, then the same.
+# Each method's smoke run with 2 seeds (on 4 devices: split on the batch
+# axis), in one process per launch. With one process (the reference) a
+# whole run; with several: `main --distributed`'s setup, then first the
+# failures every process must end alike (each caught, its type and line
+# kept in `outcomes<process>.json`), then each run stopped after epoch 0
+# and resumed (each a fresh `train_and_evaluate`, as a re-run is), which
+# also shows that the processes go on together after those failures.
 _DRIVER = """
 import importlib, json, os, sys
 import jax
 process_id, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+methods = sys.argv[4].split(",")
 if port:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"localhost:{{port}}", 2, process_id)
+  jax.distributed.initialize(f"localhost:{port}", 2, process_id)
+from reprog_jax import errors
 from reprog_jax.metrics import metric_writer
 from reprog_jax.train import loop
-for method in {methods}:
+from reprog_jax.train import processes
+
+
+def config_of(method):
   config = importlib.import_module(
       "reprog_jax.configs." + method).get_config("smoke")
   config.progress = False
-  config.seeds = (0, 1, 2)
-  if method == "linear_probe":
-    config.image_size = 32
+  config.seeds = (0, 1)
+  # Small images: what is proved is the same with any size.
+  config.image_size = 16 if method == "ilm_vp" else 32
+  if method == "ilm_vp":
+    config.prompt_output_size = 32
+  return config
+
+
+def outcome(fn):
+  try:
+    return ["returned", fn()]
+  except Exception as e:
+    return [type(e).__name__, str(e)]
+
+
+def raise_(error):
+  raise error
+
+
+if port:
+  outcomes = {
+      "bad_workdir": outcome(lambda: loop.train_and_evaluate(
+          config_of("linear_probe"), os.path.join(root, "not_a_dir"))),
+      "bug_on_1": outcome(lambda: processes.each_checks(
+          lambda: process_id and raise_(ValueError("boom")))),
+      "two_errors": outcome(lambda: processes.each_checks(
+          lambda: raise_(errors.ConfigError(f"bad {process_id}")))),
+      "lead_refuses": outcome(lambda: processes.lead_decides(
+          lambda: raise_(errors.ConfigError("no, says the lead")))),
+      "lead_answers": outcome(lambda: processes.lead_decides(
+          lambda: 40 + process_id)),
+  }
+  with open(os.path.join(root, f"outcomes{process_id}.json"), "w") as f:
+    json.dump(outcomes, f)
+for method in methods:
+  config = config_of(method)
   workdir = os.path.join(root, method)
-  loop.train_and_evaluate(config, workdir, stop_after_epoch=0)
-  if process_id == 0:
-    with open(workdir + ".stopped.json", "w") as f:
-      json.dump(metric_writer.read_metrics(workdir), f)
+  if port:
+    loop.train_and_evaluate(config, workdir, stop_after_epoch=0)
+    if process_id == 0:
+      with open(workdir + ".stopped.json", "w") as f:
+        json.dump(metric_writer.read_metrics(workdir), f)
   loop.train_and_evaluate(config, workdir)
 """
 
@@ -55,20 +108,28 @@ def _env(devices):
 
 
 def _start(command, devices):
-  return subprocess.Popen(command, cwd=ROOT, env=_env(devices),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  process = subprocess.Popen(command, cwd=ROOT, env=_env(devices),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  process.started = time.monotonic()
+  return process
 
 
-def _finish(procs):
-  """Each process's (returncode, stdout, stderr); none left running."""
+def _finish(procs, timeout=TIMEOUT):
+  """Each process's (returncode, stdout, stderr, seconds it ran at most);
+  none left running."""
+  results = []
   try:
-    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for p in procs:
+      out, err = p.communicate(
+          timeout=max(1, p.started + timeout - time.monotonic()))
+      results.append((p.returncode, out, err, time.monotonic() - p.started))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+        p.communicate()
+  return results
 
 
 def _without_gloo(text):
@@ -85,18 +146,20 @@ def _records(records):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Both methods on 1 process x 4 devices ('one') and on 2 processes x 2
-  devices ('two'), each stopped after epoch 0 and resumed; the two
-  processes' outputs."""
+  """Both methods on 1 process x 4 devices ('one', whole runs) and on 2
+  processes x 2 devices ('two', after the failures, each stopped after
+  epoch 0 and resumed); the two processes' outputs."""
   root = tmp_path_factory.mktemp("multihost")
-  driver = _DRIVER.format(methods=METHODS)
+  (root / "two").mkdir()
+  (root / "two" / "not_a_dir").write_text("")
+  driver = [sys.executable, "-c", _DRIVER]
   port = str(portpicker.pick_unused_port())
-  one = _start([sys.executable, "-c", driver, "0", "", str(root / "one")], 4)
-  two = [_start([sys.executable, "-c", driver, str(i), port,
-                 str(root / "two")], 2) for i in range(2)]
-  (code, _, err), *outputs = _finish([one, *two])
+  one = _start(driver + ["0", "", str(root / "one"), ",".join(METHODS)], 4)
+  two = [_start(driver + [str(i), port, str(root / "two"),
+                          ",".join(METHODS)], 2) for i in range(2)]
+  (code, _, err, _), *outputs = _finish([one, *two])
   assert code == 0, err[-3000:]
-  for code, _, err in outputs:
+  for code, _, err, _ in outputs:
     assert code == 0, err[-3000:]
   return root, outputs
 
@@ -108,7 +171,7 @@ def test_two_processes_stop_resume_and_end_like_one(runs, method):
   stopped = _records(json.loads(
       (root / "two" / f"{method}.stopped.json").read_text()))
   # Fresh: epoch 0 as one process computes it.
-  assert sorted(stopped) == [(0, s) for s in (0, 1, 2)]
+  assert sorted(stopped) == [(0, s) for s in (0, 1)]
   assert_records_close(stopped, {k: v for k, v in one.items() if k[0] == 0},
                        atol=1e-5)
   # Resumed: every epoch, and the summary's best and last.
@@ -125,27 +188,106 @@ def test_two_processes_stop_resume_and_end_like_one(runs, method):
 
 
 def test_only_the_lead_process_prints(runs):
-  (_, lead, _), (_, other, _) = runs[1]
+  (_, lead, _, _), (_, other, _, _) = runs[1]
   lead = _without_gloo(lead)
   assert sum(line.startswith("epoch 0:") for line in lead) == len(METHODS)
   assert sum(line.startswith("resuming") for line in lead) == len(METHODS)
   assert _without_gloo(other) == []
 
 
-def test_a_bad_workdir_ends_both_processes_with_one_line(tmp_path):
-  not_a_dir = tmp_path / "file"
-  not_a_dir.write_text("")
+def test_failures_end_every_process_alike(runs):
+  root = runs[0] / "two"
+  lead, other = (json.loads((root / f"outcomes{i}.json").read_text())
+                 for i in range(2))
+  # Every process checks the workdir it writes its shards to.
+  bad_workdir = ["TrainingError", (
+      f"processes 0, 1 of 2: --workdir {root / 'not_a_dir'} is not a "
+      f"directory; pass a directory")]
+  assert lead["bad_workdir"] == other["bad_workdir"] == bad_workdir
+  # A bug keeps its own exception where it happened, and stops the others.
+  assert other["bug_on_1"] == ["ValueError", "boom"]
+  assert lead["bug_on_1"] == [
+      "RuntimeError", "process 1 of 2 failed (ValueError: boom); its "
+      "traceback says why"]
+  assert lead["two_errors"] == other["two_errors"] == [
+      "TrainingError", "process 0 of 2: bad 0; process 1 of 2: bad 1"]
+  # The lead's decision: its error as raised there, its line elsewhere.
+  assert lead["lead_refuses"] == ["ConfigError", "no, says the lead"]
+  assert other["lead_refuses"] == ["TrainingError", "no, says the lead"]
+  assert lead["lead_answers"] == other["lead_answers"] == ["returned", 40]
+
+
+def _main_on_two(tmp_path, flags_of):
+  """`main --distributed` as processes 0 and 1 of 2, process i with the
+  smoke config, a workdir of its own and `flags_of(i)`; their results."""
   port = portpicker.pick_unused_port()
-  results = _finish([_start(
+  return _finish([_start(
       [sys.executable, "-m", "reprog_jax.main", "--distributed",
        f"--coordinator_address=localhost:{port}", "--num_processes=2",
-       f"--process_id={i}", f"--workdir={not_a_dir}",
-       "--config=configs/linear_probe.py:smoke"], 2) for i in range(2)])
+       f"--process_id={i}", f"--workdir={tmp_path / 'run'}",
+       "--config=configs/linear_probe.py:smoke", *flags_of(i)], 2)
+                  for i in range(2)], timeout=FAIL_WITHIN)
+
+
+def _assert_one_line_on_both(results, start, names):
+  """Both exited 1 in time, each printing one identical stderr line that
+  begins with `start` and names `names`."""
   lines = []
-  for code, _, err in results:
-    assert code == 1
+  for code, _, err, seconds in results:
+    assert code == 1, err[-3000:]
+    assert seconds < FAIL_WITHIN
+    assert err.endswith("\n") and err.count("\n") == 1, err[-3000:]
     lines.append(err.strip())
   assert lines[0] == lines[1]
-  assert "\n" not in lines[0]
-  assert lines[0] == (f"reprog_jax.main: error: --workdir {not_a_dir} is not "
-                      f"a directory; pass a directory")
+  assert lines[0].startswith(start), lines[0]
+  assert names in lines[0]
+
+
+def test_a_data_root_missing_on_one_process_ends_both_at_once(tmp_path):
+  missing = tmp_path / "no_such_root"
+  results = _main_on_two(tmp_path, lambda i: [
+      "--config.data.mock=False", "--config.data.source=torchvision",
+      f"--config.data.data_dir={missing}"] if i == 1 else [])
+  _assert_one_line_on_both(
+      results, "reprog_jax.main: error: process 1 of 2: cifar10: ",
+      f"{missing}/cifar10/")
+  assert not (tmp_path / "run").exists()  # Nothing written, by either.
+
+
+@pytest.fixture(scope="module")
+def network_dir(tmp_path_factory, resnet18_pth):
+  out = tmp_path_factory.mktemp("network") / "net"
+  assert convert_cli.main(["torch", "--arch", "resnet18", "--weights",
+                           resnet18_pth, "--out", str(out),
+                           "--no-verify"]) == 0
+  return out
+
+
+def test_a_network_dir_missing_on_the_lead_ends_both_at_once(
+    tmp_path, network_dir):
+  # Process 1 reads a good network through Orbax: no barrier there may
+  # wait for the lead, which never comes.
+  missing = tmp_path / "no_such_net"
+  results = _main_on_two(tmp_path, lambda i: [
+      "--config.random_network=",
+      f"--config.network_dir={missing if i == 0 else network_dir}"])
+  _assert_one_line_on_both(
+      results, "reprog_jax.main: error: process 0 of 2: ",
+      f"{missing}: no such network directory")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("messages, line", [
+    ([None, "a", None], "process 1 of 3: a"),
+    (["a", "a"], "processes 0, 1 of 2: a"),
+    (["a", "a", "a", "b", "a"], "processes 0-2, 4 of 5: a; process 3 of 5: b"),
+    (["a", "b", "c", "d", "e", "d"],
+     "process 0 of 6: a; process 1 of 6: b; process 2 of 6: c; 2 more "
+     "errors on processes 3-5 of 6 (fix these and run again to see them)"),
+])
+def test_the_failures_line_groups_processes_by_error(monkeypatch, messages,
+                                                     line):
+  monkeypatch.setattr(jax, "process_count", lambda: len(messages))
+  reports = [{"status": "ok"} if m is None else
+             {"status": "user error", "message": m} for m in messages]
+  assert processes._failures_line(reports) == line

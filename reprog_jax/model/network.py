@@ -131,6 +131,11 @@ def make_network(model, params, batch_stats, masks, meta: dict) -> Network:
                  meta_json=json.dumps(meta, sort_keys=True))
 
 
+# Kept per process: the same arguments give the same (frozen) network, and
+# tracing the initialisation costs seconds per call (compiling it more: a
+# process other than 0 of a multi-process run never finds it in XLA's
+# persistent cache, which only process 0 writes).
+@functools.lru_cache(maxsize=2)
 def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
   """A randomly initialised dense network, for smoke runs without a file.
 

@@ -184,8 +184,16 @@ def load(directory, dtype=jnp.float32, verify=None) -> network_lib.Network:
   _verify_files(directory, meta, verify)
   arch, num_classes = meta["arch"], meta.get("num_classes", 1000)
   expected = network_lib.abstract_variables(arch, num_classes)
+  # This process's own read, with none of Orbax's barriers across
+  # processes: each checks its own copy before they agree
+  # (`train.processes.each_checks`), so one whose directory is bad cannot
+  # strand the others at a barrier it never reaches.
+  alone = ocp.options.MultiprocessingOptions(
+      primary_host=jax.process_index(),
+      active_processes={jax.process_index()})
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
+    with ocp.StandardCheckpointer(
+        multiprocessing_options=alone) as checkpointer:
       tree = checkpointer.restore(
           os.path.abspath(os.path.join(directory, CHECKPOINT_DIR)))
   except Exception as e:  # Orbax raises many types; all mean "unreadable".

@@ -113,30 +113,36 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
 
   Returns:
     The `Run`, and the epoch of the checkpoint to resume from (None: none).
-    With several processes, the lead alone checks, locks and prepares the
-    workdir and finds that epoch; every process gets its answer, or its
-    error, before anything collective.
+    With several processes, each first checks its own inputs (the config,
+    the workdir's access, the data, the network) and they agree: a bad
+    input on one ends all of them at once with its line. Then the lead
+    alone locks and prepares the workdir and finds that epoch; every
+    process gets its answer, or its error, before anything collective.
   """
   started = time.time()
-  run_config.check(config)
-  wandb_log.check(config)  # Before any slow work: is wandb there if asked?
+
+  def own_inputs():  # Nothing collective: a failed process never comes.
+    run_config.check(config)
+    wandb_log.check(config)  # Before any slow work: is wandb there?
+    workdir_lib.check(workdir)  # Every process writes its shards there.
+    # The data (every seed's few-shot subset), then the slower frozen
+    # network, then the method.
+    run_data = inputs_lib.open_run_data(config, run_config.seeds(config))
+    net = load_network(config, run_config.compute_dtype(config))
+    return net, run_data, methods.build(config, net, run_data.num_classes,
+                                        run_config.image_size(config))
+  net, run_data, method = processes.each_checks(own_inputs)
   dtype = run_config.compute_dtype(config)
   seeds = run_config.seeds(config)
   image_size = run_config.image_size(config)
   layout = sharding.Layout.create(len(seeds))
   is_lead = processes.is_lead()  # The process that writes files.
-  processes.lead_decides(lambda: workdir_lib.check(workdir))
 
-  # Network: one frozen pytree, replicated on every device; evaluation and
-  # label mapping run at `eval_dtype` (float32: the PyTorch version runs
-  # them outside autocast).
-  net = load_network(config, dtype)
+  # The network replicated on every device; evaluation and label mapping
+  # run at `eval_dtype` (float32: the PyTorch version runs them outside
+  # autocast). The optimiser.
   network = layout.put(net, layout.replicated)
   eval_network = network.with_dtype(run_config.eval_dtype(config))
-
-  # Data: every seed's few-shot subset; method; optimiser.
-  run_data = inputs_lib.open_run_data(config, seeds)
-  method = methods.build(config, net, run_data.num_classes, image_size)
   steps_per_epoch = -(-run_data.pools.shape[1] // config.batch_size)
   optimizer, schedule = steps.make_optimizer(
       config.lr, config.epochs, steps_per_epoch, config.milestone_fractions,
