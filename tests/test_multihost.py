@@ -19,7 +19,11 @@ import pytest
 
 from conftest import assert_records_close, per_seed_records
 from convert import cli as convert_cli
+from reprog_jax import data
+from reprog_jax.data import sources
 from reprog_jax.train import processes
+
+import torchvision_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("ilm_vp", "linear_probe")
@@ -252,6 +256,26 @@ def test_a_data_root_missing_on_one_process_ends_both_at_once(tmp_path):
       results, "reprog_jax.main: error: process 1 of 2: cifar10: ",
       f"{missing}/cifar10/")
   assert not (tmp_path / "run").exists()  # Nothing written, by either.
+
+
+def test_a_corrupt_image_in_one_process_share_ends_both_at_once(tmp_path):
+  # Each process decodes (here: encodes, linear probing's feature pass)
+  # its own share of a split; the last test image is process 1's alone.
+  root = tmp_path / "root"
+  torchvision_files.write_eurosat(str(root), per_class=10)
+  test = sources.open_split(data.get_dataset_info("eurosat"), "test",
+                            data_dir=str(root), source="torchvision")
+  bad = test.source.locate(int(test.indices[-1]))
+  with open(bad, "wb") as f:
+    f.write(b"\xff\xd8junk")
+  results = _main_on_two(tmp_path, lambda i: [
+      "--config.progress=False", "--config.data.name=eurosat",
+      "--config.data.mock=False",
+      "--config.data.source=torchvision", f"--config.data.data_dir={root}"])
+  _assert_one_line_on_both(
+      results, "reprog_jax.main: error: process 1 of 2: eurosat (test "
+      "split)", f"cannot read {bad} (")
+  assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.fixture(scope="module")

@@ -277,14 +277,19 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
 
 
 def _decode(split, positions, image_size, config, name) -> data.RowStore:
-  """The images at `positions`, each process decoding its share of them."""
-  mine = data.decode_split(
+  """The images at `positions`, each process decoding its share of them.
+
+  A file that does not decode on one process alone fails every process
+  at once, with its one line (`processes.each_checks`), before the
+  gather: no process waits for a share that never comes.
+  """
+  mine = processes.each_checks(lambda: data.decode_split(
       split, positions[processes.share(len(positions))],
       image_size=image_size, worker_count=config.data.worker_count,
       read_threads=config.data.read_threads,
       prefetch_batches=config.data.prefetch_batches,
       progress=config.progress and processes.is_lead(),
-      desc=f"decoding {name} images (once)")
+      desc=f"decoding {name} images (once)"))
   return data.RowStore(processes.gather_shares(mine.rows, len(positions)),
                        split.labels[positions], positions)
 
@@ -384,15 +389,20 @@ def _encode_split(split, positions, network, encode, layout, config,
       read_threads=config.data.read_threads,
       prefetch_batches=config.data.prefetch_batches,
       origin=data.split_origin(split))  # A bad file is named in one line.
-  outputs = []
   bar = tqdm.tqdm(batches, total=pipeline.num_batches(len(positions),
                                                       batch_size),
                   leave=False, desc=f"features of the {name} split (once)",
                   dynamic_ncols=True,
                   disable=not (config.progress and processes.is_lead()))
-  for batch in bar:
-    outputs.append(encode(network, layout.put(batch["image"], layout.batch)))
-  features = np.concatenate([jax.device_get(o) for o in outputs])
+
+  def encode_share():
+    # This process's devices only: no collective, so a bad file here
+    # fails every process at once (`each_checks`), not at the gather.
+    outputs = [encode(network, layout.put(batch["image"], layout.batch))
+               for batch in bar]
+    return np.concatenate([jax.device_get(o) for o in outputs])
+
+  features = processes.each_checks(encode_share)
   return processes.gather_shares(
       np.asarray(features[:len(positions)], np.float32), every)
 
