@@ -78,9 +78,10 @@ def _without_gloo(text):
 
 def _records(records):
   """{(epoch, seed): record without timings}, as `per_seed_records`."""
-  timing = ("train_images_per_second", "epoch_seconds")
+  from reprog_jax.metrics import metric_writer
   return {(r["epoch"], r["seed"]): {k: v for k, v in r.items()
-                                    if k not in timing} for r in records}
+                                    if k not in metric_writer.TIMING_KEYS}
+          for r in records}
 
 
 @pytest.fixture(scope="module")
