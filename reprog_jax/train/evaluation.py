@@ -178,13 +178,14 @@ def epoch_line(epoch, records, best, shown=None) -> str:
       values = np.array([r[key] for r in records])
       return (f"{format(values.mean(), form)} +- "
               f"{format(values.std(ddof=1), form)}")
-    line = f"epoch {epoch}: {len(records)} seeds,"
+    parts = []
     if validated:
-      line += f" val acc {spread('val_acc', '.2%')}"
-    line += (f" test acc {spread('test_acc', '.2%')}  ece "
-             f"{spread('test_ece', '.4f')}" if tested else
-             " test not evaluated")
-    line += " (std, ddof=1)"
+      parts.append(f"val acc {spread('val_acc', '.2%')}")
+    parts += ([f"test acc {spread('test_acc', '.2%')}",
+               f"ece {spread('test_ece', '.4f')}"] if tested else [])
+    line = (f"epoch {epoch}: {len(records)} seeds, " + "  ".join(parts)
+            + (" (std, ddof=1)" if parts else "")
+            + ("" if tested else "  test not evaluated"))
     if np.all(best.epoch >= 0):
       line += f"  (best mean {np.mean(best.test_acc):.2%})"
   if shown is not None:
