@@ -39,6 +39,8 @@ for method in {methods}:
   config.seeds = (0, 1, 2)
   if method == "linear_probe":
     config.image_size = 32
+  else:  # The processes decide alike where to test (evaluation.agreed).
+    config.test_every = 0
   workdir = os.path.join(root, method)
   loop.train_and_evaluate(config, workdir, stop_after_epoch=0)
   if process_id == 0:
