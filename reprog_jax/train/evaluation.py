@@ -122,7 +122,7 @@ def records(config, epoch, train_metrics, held_out, test_metrics, best,
     epoch: the epoch.
     train_metrics: `passes.train_epoch`'s (S,) `train_loss`, `train_acc`.
     held_out: `passes.validate`'s per-seed dicts.
-    test_metrics: `passes.test`'s per-seed dicts, or None (not tested:
+    test_metrics: `passes.evaluate_test`'s per-seed dicts, or None (not tested:
       the records have no `test_*` keys).
     best: the selections after it (`best.Best`).
     timing: the epoch's timing fields.

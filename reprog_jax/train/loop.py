@@ -250,7 +250,7 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch, *, saver,
   test_metrics = bins = test_counts = None
   if tested or stopping:
     with clock("test"):
-      test_metrics, bins, test_counts = passes.test(
+      test_metrics, bins, test_counts = passes.evaluate_test(
           run, state, mappings_on_device, held_out)
   params = layout.to_host(state.params)
   best = best.update(

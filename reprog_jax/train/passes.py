@@ -2,7 +2,7 @@
 every seed at once: the label-mapping counts, a training epoch, the
 evaluation that runs every epoch (temperature scaling on held-out
 examples, each seed's validation accuracy: `validate`) and the one on the
-test split (`test`, where `evaluation.must_test` says). The loop
+test split (`evaluate_test`, where `evaluation.must_test` says). The loop
 (`loop.py`) calls them epoch by epoch.
 """
 
@@ -194,7 +194,7 @@ def validate(run: Run, state, mappings) -> list[dict]:
   """What runs every epoch besides training: with held-out examples each
   seed's temperature, fitted on its own (`temperature`); with a
   validation split each seed's accuracy and ECE there (`val_acc`,
-  `val_ece`). Both are evaluated exactly as the test split (`test`).
+  `val_ece`). Both are evaluated exactly as the test split (`evaluate_test`).
 
   Returns:
     Per seed, a dict of those metrics (empty without either split).
@@ -225,7 +225,7 @@ def validate(run: Run, state, mappings) -> list[dict]:
   return metrics
 
 
-def test(run: Run, state, mappings, held_out):
+def evaluate_test(run: Run, state, mappings, held_out):
   """Each seed's accuracy and calibration over the whole test split, and
   with a temperature (`held_out`: `validate`'s metrics) the test
   calibration at it.
