@@ -13,9 +13,12 @@ user's umask, and with a content record where a later run relies on it.
   the size and sha256 of each file they hold; loading checks them first, so
   a truncated or altered file is refused in one line instead of being read
   (or half-read by background threads).
+- A full disk: `no_space` finds it in whatever a write raised, through any
+  library's wrapping, so that it can be said in one line.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +29,40 @@ from typing import Any, Iterator
 # Temporary files and directories start with this; a reader that lists a
 # directory skips them, and a crash leaves nothing else behind.
 TMP_PREFIX = ".tmp-"
+
+# What a full disk or an exhausted quota raises, through whichever layer.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _chain(error):
+  """`error` and those it was raised from or during, outermost first."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def no_space(error) -> BaseException | None:
+  """The full disk (or exhausted quota) in `error`'s chain: the innermost
+  OSError with ENOSPC or EDQUOT (it names the file where the writer knew
+  it), else the innermost error whose text is the system's for them
+  (TensorStore's); None if there is none."""
+  found = None
+  for link in _chain(error):
+    if isinstance(link, OSError) and link.errno in NO_SPACE:
+      found = link
+    elif (not isinstance(found, OSError)
+          and any(os.strerror(code) in str(link) for code in NO_SPACE)):
+      found = link
+  return found
+
+
+def written_file(error) -> str | None:
+  """The file the innermost OSError of `error`'s chain names, or None."""
+  named = [link.filename for link in _chain(error)
+           if isinstance(link, OSError) and link.filename]
+  return str(named[-1]) if named else None
 
 
 def share(path) -> None:

@@ -111,9 +111,8 @@ def smoke_config(name="ilm_vp", **overrides):
 def per_seed_records(workdir):
   """metrics.jsonl as {(epoch, seed): record without timings}."""
   from reprog_jax.metrics import metric_writer
-  timing = ("train_images_per_second", "epoch_seconds")
   return {(r["epoch"], r["seed"]): {k: v for k, v in r.items()
-                                    if k not in timing}
+                                    if k not in metric_writer.TIMING_KEYS}
           for r in metric_writer.read_metrics(workdir)}
 
 

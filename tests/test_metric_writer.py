@@ -1,5 +1,6 @@
 """metrics.jsonl and TensorBoard events (`reprog_jax.metrics.metric_writer`)."""
 
+import errno
 import glob
 import json
 import math
@@ -7,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -207,3 +209,102 @@ def test_import_is_cheap():
   out = subprocess.run([sys.executable, "-c", code], check=True,
                        capture_output=True, text=True).stdout
   assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------
+# A full disk: raised in the main thread, naming the file; no thread's
+# traceback, no writer thread left to block.
+# --------------------------------------------------------------------------
+
+
+class _FillingFile:
+  """An events file on a disk that fills after `room` bytes: as a real
+  buffered file, the write is taken and its flush fails (an OSError that
+  names no file)."""
+
+  def __init__(self, path, room):
+    self._file = open(path, "wb")
+    self.room = room
+
+  def write(self, data):
+    self.room -= len(data)
+    return self._file.write(data)
+
+  def flush(self):
+    if self.room < 0:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    self._file.flush()
+
+  def fileno(self):
+    return self._file.fileno()
+
+  def close(self):
+    self._file.close()
+
+
+def test_a_full_disk_under_tensorboard_is_raised_here_naming_the_file(
+    tmp_path, monkeypatch):
+  from tensorboardX import record_writer
+  thread_errors = []
+  monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+  monkeypatch.setattr(record_writer, "open_file",
+                      lambda path: _FillingFile(path, room=200))
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  with pytest.raises(OSError) as raised:
+    for epoch in range(20):  # The events outgrow the room within these.
+      writer.write(epoch, {f"m{i}": float(i) for i in range(10)})
+  events = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  assert raised.value.errno == errno.ENOSPC
+  assert [raised.value.filename] == events
+  # metrics.jsonl is whole: its lines are written (and fsynced) first.
+  assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == list(
+      range(epoch + 1))
+  # Raised again until closed, and closing quietly (an error on its way)
+  # stops TensorBoard's thread without a word.
+  with pytest.raises(OSError):
+    writer.write(epoch + 1, {"m0": 0.0})
+  worker = writer._summary_writer.file_writer.event_writer._worker
+  writer.close(quietly=True)
+  assert not worker.is_alive()
+  assert thread_errors == []  # Its thread never died of it.
+
+
+def test_a_full_disk_under_metrics_jsonl_names_it(tmp_path, monkeypatch):
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write(0, {"acc": 0.5})
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(OSError) as raised:
+    writer.write(1, {"acc": 0.6})
+  assert raised.value.filename == str(tmp_path / "metrics.jsonl")
+  monkeypatch.undo()
+  writer.close(quietly=True)
+
+
+def test_other_write_errors_are_not_taken_for_a_full_disk(tmp_path,
+                                                          monkeypatch):
+  from tensorboardX import record_writer
+  opened = []
+
+  class Failing(_FillingFile):
+    failing = True
+
+    def flush(self):
+      if self.failing:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+      super().flush()
+
+  thread_errors = []
+  monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+  monkeypatch.setattr(record_writer, "open_file", lambda path: opened.append(
+      Failing(path, room=1 << 20)) or opened[-1])
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  with pytest.raises(OSError) as raised:  # As tensorboardX raises it.
+    writer.write(0, {"acc": 0.5})
+  assert raised.value.errno == errno.EIO and not raised.value.filename
+  with pytest.raises(OSError):
+    writer.close(quietly=True)  # Quiet for a full disk only.
+  opened[0].failing = False  # Repaired: its files close at exit.

@@ -123,14 +123,14 @@ def test_overflowing_metrics_are_divergence_not_infinity(tmp_path):
 def test_a_non_finite_test_metric_keeps_the_last_good_epoch(tmp_path,
                                                           monkeypatch):
   train.train_and_evaluate(_lp_config(), str(tmp_path), stop_after_epoch=0)
-  real = passes.evaluate
+  real = passes.evaluate_test
 
   def overflowing(*args, **kwargs):
     metrics, bins, counts = real(*args, **kwargs)
     metrics[0]["test_nll"] = float("inf")
     return metrics, bins, counts
 
-  monkeypatch.setattr(passes, "evaluate", overflowing)
+  monkeypatch.setattr(passes, "evaluate_test", overflowing)
   with pytest.raises(train.TrainingError,
                      match=r"^the run diverged: test_nll is inf at epoch 1 "
                      r"\(seed 4\); the last good checkpoint \(epoch 0\) is "

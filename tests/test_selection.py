@@ -142,17 +142,17 @@ def test_bad_validation_per_class_is_refused():
 DESIGNED = {0: (0.2, 0.5), 1: (0.6, 0.1), 2: (0.6, 0.5), 3: (0.4, 0.3)}
 
 
-def _designed_evaluate(real):
-  """`passes.evaluate` with each seed's `val_acc` replaced by DESIGNED's
+def _designed_validate(real):
+  """`passes.validate` with each seed's `val_acc` replaced by DESIGNED's
   (the real one kept as `real_val_acc`)."""
-  def evaluate(run, state, mappings):
-    metrics, bins, counts = real(run, state, mappings)
+  def validate(run, state, mappings):
+    metrics = real(run, state, mappings)
     epoch = int(state.step[0]) // len(run.inputs.train_batches) - 1
     for k, seed_metrics in enumerate(metrics):
       seed_metrics["real_val_acc"] = seed_metrics["val_acc"]
       seed_metrics["val_acc"] = DESIGNED[epoch][k]
-    return metrics, bins, counts
-  return evaluate
+    return metrics
+  return validate
 
 
 def _config(**overrides):
@@ -164,7 +164,7 @@ def _config(**overrides):
 def designed_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("selection") / "run"
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(passes, "evaluate", _designed_evaluate(passes.evaluate))
+    patch.setattr(passes, "validate", _designed_validate(passes.validate))
     summary = train.train_and_evaluate(_config(), str(workdir))
   return workdir, summary
 
@@ -180,9 +180,8 @@ def test_validation_epoch_is_the_first_argmax_of_val_acc(designed_run):
     assert first_best == (1, 0)[k]
     record = summary["per_seed"][k]["validation"]
     assert record["epoch"] == first_best == saved["val_epoch"][k]
-    timing = ("train_images_per_second", "epoch_seconds")
     assert record == {key: v for key, v in mine[first_best].items()
-                      if key not in timing}
+                      if key not in metric_writer.TIMING_KEYS}
     assert saved["val_acc"][k] == max(accuracies)
     # That epoch's test reliability bins: every test example once, and the
     # gaps add up to that epoch's test ECE.
@@ -221,7 +220,7 @@ def test_val_acc_is_the_accuracy_on_the_seeds_own_validation_rows(
 def test_resumed_run_keeps_the_same_validation_record(designed_run,
                                                       tmp_path, monkeypatch):
   workdir, summary = designed_run
-  monkeypatch.setattr(passes, "evaluate", _designed_evaluate(passes.evaluate))
+  monkeypatch.setattr(passes, "validate", _designed_validate(passes.validate))
   assert train.train_and_evaluate(_config(), str(tmp_path),
                                   stop_after_epoch=1) == {}
   resumed = train.train_and_evaluate(_config(), str(tmp_path))

@@ -20,7 +20,7 @@ from reprog_jax.train import loop as train
 from reprog_jax.train import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TIMING = ("train_images_per_second", "epoch_seconds")
+TIMING = metric_writer.TIMING_KEYS
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "test_acc",
                "test_ece", "test_nll", "test_brier", "test_mce",
                "test_ece_adaptive", "test_pytorch_logged_quantity",

@@ -7,8 +7,14 @@ and mirrors every numeric metric as a TensorBoard scalar under
 
 tensorboardX is imported inside the writer: importing it alone takes about
 two seconds, and modules that only read metrics should not pay for it.
+
+A full disk is raised in the main thread as an OSError naming the file
+(`metrics.jsonl`, or the events file), never printed by tensorboardX's
+writer thread (`_EventsFile`), so the run can say it in one line.
 """
 
+import contextlib
+import errno as errno_lib
 import json
 import math
 import os
@@ -27,6 +33,12 @@ from reprog_jax import layout
 _NON_FINITE_NAMES = {"NaN": math.nan, "Infinity": math.inf,
                      "-Infinity": -math.inf}
 
+# Each epoch phase's wall time (device work completed), in seconds.
+PHASE_KEYS = ("seconds_mapping", "seconds_train", "seconds_validation",
+              "seconds_test", "seconds_checkpoint")
+# Timing, not results: what differs between two runs that computed the
+# same, and stays out of every summary number.
+TIMING_KEYS = ("train_images_per_second", "epoch_seconds") + PHASE_KEYS
 
 
 # ---------------------------------------------------------------------------
@@ -45,6 +57,76 @@ def _plain_value(name: str, value: Any) -> bool | int | float | str:
   raise TypeError(
       f"Metric {name!r} must be a scalar (bool, int, float or str), got "
       f"{type(value).__name__} {value!r}.")
+
+
+@contextlib.contextmanager
+def _naming(path):
+  """Within the block, a full disk raises an OSError naming `path` (a
+  buffered write's error names no file)."""
+  try:
+    yield
+  except OSError as e:
+    if fileio.no_space(e) is None or e.filename:
+      raise
+    raise OSError(e.errno, e.strerror, path) from e
+
+
+class _EventsFile:
+  """TensorBoard's events file, whose failed writes (a full disk) are kept
+  for the main thread (`MetricWriter`) to raise. Raised in tensorboardX's
+  writer thread they would print a traceback and end the thread, whose
+  queue would then fill and block the run; so after a failure the thread
+  goes on, discarding what it writes.
+
+  Args:
+    file: the open events file (tensorboardX's `RecordWriter._writer`).
+    path: its path.
+  """
+
+  def __init__(self, file, path):
+    self._file = file
+    self.path = path
+    self.error = None
+
+  def _guarded(self, write):
+    if self.error is not None:
+      return
+    try:
+      write()
+    except OSError as e:
+      if fileio.no_space(e) is None:
+        raise
+      self.error = e
+
+  def write(self, data):
+    self._guarded(lambda: self._file.write(data))
+
+  def flush(self):
+    # `RecordWriter.flush` fsyncs only a file with `fileno`: done here.
+    self._guarded(lambda: (self._file.flush(), os.fsync(self._file.fileno())))
+
+  def close(self):
+    try:
+      self._file.close()
+    except OSError as e:
+      if fileio.no_space(e) is None:
+        raise
+      self.error = self.error or e
+
+
+def _guard_events_file(summary_writer) -> _EventsFile | None:
+  """Puts an `_EventsFile` between tensorboardX 2.x's record writer and its
+  file (None if its structure is another version's: failures then raise
+  where tensorboardX raises them)."""
+  try:
+    # pylint: disable=protected-access
+    records = summary_writer.file_writer.event_writer._ev_writer
+    records = records._py_recordio_writer
+    guard = _EventsFile(records._writer, records.path)
+    records._writer = guard
+  except AttributeError:
+    return None
+  return guard
 
 
 def _json_value(value: bool | int | float | str) -> bool | int | float | str:
@@ -125,6 +207,7 @@ class MetricWriter:
     self._drop_torn_line()
     self._file = open(self.path, "a", encoding="utf-8")
     self._summary_writer = None
+    self._events = None  # Its `_EventsFile`.
     self._purge_step = None
 
   def _drop_torn_line(self):
@@ -145,10 +228,21 @@ class MetricWriter:
       # writer in the same second (a quick resume) would overwrite the
       # first's file. A nanosecond suffix keeps names unique and in the
       # order TensorBoard reads them.
-      self._summary_writer = tensorboardX.SummaryWriter(
-          self.tensorboard_dir, purge_step=self._purge_step,
-          filename_suffix=f".{time.time_ns():020d}")
+      with _naming(self.tensorboard_dir):
+        self._summary_writer = tensorboardX.SummaryWriter(
+            self.tensorboard_dir, purge_step=self._purge_step,
+            filename_suffix=f".{time.time_ns():020d}")
+      self._events = _guard_events_file(self._summary_writer)
     return self._summary_writer
+
+  def _raise_events_error(self):
+    """Raises, naming the events file, a write of it that failed (in
+    either thread)."""
+    if self._events is not None and self._events.error is not None:
+      error = self._events.error
+      raise OSError(error.errno or errno_lib.ENOSPC,
+                    error.strerror or os.strerror(errno_lib.ENOSPC),
+                    self._events.path) from error
 
   def write(self, epoch: int, metrics: Mapping[str, Any],
             seed: int | None = None, tag_prefix: str = ""):
@@ -176,9 +270,10 @@ class MetricWriter:
     if seed is not None:
       record["seed"] = int(seed)
     record.update({name: _json_value(v) for name, v in values.items()})
-    self._file.write(json.dumps(record, allow_nan=False) + "\n")
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    with _naming(self.path):
+      self._file.write(json.dumps(record, allow_nan=False) + "\n")
+      self._file.flush()
+      os.fsync(self._file.fileno())
     writer = self._tensorboard()
     scalars = {tag_prefix + name: value for name, value in values.items()
                if is_number(value)}
@@ -189,6 +284,7 @@ class MetricWriter:
     # Once an epoch is cheap, and lets TensorBoard show the run live rather
     # than every `flush_secs` (120 s).
     writer.flush()
+    self._raise_events_error()
 
   def truncate_after(self, epoch: int):
     """Keeps only the records with `epoch <= epoch`, for a resumed run.
@@ -203,7 +299,8 @@ class MetricWriter:
     self._file.close()
     kept = [line for line in _complete_lines(self.path)
             if line.strip() and _parse_line(line)["epoch"] <= epoch]
-    fileio.write_text(self.path, "".join(line + "\n" for line in kept))
+    with _naming(self.path):
+      fileio.write_text(self.path, "".join(line + "\n" for line in kept))
     self._file = open(self.path, "a", encoding="utf-8")
     self._purge_step = int(epoch) + 1
     if self._summary_writer is not None:
@@ -225,21 +322,32 @@ class MetricWriter:
     self._tensorboard().add_image(tag, pixels, global_step=int(epoch),
                                   dataformats="HWC")
     self._tensorboard().flush()
+    self._raise_events_error()
     if self.mirror is not None:
       self.mirror.image(tag, path_png, int(epoch))
 
-  def close(self):
-    """Closes the metrics file, TensorBoard and the mirror."""
-    self._file.close()
-    if self._summary_writer is not None:
-      self._summary_writer.close()
+  def close(self, quietly=False):
+    """Closes the metrics file, TensorBoard and the mirror; raises a write
+    that failed on a full disk, unless `quietly` (another error is on its
+    way)."""
+    try:
+      self._file.close()
+      if self._summary_writer is not None:
+        with _naming(self.tensorboard_dir):
+          self._summary_writer.close()
+        self._summary_writer = None
+        self._raise_events_error()
+    except OSError as e:
+      if not (quietly and fileio.no_space(e) is not None):
+        raise
+    finally:
       self._summary_writer = None
-    if self.mirror is not None:
-      self.mirror.close()
-      self.mirror = None
+      if self.mirror is not None:
+        self.mirror.close()
+        self.mirror = None
 
   def __enter__(self) -> "MetricWriter":
     return self
 
-  def __exit__(self, *exc_info):
-    self.close()
+  def __exit__(self, kind, value, tb):
+    self.close(quietly=value is not None)

@@ -280,6 +280,7 @@ def make_study(workdir, scale: Scale, nets: dict):
       "batch_size": 32,
       "eval_batch_size": 256,
       "plot_interval": scale.epochs,
+      "test_every": 0,  # The test split where a selection needs it.
       "data": {"folder_root": os.path.join(workdir, "data", TARGET),
                "worker_count": 0},
   }

@@ -2,7 +2,9 @@
 
 Two selections are kept per seed, each the first of equals:
 - the best-test epoch, with the highest test accuracy (the PyTorch
-  version's selection; optimistic, since it looks at the test split);
+  version's selection; optimistic, since it looks at the test split) among
+  the epochs whose test split was evaluated (every epoch unless
+  `config.test_every` says otherwise: `evaluation.must_test`);
 - the validation epoch, with the highest accuracy on the seed's validation
   split (`inputs.RunData.validation`), when the run has one.
 For each the run keeps that epoch's trained values, mapping sequence,
@@ -82,6 +84,12 @@ class Best:
         ours: jax.tree.map(one, new, getattr(self, ours))
         for ours, new in zip(fields, this_epoch)})
 
+  def improves_validation(self, val_accuracies) -> bool:
+    """Whether `val_accuracies` (S,) would change some seed's validation
+    epoch (`update`'s rule): that epoch's test split must be evaluated."""
+    return val_accuracies is not None and bool(np.any(
+        np.asarray(val_accuracies, np.float64) > self.val_acc))
+
   def update(self, epoch, params, mappings, accuracies, bins,
              val_accuracies=None) -> "Best":
     """Where a seed's test accuracy rose above its best-test epoch's, or its
@@ -92,10 +100,16 @@ class Best:
       epoch: the epoch just evaluated.
       params: its trained values (on the host).
       mappings: (S, T) its mapping sequences.
-      accuracies: (S,) its test accuracies.
-      bins: per seed, its test `calibration.CalibrationBins`.
+      accuracies: (S,) its test accuracies, or None (its test split was
+        not evaluated: it selects nothing on the test split).
+      bins: per seed, its test `calibration.CalibrationBins` (None with
+        `accuracies`).
       val_accuracies: (S,) its validation accuracies, or None (no
         validation split: the validation epoch stays unset).
+
+    Raises:
+      ValueError: a validation epoch would change without the test split
+        evaluated (whose metrics and bins it keeps).
     """
     def this_epoch(score):
       return (params, np.asarray(mappings), score,
@@ -103,11 +117,16 @@ class Best:
               {name: np.stack([np.asarray(b) for b in per_seed])
                for name, per_seed in zip(calibration.CalibrationBins._fields,
                                          zip(*bins))})
-    accuracies = np.asarray(accuracies, np.float64)
-    kept = self._pick(TEST_FIELDS, this_epoch(accuracies),
-                      accuracies > self.test_acc)
-    if val_accuracies is None:
+    kept = self
+    if accuracies is not None:
+      accuracies = np.asarray(accuracies, np.float64)
+      kept = self._pick(TEST_FIELDS, this_epoch(accuracies),
+                        accuracies > self.test_acc)
+    if not self.improves_validation(val_accuracies):
       return kept
+    if bins is None:
+      raise ValueError(f"epoch {epoch} improves a validation accuracy but "
+                       f"its test split was not evaluated")
     val_accuracies = np.asarray(val_accuracies, np.float64)
     return kept._pick(VALIDATION_FIELDS, this_epoch(val_accuracies),
                       val_accuracies > self.val_acc)

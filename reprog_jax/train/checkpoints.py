@@ -16,16 +16,15 @@ is refused (`outdated`): its run cannot end as a run of this one would.
 The best values live inside the same checkpoint rather than in a second
 one, so there is no moment at which the two could disagree: a save is one
 Orbax write to a temporary directory renamed when complete, and a crash
-leaves the previous epoch's checkpoint intact.
+leaves the previous epoch's checkpoint intact. A run writes them in the
+background (`saver.Saver`); the record is written after the commit, by a
+thread `finish` waits for. A full disk is one line (`CheckpointWriteError`,
+`disk_full`), with no thread's traceback (`full_disk`).
 """
 
 import contextlib
-import errno
-import gc
 import json
-import logging
 import os
-import sys
 import threading
 from typing import Any
 
@@ -37,24 +36,32 @@ from reprog_jax import errors
 from reprog_jax import fileio
 from reprog_jax import layout
 from reprog_jax.train import best as best_lib
+from reprog_jax.train import full_disk
 
 
 class CheckpointError(errors.UserError):
   """A checkpoint that cannot be read; the message is one line."""
 
 
-class CheckpointWriteError(errors.UserError):
-  """A checkpoint that could not be written (a full disk); one line."""
+class DiskFullError(errors.UserError):
+  """A write of the run that found the disk full (or the quota spent): one
+  line saying what, that nothing committed was lost, and how to go on."""
 
 
-# What a full disk or an exhausted quota raises, through whichever layer.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+class CheckpointWriteError(DiskFullError):
+  """A checkpoint (or its record) that could not be written; one line."""
 
 
-def _manager(workdir) -> ocp.CheckpointManager:
+def new_manager(workdir, asynchronous=False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, layout.CHECKPOINTS_DIR)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, create=True,
+          enable_async_checkpointing=asynchronous,
+          # A save killed before its commit leaves a temporary directory
+          # (`<epoch>.orbax-checkpoint-tmp`); the next run's manager
+          # removes it before saving that epoch again.
+          cleanup_tmp_directories=True))
 
 
 def pack(state, *, epoch, mappings, best) -> dict:
@@ -91,127 +98,123 @@ def _mapping_array(mappings) -> np.ndarray:
   return mappings.astype(np.float32 if mappings.ndim == 3 else np.int32)
 
 
-# The background thread recording the last saved checkpoint's files (on
-# process 0), and what it raised: `finish` joins it and re-raises.
-_recording = {"thread": None, "error": None}
+# The background thread that waits for the last save's commit and records
+# its files (on process 0), and what failed: `finish` joins it and raises.
+_recording = {"thread": None, "failure": None}
+
+
+def record_in_background(workdir, epoch, commit=None) -> None:
+  """Starts the thread that waits for `commit()` (the commit of the
+  checkpoint of `epoch`; None: committed already), then records its files'
+  sizes and hashes in it (process 0; see `restore`). `finish` joins it.
+
+  Killed before the record lands (at any instant: it is written
+  atomically), the checkpoint is complete but unrecorded: it is then
+  restored unchecked, as checkpoints of older versions are.
+  """
+  def work():
+    try:
+      if commit is not None:
+        commit()
+    except BaseException as e:  # pylint: disable=broad-except
+      _recording["failure"] = (e, workdir, epoch, "commit")
+      return
+    _record(workdir, epoch)
+
+  # Not a daemon: the interpreter waits for it at exit.
+  thread = threading.Thread(target=work, name=f"checkpoint-record-{epoch}")
+  _recording["thread"] = thread
+  thread.start()
 
 
 def save(workdir, tree) -> None:
-  """Saves `tree` (from `pack`) as the checkpoint of its epoch; once Orbax
-  has committed it, a background thread records its files' sizes and
-  hashes in it (see `restore`), so the next epoch need not wait for the
-  hashing. `finish` waits for that record."""
+  """Saves `tree` (from `pack`) as the checkpoint of its epoch and returns
+  once Orbax has committed it; its record is written in the background
+  (`finish` waits for it). A run saves through its `saver.Saver`, whose
+  writes overlap the next epoch."""
   finish()  # The previous record lands before Orbax may delete its epoch.
   epoch = int(tree["epoch"])
-  try:
-    # Orbax's background writer logs each failure with its traceback (a
-    # full disk: five); what failed is raised here, and said once.
-    with _quiet_absl(), _manager(workdir) as manager:
+  with full_disk.quiet():
+    manager = new_manager(workdir)
+    try:
       manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
-      manager.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except
-    if not _is_no_space(e):
-      raise
-    no_space = e
-  else:
-    no_space = None
-  if no_space is not None:
-    _drop_failed_reads()
-    _ignore_closed_loop_callbacks()
-    raise CheckpointWriteError(
-        f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "
-        f"{epoch} failed: no space left on device{_where(no_space)}; "
-        f"nothing committed was lost ({_kept(workdir)}); free space and run "
-        f"the same command to resume") from None
-  if jax.process_index() == 0:
-    # Committed by now. Killed before the record lands (at any instant:
-    # it is written atomically), the checkpoint is complete but
-    # unrecorded: it is then restored unchecked, as checkpoints of older
-    # versions are. Not a daemon: the interpreter waits for it at exit.
-    thread = threading.Thread(target=_record, args=(workdir, epoch),
-                              name=f"checkpoint-record-{epoch}")
-    _recording["thread"] = thread
-    thread.start()
+    except Exception as e:  # pylint: disable=broad-except
+      full_disk.drain(manager)
+      full_disk.drop_failed_reads()
+      failed = e
+    else:
+      failed = None
+      manager.close()
+  if failed is not None:
+    full_disk.ignore_closed_loop_callbacks()
+    if fileio.no_space(failed) is None:
+      raise failed
+    raise write_error(workdir, epoch, failed) from None
+  record_in_background(workdir, epoch)
 
 
 def _record(workdir, epoch) -> None:
+  """Writes the record of the committed checkpoint of `epoch` (process 0);
+  what fails is kept for `finish`."""
+  if jax.process_index() != 0:
+    return
+  step = _step_dir(workdir, epoch)
+  path = os.path.join(step, layout.CHECKPOINT_MANIFEST)
   try:
-    step = _step_dir(workdir, epoch)
     records = fileio.file_records(step, ".",
                                   skip={layout.CHECKPOINT_MANIFEST})
-    fileio.write_json(os.path.join(step, layout.CHECKPOINT_MANIFEST),
-                      records, indent=1)
+    fileio.write_json(path, records, indent=1)
   except BaseException as e:  # pylint: disable=broad-except
-    _recording["error"] = e  # Raised in the main thread by `finish`.
+    if isinstance(e, OSError) and fileio.no_space(e) and not e.filename:
+      named = OSError(e.errno, e.strerror, path)  # Say which file.
+      named.__cause__, e = e, named
+    _recording["failure"] = (e, workdir, epoch, "record")
 
 
 def finish() -> None:
-  """Waits until the last saved checkpoint's files are recorded; raises
-  what recording them raised (e.g. a full disk)."""
+  """Waits until the last saved checkpoint is committed and its files
+  recorded; raises what failed (a full disk: `CheckpointWriteError`)."""
   thread, _recording["thread"] = _recording["thread"], None
   if thread is not None:
     thread.join()
-  error, _recording["error"] = _recording["error"], None
-  if error is not None:
-    raise error
+  failure, _recording["failure"] = _recording["failure"], None
+  if failure is None:
+    return
+  error, workdir, epoch, phase = failure
+  if phase == "commit" and fileio.no_space(error) is not None:
+    raise write_error(workdir, epoch, error) from None
+  # A failed record (the checkpoint is committed: restored unchecked, as
+  # if killed before it) is raised as it is; a full disk is one line at
+  # the top (`disk_full`).
+  raise error
 
 
-@contextlib.contextmanager
-def _quiet_absl():
-  absl_log = logging.getLogger("absl")
-  level, hooks = absl_log.level, (sys.excepthook, sys.unraisablehook)
-  absl_log.setLevel(logging.CRITICAL)
-  _ignore_closed_loop_callbacks()
-  try:
-    yield
-  finally:
-    absl_log.setLevel(level)
-    sys.excepthook, sys.unraisablehook = hooks
+def write_error(workdir, epoch, error) -> CheckpointWriteError:
+  """The one line of a checkpoint write that found the disk full."""
+  where = fileio.written_file(error)
+  return CheckpointWriteError(
+      f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "
+      f"{epoch} failed: no space left on device"
+      f"{f' (writing {where})' if where else ''}; nothing committed was "
+      f"lost ({_kept(workdir)}); free space and run the same command to "
+      f"resume")
 
 
-def _closed_loop(error) -> bool:
-  return (isinstance(error, RuntimeError)
-          and str(error) == "Event loop is closed")
-
-
-def _without_closed_loop(excepthook):
-  """`excepthook`, quiet for 'Event loop is closed': what TensorStore's
-  callbacks print (through `sys.excepthook`) when a failed save's writes
-  end after Orbax gave up on its event loop."""
-  def hook(kind, value, tb):
-    if not _closed_loop(value):
-      excepthook(kind, value, tb)
-  return hook
-
-
-def _is_no_space(error) -> bool:
-  """Whether `error`, or one it was raised from, is a full disk: an OSError
-  with ENOSPC or EDQUOT, or TensorStore's text for it."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _NO_SPACE:
-      return True
-    if any(os.strerror(code) in str(error) for code in _NO_SPACE):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def _where(error) -> str:
-  """' (writing FILE)' for the first error in `error`'s chain that names
-  its file; '' if none does."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.filename:
-      return f" (writing {error.filename})"
-    error = error.__cause__ or error.__context__
-  return ""
+def disk_full(workdir, error) -> DiskFullError | None:
+  """A full disk in `error`, raised by any write of the run in `workdir`
+  (its metrics, figures, summary, cached features), as one line; None if
+  `error` is no full disk or is already one line."""
+  if isinstance(error, errors.UserError) or fileio.no_space(error) is None:
+    return None
+  where = fileio.written_file(error) or workdir
+  return DiskFullError(
+      f"{where}: writing failed: no space left on device; nothing "
+      f"committed was lost ({_kept(workdir)}); free space and run the same "
+      f"command to resume")
 
 
 def _kept(workdir) -> str:
-  latest = latest_epoch(workdir)
+  latest = _committed(workdir)
   return ("no epoch had been checkpointed yet" if latest is None else
           f"the checkpoint of epoch {latest} is intact")
 
@@ -292,6 +295,12 @@ def latest_epoch(workdir) -> int | None:
   multi-host run's lead does, and broadcasts the answer).
   """
   finish()  # This process's last save is recorded (or its error raised).
+  return _committed(workdir)
+
+
+def _committed(workdir) -> int | None:
+  """The latest committed epoch on disk (an uncommitted temporary
+  directory is none)."""
   directory = os.path.join(workdir, layout.CHECKPOINTS_DIR)
   if not os.path.isdir(directory):
     return None
@@ -299,14 +308,16 @@ def latest_epoch(workdir) -> int | None:
              default=None)
 
 
-def restore(workdir, like: Any, epoch: int | None = None) -> dict:
+def restore(workdir, like: Any, epoch: int | None = None,
+            manager: ocp.CheckpointManager | None = None) -> dict:
   """Restores the checkpoint of `epoch` (default: the latest) with the
   structure, dtypes and shardings of `like` (a `pack` tree of the same run:
   restoring needs the
   optimiser state's structure); its 'best' is a `best.Best` again.
 
   Every process of a run calls it, with the same `epoch` (the lead's
-  `latest_epoch`, broadcast).
+  `latest_epoch`, broadcast), through the run's one `manager` (None: a
+  manager of its own).
   """
   finish()
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
@@ -321,9 +332,10 @@ def restore(workdir, like: Any, epoch: int | None = None) -> dict:
     raise FileNotFoundError(
         f"{workdir}/{layout.CHECKPOINTS_DIR}: no checkpoint")
   verified = _check_files(workdir, epoch)
-  with _manager(workdir) as manager:
+  with (contextlib.nullcontext(manager) if manager else
+        new_manager(workdir)) as restoring:
     try:
-      tree = manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+      tree = restoring.restore(epoch, args=ocp.args.StandardRestore(abstract))
     # Orbax and TensorStore raise many types (even bare Exception) for a
     # truncated or corrupted file. But a failed barrier or collective is no
     # damage, and files that match their record are intact: never advise
@@ -335,43 +347,13 @@ def restore(workdir, like: Any, epoch: int | None = None) -> dict:
     else:
       reason = None
   if reason is not None:
-    _drop_failed_reads()
+    full_disk.drop_failed_reads()
     raise CheckpointError(_unreadable(_step_dir(workdir, epoch), epoch,
                                       reason))
   tree["best"] = best_lib.Best(**jax.tree.map(np.asarray, tree["best"]))
   tree["mapping_sequence"] = np.asarray(tree["mapping_sequence"])
   tree["epoch"] = int(tree["epoch"])
   return tree
-
-
-def _drop_failed_reads() -> None:
-  """Collects the asyncio tasks of a failed restore now, quietly: left to
-  the garbage collector, each would log a multi-line 'Task exception was
-  never retrieved' or 'Exception ignored in' traceback after our one-line
-  error."""
-  asyncio_log = logging.getLogger("asyncio")
-  level, hook = asyncio_log.level, sys.unraisablehook
-  asyncio_log.setLevel(logging.CRITICAL)
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    gc.collect()
-  finally:
-    asyncio_log.setLevel(level)
-    sys.unraisablehook = hook
-
-
-def _ignore_closed_loop_callbacks() -> None:
-  """From now on, drops the 'Event loop is closed' errors of a failed
-  save's writes that end later: each would print a traceback after our
-  one-line error. Any other error is still reported."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not _closed_loop(unraisable.exc_value):
-      previous(unraisable)
-
-  sys.unraisablehook = hook
-  sys.excepthook = _without_closed_loop(sys.excepthook)
 
 
 def read(workdir) -> dict:

@@ -3,12 +3,14 @@
 `train_and_evaluate(config, workdir)` runs a whole config (see `configs/`)
 for every seed of `config.seeds` at once: setup (network, data, method,
 optimiser, steps: one `passes.Run`), restore, then per epoch each seed's
-label mapping, training, evaluation on the full test split (and the
-validation split, which selects an epoch per seed: `best.Best`), metrics,
-plots and one checkpoint; finally `summary.json`. The loop never asks which
-method runs: what varies lives in `methods.Method`. Re-running it on the
-same workdir resumes after the last checkpointed epoch and ends with
-exactly the result of an uninterrupted run.
+label mapping, training, validation (which selects an epoch per seed:
+`best.Best`), evaluation on the full test split (every epoch, or only where
+a selection needs it: `evaluation.must_test`), metrics, one checkpoint
+(written while the next epoch runs: `saver.Saver`) and plots; finally
+`summary.json`. The loop never asks which method runs: what varies lives
+in `methods.Method`. Re-running it on the same workdir resumes after the
+last checkpointed epoch and ends with exactly the result of an
+uninterrupted run.
 """
 
 import contextlib
@@ -30,11 +32,13 @@ from reprog_jax.model import network as network_lib
 from reprog_jax.model import network_dir
 from reprog_jax.train import best as best_lib
 from reprog_jax.train import checkpoints
+from reprog_jax.train import evaluation
 from reprog_jax.train import inputs as inputs_lib
 from reprog_jax.train import passes
 from reprog_jax.train import processes
 from reprog_jax.train import run_lock
 from reprog_jax.train import run_config
+from reprog_jax.train import saver as saver_lib
 from reprog_jax.train import sharding
 from reprog_jax.train import steps
 from reprog_jax.train import summary as summary_lib
@@ -69,11 +73,18 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   """
   # Before anything compiles: a second run of the same shapes loads them.
   compile_cache.enable(config.compile_cache)
-  # Whatever ends the run (an error included), its files get closed and
-  # the last checkpoint's record (written in the background) lands.
-  with contextlib.ExitStack() as closing:
-    closing.callback(checkpoints.finish)
-    return _run(config, workdir, stop_after_epoch, closing)
+  try:
+    # Whatever ends the run (an error included), its files get closed and
+    # its last checkpoint is committed and recorded.
+    with contextlib.ExitStack() as closing:
+      return _run(config, workdir, stop_after_epoch, closing)
+  except Exception as e:  # pylint: disable=broad-except
+    # A full disk under any write (metrics, TensorBoard, figures, summary)
+    # is one line saying which checkpoint is intact; anything else is not.
+    full = checkpoints.disk_full(workdir, e)
+    if full is None:
+      raise
+    raise full from None
 
 
 def _run(config, workdir, stop_after_epoch, closing) -> dict:
@@ -82,21 +93,28 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
   run, latest = _setup(config, workdir, closing)
 
   # --- Restore: the state, mappings and best epochs of a checkpoint. -------
-  state, mappings, best, start_epoch = _restore(run, latest)
+  # One checkpoint manager for the run (every process builds it: a
+  # collective); closed last of all on every exit path.
+  saver = closing.enter_context(saver_lib.Saver(workdir))
+  state, mappings, best, start_epoch = _restore(run, latest, saver)
   writer = _open_writer(run, start_epoch, closing)
+  note = evaluation.note(config, run.run_data.validation is not None)
+  if note:
+    processes.say(note)
 
   # --- Loop: map, train, evaluate, record, checkpoint. ---------------------
   for epoch in range(start_epoch, config.epochs):
     stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
     state, mappings, best = _epoch(run, writer, state, mappings, best, epoch,
-                                   draw=stopping)
-    if stopping:
-      if epoch + 1 < config.epochs:
-        if writer:
-          writer.close()
-        processes.say(f"stopped after epoch {epoch}; run the same command "
-                      f"to resume")
-        return {}
+                                   saver=saver, stopping=stopping)
+    if stopping and epoch + 1 < config.epochs:
+      saver.wait()  # Committed and recorded before the job says so.
+      if writer:
+        writer.close()
+      processes.say(f"stopped after epoch {epoch}; run the same command "
+                    f"to resume")
+      return {}
+  saver.wait()  # The last checkpoint is committed before the summary.
   if not writer:
     return {}
   writer.close()
@@ -181,9 +199,9 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
       started=started, is_lead=is_lead), latest
 
 
-def _restore(run: passes.Run, latest):
+def _restore(run: passes.Run, latest, saver):
   """(state, mappings, best, first epoch to run): fresh, or those of the
-  checkpoint of epoch `latest`."""
+  checkpoint of epoch `latest` (read through the run's `saver`)."""
   layout, seeds = run.layout, run.seeds
   state = layout.put(steps.init_state(run.method, run.optimizer, seeds),
                      layout.per_seed)
@@ -192,7 +210,8 @@ def _restore(run: passes.Run, latest):
   if latest is None:
     return state, mappings, best, 0
   restored = checkpoints.restore(run.workdir, checkpoints.pack(
-      state, epoch=0, mappings=mappings, best=best), latest)
+      state, epoch=0, mappings=mappings, best=best), latest,
+                                 manager=saver.manager)
   processes.say(f"resuming {run.workdir} after epoch {restored['epoch']}")
   return (restored["state"], restored["mapping_sequence"], restored["best"],
           restored["epoch"] + 1)
@@ -216,51 +235,59 @@ def _open_writer(run: passes.Run, start_epoch, closing):
   return writer
 
 
-def _epoch(run: passes.Run, writer, state, mappings, best, epoch,
-           draw=False):
+def _epoch(run: passes.Run, writer, state, mappings, best, epoch, *, saver,
+           stopping=False):
   """One epoch of every seed, recorded and checkpointed; returns the new
-  (state, mappings, best). `draw`: draw the figures whatever the
-  `plot_interval` (the last epoch of a job that stops early)."""
+  (state, mappings, best). `stopping`: the last epoch of a job that stops
+  early (its test split evaluated, its figures drawn)."""
   config, seeds, layout = run.config, run.seeds, run.layout
-  epoch_started = time.time()
-  mappings = run.method.epoch_mapping(
-      epoch, mappings, seeds, lambda: passes.count_pass(run, state, epoch))
-  mappings_on_device = layout.put(mappings, layout.per_seed)  # Once.
-  train_started = time.time()
-  state, train_metrics = passes.train_epoch(run, state, mappings_on_device,
-                                            epoch)
-  train_seconds = time.time() - train_started
-  test_metrics, bins, test_counts = passes.evaluate(run, state,
-                                                    mappings_on_device)
+  epoch_started, clock = time.time(), evaluation.Clock()
+  with clock("mapping"):
+    mappings = run.method.epoch_mapping(
+        epoch, mappings, seeds, lambda: passes.count_pass(run, state, epoch))
+    mappings_on_device = layout.put(mappings, layout.per_seed)  # Once.
+  with clock("train"):
+    state, train_metrics = passes.train_epoch(run, state, mappings_on_device,
+                                              epoch)
+    jax.block_until_ready(state)
+  with clock("validation"):
+    held_out = passes.validate(run, state, mappings_on_device)
+  tested = evaluation.agreed(
+      evaluation.must_test(config, epoch, best, held_out), epoch)
+  test_metrics = bins = test_counts = None
+  if tested or stopping:
+    with clock("test"):
+      test_metrics, bins, test_counts = passes.evaluate_test(
+          run, state, mappings_on_device, held_out)
   params = layout.to_host(state.params)
   best = best.update(
-      epoch, params, mappings, [m["test_accuracy"] for m in test_metrics],
-      bins, val_accuracies=(None if run.inputs.validation is None else
-                            [m["val_acc"] for m in test_metrics]))
-  lr = steps.epoch_lr(config.lr, config.epochs, epoch,
-                      config.milestone_fractions, config.gamma)
-  timing = {"train_images_per_second":
-            len(seeds) * run.inputs.train_batches.num_examples / train_seconds,
-            "epoch_seconds": time.time() - epoch_started}
-  records = [{"lr": lr, "train_loss": float(train_metrics["train_loss"][k]),
-              "train_acc": float(train_metrics["train_acc"][k]),
-              "test_acc": test_metrics[k].pop("test_accuracy"),
-              **test_metrics[k], "best_test_acc": float(best.test_acc[k]),
-              "best_epoch": int(best.epoch[k]), **timing}
-             for k in range(len(seeds))]
+      epoch, params, mappings,
+      [m["test_accuracy"] for m in test_metrics] if tested else None,
+      bins if tested else None,
+      val_accuracies=(None if run.run_data.validation is None else
+                      [m["val_acc"] for m in held_out]))
+  saver.wait()  # The previous epoch's checkpoint: committed and recorded.
+  clock.seconds["checkpoint"] = saver.take_waited()
+  timing = {"train_images_per_second": len(seeds) *
+            run.inputs.train_batches.num_examples / clock.seconds["train"],
+            "epoch_seconds": time.time() - epoch_started, **clock.fields()}
+  records = evaluation.records(config, epoch, train_metrics, held_out,
+                               test_metrics if tested else None, best, timing)
   _check_finite(epoch, records, seeds)  # Before anything of it is kept.
   if writer:
     for seed, record in zip(seeds, records):
       writer.write(epoch, record, seed=seed,
                    tag_prefix=files.seed_prefix(seeds, seed, "/"))
-    # Plotting is host work between epochs that may take milliseconds on
-    # a GPU: every `plot_interval` epochs, the last, and where a job stops.
-    if (draw or (epoch + 1) % config.plot_interval == 0
-        or epoch + 1 == config.epochs):
-      _plots(run, writer, epoch, params, bins, test_counts, mappings)
-  checkpoints.save(run.workdir, checkpoints.pack(
-      state, epoch=epoch, mappings=mappings, best=best))
-  processes.say(_epoch_line(epoch, records, best))
+  # Written while the next epoch runs (and the figures are drawn).
+  saver.save(checkpoints.pack(state, epoch=epoch, mappings=mappings,
+                              best=best))
+  # Plotting is host work between epochs that may take milliseconds on
+  # a GPU: every `plot_interval` epochs, the last, and where a job stops.
+  if writer and (stopping or (epoch + 1) % config.plot_interval == 0
+                 or epoch + 1 == config.epochs):
+    _plots(run, writer, epoch, params, bins, test_counts, mappings)
+  processes.say(evaluation.epoch_line(
+      epoch, records, best, shown=None if tested else test_metrics))
   return state, mappings, best
 
 
@@ -273,22 +300,6 @@ def _check_finite(epoch, records, seeds) -> None:
         raise TrainingError(
             f"the run diverged: {name} is {value} at epoch {epoch} (seed "
             f"{seed}); {passes.kept(epoch)}; lower --config.lr")
-
-
-def _epoch_line(epoch, records, best) -> str:
-  if len(records) == 1:
-    r = records[0]
-    return (f"epoch {epoch}: train loss {r['train_loss']:.4f} acc "
-            f"{r['train_acc']:.2%}  test acc {r['test_acc']:.2%} ece "
-            f"{r['test_ece']:.4f}  (best {r['best_test_acc']:.2%} @ "
-            f"{r['best_epoch']})")
-  acc, ece = (np.array([r[k] for r in records]) for k in ("test_acc",
-                                                          "test_ece"))
-  # Spreads as everywhere else: the seeds' sample std (ddof=1), named.
-  return (f"epoch {epoch}: {len(records)} seeds, test acc {acc.mean():.2%} "
-          f"+- {acc.std(ddof=1):.2%}  ece {ece.mean():.4f} +- "
-          f"{ece.std(ddof=1):.4f} (std, ddof=1)  (best mean "
-          f"{np.mean(best.test_acc):.2%})")
 
 
 def _figure_title(config, seeds, epoch) -> str:
@@ -309,7 +320,9 @@ def _figure_title(config, seeds, epoch) -> str:
 
 def _plots(run: passes.Run, writer, epoch, params, bins, counts, mappings):
   """The epoch's figures: each seed's reliability diagram, training curves
-  and the method's pictures, and with several seeds their curves together."""
+  and the method's pictures, and with several seeds their curves together.
+  An epoch whose test split was not evaluated (`bins` None) draws the
+  curves only."""
   config, seeds = run.config, run.seeds
   records = metric_writer.read_metrics(run.workdir)
   if len(seeds) > 1:
@@ -321,12 +334,14 @@ def _plots(run: passes.Run, writer, epoch, params, bins, counts, mappings):
     title = _figure_title(config, (seed,), epoch)
     plot_dir = files.plot_dir(run.workdir, seeds, seed)
     os.makedirs(plot_dir, exist_ok=True)
-    plots.plot_reliability(bins[k], os.path.join(plot_dir,
-                                                 files.RELIABILITY_PLOT),
-                           title=title)
     plots.plot_training_curves([r for r in records if r.get("seed") == seed],
                                os.path.join(plot_dir, files.CURVES_PLOT),
                                title=title)
+    if bins is None:
+      continue
+    plots.plot_reliability(bins[k], os.path.join(plot_dir,
+                                                 files.RELIABILITY_PLOT),
+                           title=title)
     pictures = run.method.pictures(
         plot_dir, jax.tree.map(lambda x: x[k], params), counts[k],
         mappings[k], run.inputs.examples, run.run_data.class_names, title)

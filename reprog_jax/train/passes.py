@@ -1,8 +1,9 @@
 """What a run builds once (`Run`), and one pass of each kind over its data,
-every seed at once: the label-mapping counts, a training epoch, and the
-evaluation on the test split (with temperature scaling on held-out
-examples, and each seed's validation accuracy). The loop (`loop.py`) calls
-them epoch by epoch.
+every seed at once: the label-mapping counts, a training epoch, the
+evaluation that runs every epoch (temperature scaling on held-out
+examples, each seed's validation accuracy: `validate`) and the one on the
+test split (`evaluate_test`, where `evaluation.must_test` says). The loop
+(`loop.py`) calls them epoch by epoch.
 """
 
 import dataclasses
@@ -189,51 +190,65 @@ def _own_rows(order, rows) -> np.ndarray:
   return mine
 
 
-def evaluate(run: Run, state, mappings):
-  """Each seed's accuracy and calibration over the whole test split; with
-  held-out examples its temperature and the test calibration at it; with a
-  validation split its accuracy and ECE there (`val_acc`, `val_ece`).
+def validate(run: Run, state, mappings) -> list[dict]:
+  """What runs every epoch besides training: with held-out examples each
+  seed's temperature, fitted on its own (`temperature`); with a
+  validation split each seed's accuracy and ECE there (`val_acc`,
+  `val_ece`). Both are evaluated exactly as the test split (`evaluate_test`).
 
   Returns:
-    (per-seed metric dicts, per-seed `CalibrationBins`, (S, K, T) counts of
-    (argmax score, label) on the test split).
+    Per seed, a dict of those metrics (empty without either split).
   """
   inputs = run.inputs
-  logits, order, counts = score_pass(run, state.params, mappings,
-                                     inputs.test, inputs.test_batches, "test")
-  valid, labels = order >= 0, inputs.test.labels_at(order)
-  # Held-out and validation examples: evaluated exactly as the test split.
+  metrics = [{} for _ in run.seeds]
   if inputs.holdout is not None:
     held_logits, held_order, _ = score_pass(
         run, state.params, mappings, inputs.holdout, inputs.holdout_batches,
         "held-out")
     held_labels = inputs.holdout.labels_at(held_order)
+    for k, seed_metrics in enumerate(metrics):
+      seed_metrics["temperature"] = calibration_host.fit_temperature(
+          held_logits[k], held_labels,
+          _own_rows(held_order, inputs.holdout_rows[k]))
   if inputs.validation is not None:
     val_logits, val_order, _ = score_pass(
         run, state.params, mappings, inputs.validation,
         inputs.validation_batches, "validation")
     val_labels = inputs.validation.labels_at(val_order)
-  metrics = []
-  for k, seed_logits in enumerate(logits):
-    seed_metrics = {f"test_{name}": value for name, value in
-                    calibration_host.split_report(seed_logits, labels,
-                                                  valid).items()}
-    if inputs.holdout is not None:
-      mine = _own_rows(held_order, inputs.holdout_rows[k])
-      temperature = calibration_host.fit_temperature(held_logits[k],
-                                                     held_labels, mine)
-      seed_metrics["temperature"] = temperature
-      seed_metrics.update({
-          f"test_{name}": value for name, value in
-          calibration_host.temperature_scaled_report(
-              seed_logits, labels, temperature, valid).items()})
-    if inputs.validation is not None:
+    for k, seed_metrics in enumerate(metrics):
       # As the test split's metrics are computed, on seed k's own rows.
       report = calibration.metrics_from_logits(
           np.asarray(val_logits[k], np.float32), val_labels,
           _own_rows(val_order, inputs.validation_rows[k]))
       seed_metrics["val_acc"] = float(report["accuracy"])
       seed_metrics["val_ece"] = float(report["ece"])
+  return metrics
+
+
+def evaluate_test(run: Run, state, mappings, held_out):
+  """Each seed's accuracy and calibration over the whole test split, and
+  with a temperature (`held_out`: `validate`'s metrics) the test
+  calibration at it.
+
+  Returns:
+    (per-seed dicts of `test_*` metrics, per-seed `CalibrationBins`,
+    (S, K, T) counts of (argmax score, label) on the test split).
+  """
+  inputs = run.inputs
+  logits, order, counts = score_pass(run, state.params, mappings,
+                                     inputs.test, inputs.test_batches, "test")
+  valid, labels = order >= 0, inputs.test.labels_at(order)
+  metrics = []
+  for seed_logits, seed_held_out in zip(logits, held_out):
+    seed_metrics = {f"test_{name}": value for name, value in
+                    calibration_host.split_report(seed_logits, labels,
+                                                  valid).items()}
+    if "temperature" in seed_held_out:
+      seed_metrics.update({
+          f"test_{name}": value for name, value in
+          calibration_host.temperature_scaled_report(
+              seed_logits, labels, seed_held_out["temperature"],
+              valid).items()})
     metrics.append(seed_metrics)
   # Every seed's reliability bins at once, on the host (no device trips).
   bins = calibration_host.calibration_bins(logits, labels, mask=valid)

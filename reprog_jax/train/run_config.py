@@ -112,6 +112,13 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   # carve either split without the other.
   config.validation_per_class = 20
   config.validation_carve = False
+  # Epochs whose test split is evaluated: 1, every epoch (the PyTorch
+  # version; `best` selects over all of them); k, every k-th; 0, only where
+  # needed. With k or 0 also every epoch where a seed's validation accuracy
+  # improves and the last, so `validation` and `last` are exactly those of
+  # 1 while `best` is the best among tested epochs (few-shot runs spend
+  # most of their time on the test split: `evaluation.py`).
+  config.test_every = 1
   config.progress = True  # tqdm bars.
   # Epochs between pictures (the last always): drawing them costs ~2-4 s
   # per seed on a CPU, more than a few-shot epoch's steps (BENCHMARKS.md).
@@ -221,6 +228,11 @@ def check(config) -> None:
   if config.calibration_holdout < 0:
     bad(f"calibration_holdout must be >= 0 (examples per class; 0: no "
         f"temperature scaling), got {config.calibration_holdout}")
+  if (not isinstance(config.test_every, int)
+      or isinstance(config.test_every, bool) or config.test_every < 0):
+    bad(f"test_every must be an integer >= 0 (1: the test split every "
+        f"epoch, k: every k-th, 0: only where a selection needs it), got "
+        f"{config.test_every!r}")
   if config.validation_per_class < 0:
     bad(f"validation_per_class must be >= 0 (examples per class; 0: no "
         f"validation split), got {config.validation_per_class}")

@@ -3,7 +3,9 @@
 Each seed's metrics at three model selections: `validation` (the epoch
 with its best validation accuracy, the first of equals; only with a
 validation split), `best` (its best test accuracy: the PyTorch version's
-selection, optimistic) and `last` (the last epoch).
+selection, optimistic; with `config.test_every` other than 1 the best
+among the epochs whose test split was evaluated, `best_test_over` says
+which) and `last` (the last epoch).
 """
 
 import importlib.metadata
@@ -58,7 +60,7 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
     started: when this invocation started (`time.time()`).
   """
   records = metric_writer.read_metrics(workdir)
-  timing = ("train_images_per_second", "epoch_seconds")
+  timing = metric_writer.TIMING_KEYS
   per_seed = []
   for k, seed in enumerate(seeds):
     mine = [{key: v for key, v in r.items() if key not in timing}
@@ -73,7 +75,10 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
           "validation_reliability": _reliability(best.val_reliability, k)}
     per_seed.append({
         "seed": seed,
-        "best": max(mine, key=lambda r: (r["test_acc"], -r["epoch"])),
+        # Among the epochs whose test split was evaluated (every epoch
+        # with test_every=1; the last one always).
+        "best": max((r for r in mine if "test_acc" in r),
+                    key=lambda r: (r["test_acc"], -r["epoch"])),
         "last": mine[-1],
         # A matrix mapping: each target's source of largest weight.
         "mapping_sequence": [int(i) for i in
@@ -111,6 +116,10 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
                   # report's claim 1 needs it without the directory.
                   "source_top1": net.meta.get("source_top1")},
       "sparsity": sparsity,
+      "test_every": config.test_every,
+      "best_test_over": ("every epoch" if config.test_every == 1 else
+                         "tested epochs"),
+      "tested_epochs": sum("test_acc" in r for r in epoch_records),
       "per_seed": per_seed,
       "seeds_mean_std": seeds_mean_std,
       "wall_time_seconds": sum(r["epoch_seconds"] for r in epoch_records),
@@ -135,7 +144,9 @@ def write(config, workdir, net, run_data, inputs, mappings, best, seeds,
       summary["validation"] = per_seed[0]["validation"]
   fileio.write_json(os.path.join(workdir, file_layout.SUMMARY_FILE), summary)
   best_acc = seeds_mean_std["best"]["test_acc"]
-  print(f"best test accuracy {best_acc['mean']:.2%}"
+  print(f"best test accuracy"
+        + ("" if config.test_every == 1 else " among tested epochs")
+        + f" {best_acc['mean']:.2%}"
         + (f" +- {best_acc['std']:.2%} (sample std, ddof=1) over "
            f"{len(seeds)} seeds"
            if len(seeds) > 1 else
