@@ -21,6 +21,7 @@ from conftest import assert_records_close, per_seed_records
 from convert import cli as convert_cli
 from reprog_jax import data
 from reprog_jax.data import sources
+from reprog_jax.metrics import metric_writer
 from reprog_jax.train import processes
 
 import torchvision_files
@@ -145,7 +146,6 @@ def _without_gloo(text):
 
 def _records(records):
   """{(epoch, seed): record without timings}, as `per_seed_records`."""
-  from reprog_jax.metrics import metric_writer
   return {(r["epoch"], r["seed"]): {k: v for k, v in r.items()
                                     if k not in metric_writer.TIMING_KEYS}
           for r in records}
