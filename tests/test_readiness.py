@@ -439,3 +439,20 @@ def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
   path.write_text(json.dumps(old))
   with pytest.raises(train.TrainingError, match=r"differs in n_shot\)"):
     workdir_lib.prepare(config, str(tmp_path), np.float32)
+
+
+def test_a_run_recorded_before_test_every_resumes_as_testing_every_epoch(
+    tmp_path):
+  config = _lp_config()
+  workdir_lib.prepare(config, str(tmp_path), np.float32)
+  checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32),
+                                   "best": {"val_acc": np.zeros(1)}})
+  path = tmp_path / layout.CONFIG_FILE
+  old = json.loads(path.read_text())
+  del old["test_every"]  # What config.json held before the field existed.
+  path.write_text(json.dumps(old))
+  workdir_lib.prepare(config, str(tmp_path), np.float32)  # Every epoch: 1.
+  with config.unlocked():
+    config.test_every = 0  # That run tested every epoch; this would not.
+  with pytest.raises(train.TrainingError, match=r"differs in test_every\)"):
+    workdir_lib.prepare(config, str(tmp_path), np.float32)

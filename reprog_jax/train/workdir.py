@@ -33,6 +33,9 @@ NOT_COMPARED = ("overwrite", "progress", "plot_interval", "compile_cache",
 # as the new one, so those runs still resume. Until n_shot was one field,
 # `data.n_shot` held the same value as `n_shot`.
 RENAMED = {"data.n_shot": "n_shot"}
+# Fields a config.json of an older version lacks, at the value that version
+# ran with: those runs resume (before `test_every`, every epoch tested).
+ADDED = {"test_every": 1}
 
 
 def flatten(d, prefix=""):
@@ -79,8 +82,8 @@ def _mismatch(path, current) -> str | None:
     return f"checkpoints but no {layout.CONFIG_FILE}"
   with open(path) as f:
     previous = json.load(f)
-  previous = {RENAMED.get(k, k): v for k, v in previous.items()
-              if k not in NOT_COMPARED}
+  previous = {**ADDED, **{RENAMED.get(k, k): v for k, v in previous.items()
+                          if k not in NOT_COMPARED}}
   # Fields the method does not use in this config, or that an older
   # version left implicit, as the method reads them (its parts decide).
   spec = methods.find(current.get("method"))
