@@ -81,6 +81,17 @@ def resnet18_pth(tmp_path_factory, resnet18_state):
                   resnet18_state)
 
 
+@pytest.fixture(scope="session")
+def network_dir(tmp_path_factory, resnet18_pth):
+  """`resnet18_pth` converted by `python -m convert torch` (read-only: a
+  test that changes a network converts its own)."""
+  from convert import cli  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("network") / "net"
+  assert cli.main(["torch", "--arch", "resnet18", "--weights", resnet18_pth,
+                   "--out", str(out), "--no-verify"]) == 0
+  return str(out)
+
+
 def listing(directory):
   """Everything under `directory`, to check that nothing was written."""
   return sorted(os.path.relpath(os.path.join(root, name), directory)

@@ -68,7 +68,7 @@ def test_tiny_benchmark_prints_every_figure(extra, expected, capsys,
 @pytest.mark.parametrize("argv, message", [
     (["--batch", "0"], "--batch must be >= 1"),
     (["--method", "ilm_vp", "--whole-lp"], "--whole-lp needs a method with "
-     "cached features (--method linear_probe)"),
+     "cached features (--method linear_probe"),  # Plug-ins may follow.
     (["--image-size", "300"], "image_size 300 must be in [1, "
      "prompt_output_size=224]"),
     (["--method", "linear_probe", "--output-size", "64"],

@@ -18,7 +18,6 @@ import portpicker
 import pytest
 
 from conftest import assert_records_close, per_seed_records
-from convert import cli as convert_cli
 from reprog_jax import data
 from reprog_jax.data import sources
 from reprog_jax.metrics import metric_writer
@@ -279,15 +278,6 @@ def test_a_corrupt_image_in_one_process_share_ends_both_at_once(tmp_path):
       results, "reprog_jax.main: error: process 1 of 2: eurosat (test "
       "split)", f"cannot read {bad} (")
   assert not (tmp_path / "run" / "checkpoints").exists()
-
-
-@pytest.fixture(scope="module")
-def network_dir(tmp_path_factory, resnet18_pth):
-  out = tmp_path_factory.mktemp("network") / "net"
-  assert convert_cli.main(["torch", "--arch", "resnet18", "--weights",
-                           resnet18_pth, "--out", str(out),
-                           "--no-verify"]) == 0
-  return out
 
 
 def test_a_network_dir_missing_on_the_lead_ends_both_at_once(

@@ -25,14 +25,6 @@ from reprog_jax.train import loop as train
 TOLERANCE = 1e-4  # max |logit difference| in float32
 
 
-@pytest.fixture(scope="module")
-def network_dir(tmp_path_factory, resnet18_pth):
-  out = tmp_path_factory.mktemp("network") / "net"
-  assert cli.main(["torch", "--arch", "resnet18", "--weights", resnet18_pth,
-                   "--out", str(out), "--no-verify"]) == 0
-  return str(out)
-
-
 def test_vp_lp_resumes_and_exports_what_pytorch_computes(
     tmp_path, network_dir, resnet18_state, capsys):
   workdir = tmp_path / "vplp"
