@@ -86,11 +86,12 @@ def test_cached_features_train_the_head_recomputing_trains(
   recomputed = _lp_head(tmp_path / "recomputed", dtype=dtype,
                         cache_features=False, eval_precision=precision)
   chex.assert_trees_all_close(cached, recomputed, atol=tolerance, rtol=0)
-  # The run's eval_precision reaches its evaluation and counting steps, and
-  # the encode: the cache's (first run) and the per-step one (second run).
+  # The run's eval_precision reaches its evaluation steps (the test split's
+  # and the seeds' own held-out rows') and counting step, and the encode:
+  # the cache's (first run) and the per-step one (second run).
   assert sorted(asked) == sorted(
-      [("make_eval_step", precision), ("make_count_step", precision)] * 2
-      + [("make_encode_step", precision)] * 2)
+      [("make_eval_step", precision)] * 4
+      + [("make_count_step", precision), ("make_encode_step", precision)] * 2)
 
 
 @pytest.fixture(scope="module")

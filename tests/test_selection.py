@@ -160,13 +160,47 @@ def _config(**overrides):
                       **WITH_VALIDATION, **overrides)
 
 
+SCORED = []  # (desc, the store rows each seed was scored on): designed_run.
+
+
+def _recording(score_pass):
+  def recorded(run, params, mappings, store, sampler, desc, **kwargs):
+    logits, order, counts = score_pass(run, params, mappings, store, sampler,
+                                       desc, **kwargs)
+    SCORED.append((desc, np.broadcast_to(order, logits.shape[:2])))
+    return logits, order, counts
+  return recorded
+
+
 @pytest.fixture(scope="module")
 def designed_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("selection") / "run"
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(passes, "validate", _designed_validate(passes.validate))
+    patch.setattr(passes, "score_pass", _recording(passes.score_pass))
     summary = train.train_and_evaluate(_config(), str(workdir))
   return workdir, summary
+
+
+def test_each_seed_is_scored_on_its_own_held_out_rows_only(designed_run):
+  """Validation and temperature hold-out: seed k's logits are computed for
+  its own rows, each once, not for the union of every seed's rows; the
+  test split is scored whole for every seed."""
+  run_data = inputs.open_run_data(_config(), (0, 1))
+  splits = {"validation": run_data.validation, "held-out": run_data.holdout}
+  scored = {desc for desc, _ in SCORED}
+  assert scored == {"validation", "held-out", "test"}
+  for desc, order in SCORED:
+    if desc == "test":
+      assert all(sorted(o[o >= 0]) == list(range(len(run_data.test.labels)))
+                 for o in order)
+      continue
+    positions = np.unique(np.concatenate(splits[desc]))  # The store's rows.
+    for k, mine in enumerate(splits[desc]):
+      rows = order[k][order[k] >= 0]
+      np.testing.assert_array_equal(rows, np.flatnonzero(
+          np.isin(positions, mine)))  # Its own, in store order, once.
+    assert (order >= 0).sum() < 2 * len(positions)  # Never the union twice.
 
 
 def test_validation_epoch_is_the_first_argmax_of_val_acc(designed_run):

@@ -101,7 +101,8 @@ class Inputs:
     examples: a few test images in [0, 1] for pictures (None if encoded).
     holdout: None, or a store of the union of the seeds' held-out examples
       (images or encoded rows, like `test`).
-    holdout_batches: that store, unshuffled, shared by the seeds.
+    holdout_batches: each seed's own rows of that store, in store order
+      (a seed is scored on its rows only, not on the union).
     holdout_rows: bool (S, len(holdout)): which rows are seed s's.
     validation, validation_batches, validation_rows: the same for the
       seeds' validation examples (None without a validation split).
@@ -252,14 +253,13 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
                          ("validation", run_data.validation)):
     if per_seed is not None:
       store = by_name[name]
+      mine = np.stack([np.isin(store.split_positions, positions)
+                       for positions in per_seed])
       held_fields.update({
-          name: store,
+          name: store, f"{name}_rows": mine,
           f"{name}_batches": data.Sampler(
-              np.arange(len(store))[None], (0,),
-              batch_size=config.eval_batch_size, shuffle=False,
-              pad_to=pad_to),
-          f"{name}_rows": np.stack([np.isin(store.split_positions, mine)
-                                    for mine in per_seed])})
+              _pools(mine), seeds, batch_size=config.eval_batch_size,
+              shuffle=False, pad_to=pad_to)})
   return Inputs(
       train=train, test=test,
       train_batches=data.Sampler(rows, seeds, batch_size=config.batch_size,
@@ -274,6 +274,15 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
       examples=(None if encoded
                 else test.rows[:8].astype(np.float32) / np.float32(255)),
       **held_fields)
+
+
+def _pools(mine: np.ndarray) -> np.ndarray:
+  """(S, K) each seed's rows (`mine`: bool (S, N)) in store order, a seed
+  with fewer than the most padded with -1 (blank slots)."""
+  pools = np.full((len(mine), max(1, mine.sum(axis=1).max())), -1, np.int64)
+  for pool, rows in zip(pools, mine):
+    pool[:rows.sum()] = np.flatnonzero(rows)
+  return pools
 
 
 def _decode(split, positions, image_size, config, name) -> data.RowStore:

@@ -194,6 +194,9 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
                    if encodes_each_step else None),
       eval_step=steps.make_eval_step(method, layout, inputs.encoded,
                                      precision=config.eval_precision),
+      seed_eval_step=steps.make_eval_step(method, layout, inputs.encoded,
+                                          precision=config.eval_precision,
+                                          per_seed=True),
       count_step=steps.make_count_step(method, layout, inputs.encoded,
                                        precision=config.eval_precision),
       started=started, is_lead=is_lead), latest

@@ -44,6 +44,8 @@ class Run:
     optimizer: the optax optimiser.
     schedule: its learning rate per step.
     train_step, eval_step, count_step: the jitted steps (`steps.py`).
+    seed_eval_step: `eval_step` over each seed's own batch (its held-out
+      and validation rows).
     encode_step: for a method whose frozen `encode` is recomputed every
       step (`cache_features=False`), the jitted encode the cache would
       use; the train step then takes its outputs. None otherwise.
@@ -65,6 +67,7 @@ class Run:
   schedule: Callable[[int], Any]
   train_step: Callable
   eval_step: Callable
+  seed_eval_step: Callable
   count_step: Callable
   started: float
   is_lead: bool
@@ -162,32 +165,35 @@ def kept(epoch) -> str:
           if epoch > 0 else "no checkpoint was written")
 
 
-def score_pass(run: Run, params, mappings, store, sampler, desc):
+def score_pass(run: Run, params, mappings, store, sampler, desc,
+               per_seed: bool = False):
   """Every seed's logits of a store's rows, batch by batch in sampler order.
 
+  Without `per_seed` the sampler's one pool (the test split) is one batch
+  every seed sees (`eval_step`). With it, the sampler has a pool per seed
+  (held-out, validation rows) and each seed is scored on its own rows only
+  (`seed_eval_step`), never on the union of every seed's rows; one seed's
+  batches go through `eval_step` as before.
+
   Returns:
-    ((S, N, T) logits, (N,) their rows in `store` (-1: padding), (S, K, T)
-    counts of (argmax score, label)).
+    ((S, N, T) logits, their rows in `store` (-1: padding): (N,), or
+    (S, N) with `per_seed`, (S, K, T) counts of (argmax score, label)).
   """
   layout = run.layout
+  own_batches = per_seed and len(run.seeds) > 1
+  step = run.seed_eval_step if own_batches else run.eval_step
   counts = run.zero_counts(mappings.shape[0])
   logits, order = [], []
   for index in run.bar(sampler.epoch(0), len(sampler), desc):
-    batch = layout.put_rows(store, index[0], layout.shared_batch)
-    counts, out = run.eval_step(counts, params, run.eval_network, mappings,
-                                batch)
+    batch = layout.put_rows(
+        store, index if own_batches else index[0],
+        layout.seed_batch if own_batches else layout.shared_batch)
+    counts, out = step(counts, params, run.eval_network, mappings, batch)
     logits.append(out)
-    order.append(index[0])
+    order.append(index if per_seed else index[0])
   logits = np.asarray(layout.to_host(jnp.concatenate(logits, axis=1)))
-  return logits, np.concatenate(order), np.asarray(layout.to_host(counts))
-
-
-def _own_rows(order, rows) -> np.ndarray:
-  """Which scored rows (`order`: store rows, -1 padding) are one seed's
-  (`rows`: bool per store row): its own rows of a union, unpadded."""
-  mine = order >= 0
-  mine[mine] = rows[order[mine]]
-  return mine
+  return (logits, np.concatenate(order, axis=-1),
+          np.asarray(layout.to_host(counts)))
 
 
 def validate(run: Run, state, mappings) -> list[dict]:
@@ -204,22 +210,20 @@ def validate(run: Run, state, mappings) -> list[dict]:
   if inputs.holdout is not None:
     held_logits, held_order, _ = score_pass(
         run, state.params, mappings, inputs.holdout, inputs.holdout_batches,
-        "held-out")
-    held_labels = inputs.holdout.labels_at(held_order)
+        "held-out", per_seed=True)
     for k, seed_metrics in enumerate(metrics):
       seed_metrics["temperature"] = calibration_host.fit_temperature(
-          held_logits[k], held_labels,
-          _own_rows(held_order, inputs.holdout_rows[k]))
+          held_logits[k], inputs.holdout.labels_at(held_order[k]),
+          held_order[k] >= 0)
   if inputs.validation is not None:
     val_logits, val_order, _ = score_pass(
         run, state.params, mappings, inputs.validation,
-        inputs.validation_batches, "validation")
-    val_labels = inputs.validation.labels_at(val_order)
+        inputs.validation_batches, "validation", per_seed=True)
     for k, seed_metrics in enumerate(metrics):
       # As the test split's metrics are computed, on seed k's own rows.
       report = calibration.metrics_from_logits(
-          np.asarray(val_logits[k], np.float32), val_labels,
-          _own_rows(val_order, inputs.validation_rows[k]))
+          np.asarray(val_logits[k], np.float32),
+          inputs.validation.labels_at(val_order[k]), val_order[k] >= 0)
       seed_metrics["val_acc"] = float(report["accuracy"])
       seed_metrics["val_ece"] = float(report["ece"])
   return metrics

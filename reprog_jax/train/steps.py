@@ -181,14 +181,16 @@ def _at_precision(precision: str | None):
 
 
 def make_eval_step(method, layout, encoded: bool = False,
-                   precision: str | None = None):
+                   precision: str | None = None, per_seed: bool = False):
   """`(counts, params, network, mappings, batch) -> (counts, logits)`, jitted.
 
-  One batch shared by every seed ((B, ...)): `logits` (S, B, T) are each
-  seed's target logits, and `counts` (S, K, T) accumulates each seed's
-  (argmax score, label) pairs (ILM-VP's label-mapping picture).
-  `precision` ('highest', 'default', ...; None: XLA's default) is the
-  matmul and convolution precision of the whole step.
+  One batch shared by every seed ((B, ...)), or with `per_seed` each
+  seed's own batch ((S, B, ...): its held-out or validation rows, not the
+  union of every seed's): `logits` (S, B, T) are each seed's target logits,
+  and `counts` (S, K, T) accumulates each seed's (argmax score, label)
+  pairs (ILM-VP's label-mapping picture). `precision` ('highest',
+  'default', ...; None: XLA's default) is the matmul and convolution
+  precision of the whole step.
   """
 
   def one_seed(counts, params, network, mapping, batch):
@@ -198,8 +200,9 @@ def make_eval_step(method, layout, encoded: bool = False,
 
   def eval_step(counts, params, network, mappings, batch):
     with _at_precision(precision):
-      counts, logits = jax.vmap(one_seed, in_axes=(0, 0, None, 0, None))(
-          counts, params, network, mappings, batch)
+      counts, logits = jax.vmap(
+          one_seed, in_axes=(0, 0, None, 0, 0 if per_seed else None))(
+              counts, params, network, mappings, batch)
     return layout.constrain(counts, layout.per_seed), logits
 
   return jax.jit(eval_step, donate_argnums=0)
