@@ -104,6 +104,22 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(resnet18_state):
   assert TOLERANCE < err < 0.1 * np.abs(expected).max()
 
 
+def test_a_random_network_first_made_inside_a_trace_is_not_kept_traced():
+  """`random_network` keeps its networks per process, but not one made
+  under `jax.eval_shape` (its leaves are tracers): the next call outside
+  makes a concrete one that a jitted function can use."""
+  shapes = jax.eval_shape(lambda: network_lib.random_network("resnet_mini",
+                                                              seed=11))
+  network = network_lib.random_network("resnet_mini", seed=11)
+  leaves = jax.tree.leaves(network.params)
+  assert not any(isinstance(x, jax.core.Tracer) for x in leaves)
+  assert [x.shape for x in leaves] == [
+      x.shape for x in jax.tree.leaves(shapes.params)]
+  logits = network_lib.forward(network, np.zeros((1, 32, 32, 3), np.float32))
+  assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+  assert network_lib.random_network("resnet_mini", seed=11) is network
+
+
 def test_parameter_count_matches_torchvision():
   import torchvision
   for arch, count in [("resnet18", 11_689_512), ("resnet34", 21_797_672),

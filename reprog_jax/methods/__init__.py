@@ -53,17 +53,24 @@ def _import_plugins() -> None:
     module = module.strip()
     if not module:
       continue
-    try:
-      importlib.import_module(module)
-    except ModuleNotFoundError as e:
-      # Only the named module itself missing is the user's to fix; a
-      # module it fails to import is its bug and keeps the traceback.
-      if e.name is None or not (module == e.name
-                                or module.startswith(e.name + ".")):
-        raise
+    if not _imported(module):
       raise errors.ConfigError(
           f"{PLUGINS_ENV}: no module {module!r}; put the directory that "
-          f"holds it on PYTHONPATH, or correct the name") from None
+          f"holds it on PYTHONPATH, or correct the name")
+
+
+def _imported(module: str) -> bool:
+  """Imports `module`; False when that module itself cannot be found (the
+  user's to fix). A module it fails to import is its bug and keeps the
+  traceback."""
+  try:
+    importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if e.name is None or not (module == e.name
+                              or module.startswith(e.name + ".")):
+      raise
+    return False
+  return True
 
 
 def names() -> tuple[str, ...]:
@@ -100,12 +107,7 @@ def find(name: str, module: str | None = None) -> MethodSpec | None:
   """
   _import_plugins()
   if name not in METHODS and module:
-    try:
-      importlib.import_module(module)
-    except ModuleNotFoundError as e:
-      if e.name is None or not (module == e.name
-                                or module.startswith(e.name + ".")):
-        raise
+    _imported(module)
   return METHODS.get(name)
 
 

@@ -134,14 +134,32 @@ def make_network(model, params, batch_stats, masks, meta: dict) -> Network:
 # Kept per process: the same arguments give the same (frozen) network, and
 # tracing the initialisation costs seconds per call (compiling it more: a
 # process other than 0 of a multi-process run never finds it in XLA's
-# persistent cache, which only process 0 writes).
-@functools.lru_cache(maxsize=2)
+# persistent cache, which only process 0 writes). Only concrete networks
+# are kept: one made inside a transformation (`jax.eval_shape` of a
+# function that calls this) holds tracers that must not outlive it.
+_RANDOM_NETWORKS: dict = {}
+_RANDOM_NETWORKS_KEPT = 2
+
+
 def random_network(arch: str, seed: int = 0, dtype=jnp.float32) -> Network:
   """A randomly initialised dense network, for smoke runs without a file.
 
   Flax's initialisation, identity BatchNorm statistics; its predictions mean
   nothing. Its `meta` says so (`sources.weights.random_init`).
   """
+  key = (arch, seed, jnp.dtype(dtype).name)
+  if key in _RANDOM_NETWORKS:
+    return _RANDOM_NETWORKS[key]
+  network = _new_random_network(arch, seed, dtype)
+  if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(
+      (network.params, network.batch_stats, network.masks))):
+    if len(_RANDOM_NETWORKS) >= _RANDOM_NETWORKS_KEPT:
+      del _RANDOM_NETWORKS[next(iter(_RANDOM_NETWORKS))]  # The oldest.
+    _RANDOM_NETWORKS[key] = network
+  return network
+
+
+def _new_random_network(arch: str, seed: int, dtype) -> Network:
   model = resnet.get_architecture(arch)(dtype=dtype)
   variables = jax.jit(model.init)(jax.random.key(seed),
                                   jnp.zeros((1, 32, 32, 3)))
