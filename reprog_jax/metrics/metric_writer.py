@@ -6,7 +6,8 @@ and mirrors every numeric metric as a TensorBoard scalar under
 `wandb_log`); `read_metrics` reads the records back.
 
 tensorboardX is imported inside the writer: importing it alone takes about
-two seconds, and modules that only read metrics should not pay for it.
+two seconds, and modules that only read metrics should not pay for it; and
+without PyTorch (`_import_tensorboardx`), which it would import otherwise.
 
 A full disk is raised in the main thread as an OSError naming the file
 (`metrics.jsonl`, or the events file), never printed by tensorboardX's
@@ -15,9 +16,12 @@ writer thread (`_EventsFile`), so the run can say it in one line.
 
 import contextlib
 import errno as errno_lib
+import importlib.abc
 import json
 import math
 import os
+import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -176,6 +180,38 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   return [_parse_line(line) for line in _complete_lines(path) if line.strip()]
 
 
+class _NoTorchInThisThread(importlib.abc.MetaPathFinder):
+  """Makes `import torch` fail in the thread that installs it, only."""
+
+  def __init__(self):
+    self.thread = threading.get_ident()
+
+  def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
+    if name == "torch" and threading.get_ident() == self.thread:
+      raise ImportError("torch is not imported for tensorboardX")
+    return None
+
+
+def _import_tensorboardx():
+  """tensorboardX, without importing PyTorch if nothing has yet.
+
+  tensorboardX's writer imports torch where it is installed (the `torch`
+  extra), only to accept torch tensors, which nothing here passes; that
+  import costs 2-4 s a run on a CPU. Its `try: import torch` then takes
+  the ImportError path, as on a machine without PyTorch.
+  """
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  finder = _NoTorchInThisThread()
+  sys.meta_path.insert(0, finder)
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  finally:
+    sys.meta_path.remove(finder)
+  return tensorboardX
+
+
 class MetricWriter:
   """Writes per-epoch metrics to `metrics.jsonl` and TensorBoard.
 
@@ -223,7 +259,7 @@ class MetricWriter:
     # Created on first use, so that a `truncate_after` right after
     # construction can still set `purge_step` on the only writer.
     if self._summary_writer is None:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
+      tensorboardX = _import_tensorboardx()
       # Event files are named by the second and opened with "wb": a second
       # writer in the same second (a quick resume) would overwrite the
       # first's file. A nanosecond suffix keeps names unique and in the
