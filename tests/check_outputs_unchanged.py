@@ -41,6 +41,9 @@ VARIANTS = {
     "linear_probe": ("linear_probe:smoke", ()),
 }
 TIMING = ("train_images_per_second", "epoch_seconds")
+# Every run on the network the smoke presets used before they took the tiny
+# `resnet_mini` (2026-12-07): checkouts of either side run the same network.
+NETWORK = ("--config.random_network=resnet18",)
 
 
 def _run(checkout, *args):
@@ -54,7 +57,8 @@ def _run(checkout, *args):
 
 def _train(checkout, workdir, preset, overrides, *extra):
   _run(checkout, "reprog_jax.main", f"--config={preset}",
-       f"--workdir={workdir}", "--config.progress=False", *overrides, *extra)
+       f"--workdir={workdir}", "--config.progress=False", *NETWORK,
+       *overrides, *extra)
 
 
 def _export(checkout, workdir, which):

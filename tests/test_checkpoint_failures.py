@@ -6,8 +6,10 @@ re-run resumes; a failure between processes during a restore is never
 reported as a damaged checkpoint."""
 
 import errno
+import inspect
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -34,9 +36,20 @@ def _config():
   return smoke_config("linear_probe", epochs=2, image_size=32)
 
 
-def _stopped_after_epoch_0(workdir, capfd):
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+  """`_config()` stopped after epoch 0 (read-only: `_stopped_after_epoch_0`
+  gives each test its own copy)."""
+  workdir = tmp_path_factory.mktemp("stopped") / "w"
   train.train_and_evaluate(_config(), str(workdir), stop_after_epoch=0)
-  capfd.readouterr()
+  return workdir
+
+
+def _stopped_after_epoch_0(workdir, stopped_run):
+  """`workdir` as `_config()` stopped after epoch 0 leaves it: a copy of
+  `stopped_run` (a workdir records no path of its own)."""
+  shutil.copytree(stopped_run, workdir, dirs_exist_ok=True)
+  assert checkpoints.latest_epoch(workdir) == 0
 
 
 def _fill_disk_under(prefix):
@@ -72,8 +85,8 @@ def _rerun_finishes(workdir, capfd):
 
 
 def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch,
-                                                       capfd):
-  _stopped_after_epoch_0(tmp_path, capfd)
+                                                       capfd, stopped_run):
+  _stopped_after_epoch_0(tmp_path, stopped_run)
   # The disk fills while Orbax's background writer writes epoch 1's files.
   step_1 = str(tmp_path / "checkpoints" / "1")
   for name, write in _fill_disk_under(step_1).items():
@@ -114,9 +127,9 @@ class _FillingEventsFile:
 
 
 def test_a_full_disk_under_tensorboard_is_one_line(tmp_path, monkeypatch,
-                                                   capfd):
+                                                   capfd, stopped_run):
   from tensorboardX import record_writer
-  _stopped_after_epoch_0(tmp_path, capfd)
+  _stopped_after_epoch_0(tmp_path, stopped_run)
   monkeypatch.setattr(record_writer, "open_file", _FillingEventsFile)
   with pytest.raises(checkpoints.DiskFullError) as error:
     train.train_and_evaluate(_config(), str(tmp_path))
@@ -133,8 +146,8 @@ def test_a_full_disk_under_tensorboard_is_one_line(tmp_path, monkeypatch,
 
 
 def test_a_full_disk_under_the_record_is_one_line(tmp_path, monkeypatch,
-                                                  capfd):
-  _stopped_after_epoch_0(tmp_path, capfd)
+                                                  capfd, stopped_run):
+  _stopped_after_epoch_0(tmp_path, stopped_run)
   real = fileio.write_json
 
   def write_json(path, *args, **kwargs):
@@ -157,14 +170,15 @@ def test_a_full_disk_under_the_record_is_one_line(tmp_path, monkeypatch,
   assert "resuming" in out and "after epoch 1" in out
 
 
+# `_fill_disk_under` travels as its source: importing this module there
+# would import conftest's torch, seconds of the process's start.
 _MAIN_ON_A_FULL_DISK = """
 import errno, os, sys
 from absl import app
 from etils import epath
 from reprog_jax import main
-sys.path.insert(0, {tests!r})
-import test_checkpoint_failures as here
-for name, write in here._fill_disk_under({step!r}).items():
+{fill_disk_under}
+for name, write in _fill_disk_under({step!r}).items():
   setattr(epath.gpath.PosixGPath, name, write)
 sys.argv = ["main", "--workdir={workdir}",
             "--config=configs/linear_probe.py:smoke",
@@ -174,12 +188,13 @@ app.run(main.main, flags_parser=main.parse_flags)
 """
 
 
-def test_a_full_disk_on_the_command_line_is_exactly_one_line(tmp_path,
-                                                            capfd):
-  _stopped_after_epoch_0(tmp_path, capfd)
+def test_a_full_disk_on_the_command_line_is_exactly_one_line(
+    tmp_path, capfd, stopped_run):
+  _stopped_after_epoch_0(tmp_path, stopped_run)
   step_1 = tmp_path / "checkpoints" / "1"
-  script = _MAIN_ON_A_FULL_DISK.format(tests=str(ROOT / "tests"),
-                                       step=str(step_1), workdir=tmp_path)
+  script = _MAIN_ON_A_FULL_DISK.format(
+      fill_disk_under=inspect.getsource(_fill_disk_under), step=str(step_1),
+      workdir=tmp_path)
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                         env=dict(os.environ), capture_output=True, text=True,
                         timeout=300)

@@ -40,7 +40,8 @@ def _run(workdir, cache):
   proc = subprocess.run(
       [sys.executable, "-c", COUNTING, f"--workdir={workdir}",
        "--config=configs/linear_probe.py:smoke", "--config.epochs=1",
-       "--config.progress=False", f"--config.compile_cache={cache}"],
+       "--config.progress=False", "--config.plot_interval=0",
+       f"--config.compile_cache={cache}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   (line,) = [l for l in proc.stdout.splitlines() if l.startswith("COMPILES")]

@@ -22,7 +22,9 @@ from reprog_jax import data
 from reprog_jax import layout
 from reprog_jax.data import sources
 from reprog_jax.data.preprocess import load_uint8_image
+from reprog_jax.train import loop as train
 
+from conftest import smoke_config
 import torchvision_files
 
 SIZE = 12  # Not any file's native size, so Resize really resamples.
@@ -269,21 +271,17 @@ def test_data_dir_is_required(root):
 
 
 def test_smoke_run_reads_a_torchvision_root(tmp_path):
+  # In this process: what reads the root is the run, not the command line
+  # (test_data_bad_files and test_multihost give these flags to
+  # `reprog_jax.main` in its own process).
   import json
-  import subprocess
-  import sys
   torchvision_files.write_cifar(str(tmp_path / "root"), "cifar10",
                                 per_split=(4, 6), cycle_labels=True)
   workdir = tmp_path / "run"
-  proc = subprocess.run(
-      [sys.executable, "-m", "reprog_jax.main",
-       "--config=configs/ilm_vp.py:smoke", f"--workdir={workdir}",
-       "--config.progress=False", "--config.epochs=1",
-       "--config.data.mock=False", "--config.data.source=torchvision",
-       f"--config.data.data_dir={tmp_path / 'root'}"],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      env=dict(os.environ), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  train.train_and_evaluate(
+      smoke_config("ilm_vp", epochs=1, data__mock=False,
+                   data__source="torchvision",
+                   data__data_dir=str(tmp_path / "root")), str(workdir))
   with open(workdir / layout.CONFIG_FILE) as f:
     recorded = json.load(f)
   assert recorded["data.source"] == "torchvision"

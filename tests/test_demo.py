@@ -147,6 +147,10 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert "MINIATURE" in report_md and "## Primary analysis" in report_md
   assert "## Sensitivity analyses" in report_md
   assert (sweep_dir / "blmpp" / "vp-blmpp" / "dense").is_dir()
+  # The miniature's runs draw no figures of their own; the report does.
+  assert not scale.run_figures
+  assert not [p for p in sweep_dir.rglob("*.png")
+              if "figures" not in p.relative_to(sweep_dir).parts]
   # The primary verdicts and their minimum detectable effects, printed.
   assert "primary analysis: Claim 1: tickets are not universal " in out
   assert "  claim 1, digits 5-shot ticket_k2 VP: dense - ticket " in out
@@ -200,6 +204,17 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
   assert "4 finished before" in out or "finished before, skipped" in out
   with open(workdir / "stages" / "networks.json") as f:
     assert json.load(f) == before
+
+
+def test_whether_runs_draw_figures_is_no_size():
+  # A workdir records its size; a demo recorded before `run_figures`
+  # existed holds no such field, and resumes.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  recorded = {f.name: getattr(demo.QUICK, f.name)
+              for f in dataclasses.fields(demo.Scale) if f.name != "run_figures"}
+  for figures in (True, False):
+    assert demo._size(dataclasses.replace(demo.QUICK,
+                                          run_figures=figures)) == recorded
 
 
 def test_a_workdir_of_another_size_is_refused(tmp_path, capsys):

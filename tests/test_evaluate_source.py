@@ -4,7 +4,6 @@ evaluates ImageNet, and the network directory stays loadable."""
 
 import json
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -12,6 +11,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
+from conftest import random_variables
 from convert import cli
 from reprog_jax.model import masks as masks_lib
 from reprog_jax.model import network_dir
@@ -23,13 +23,14 @@ CLASSES = ("n01", "n02", "n03")
 
 @pytest.fixture(scope="module")
 def mini_network(tmp_path_factory):
-  """A random resnet_mini with 3 classes, saved as a network directory."""
+  """A random resnet_mini with 3 classes, saved as a network directory
+  (its values drawn in numpy: flax's `init`, op by op, compiles for ~10 s)."""
   directory = tmp_path_factory.mktemp("nets") / "mini"
   model = resnet.get_architecture("resnet_mini")(num_classes=len(CLASSES))
-  variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)))
-  params = jax.device_get(variables["params"])
+  variables = random_variables(model)
+  params = variables["params"]
   network_dir.save(directory, arch="resnet_mini", params=params,
-                batch_stats=jax.device_get(variables["batch_stats"]),
+                batch_stats=variables["batch_stats"],
                 masks=masks_lib.dense(params), meta={
                     "num_classes": len(CLASSES), "sources": {},
                     "ticket": None, "dense": True})

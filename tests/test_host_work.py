@@ -80,6 +80,23 @@ def test_a_failed_record_is_raised_by_finish(tmp_path, monkeypatch):
   checkpoints.finish()  # Raised once, then cleared.
 
 
+def test_plot_interval_0_draws_no_figure(tmp_path, monkeypatch):
+  plotted = []
+  monkeypatch.setattr(train, "_plots", lambda *args: plotted.append(args))
+  config = smoke_config("linear_probe", epochs=2, image_size=32,
+                        plot_interval=0)
+  train.train_and_evaluate(config, str(tmp_path), stop_after_epoch=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert plotted == [] and os.listdir(tmp_path / "plots") == []
+  assert (tmp_path / "summary.json").exists()
+  config.plot_interval = -1
+  from reprog_jax import errors  # pylint: disable=g-import-not-at-top
+  from reprog_jax.train import run_config  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError,
+                     match=r"plot_interval must be >= 0 .*got -1$"):
+    run_config.check(config)
+
+
 def test_figures_every_interval_and_the_last(tmp_path, monkeypatch):
   plotted = []
   plots = train._plots

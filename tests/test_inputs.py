@@ -18,12 +18,14 @@ from reprog_jax.data import pipeline
 
 @pytest.fixture(scope="module")
 def lp_runs(tmp_path_factory):
-  """Linear probing with cached features and recomputing them per step."""
+  """Linear probing with cached features and recomputing them per step
+  (the smoke preset's 2 epochs: the second reads the cache the first
+  wrote)."""
   root = tmp_path_factory.mktemp("lp")
   for name, cache in (("cached", True), ("recomputed", False)):
     train.train_and_evaluate(
-        smoke_config("linear_probe", epochs=3, seeds=(0, 1),
-                     cache_features=cache), str(root / name))
+        smoke_config("linear_probe", seeds=(0, 1), cache_features=cache),
+        str(root / name))
   return root
 
 
@@ -40,7 +42,7 @@ def test_cached_features_give_the_recomputed_result(lp_runs):
 
 def test_cached_features_are_the_networks_features(lp_runs):
   config = smoke_config("linear_probe")
-  network = network_lib.random_network("resnet18")
+  network = network_lib.random_network(config.random_network)  # The run's.
   run_data = inputs.open_run_data(config, (0, 1))
   with np.load(lp_runs / "cached" / "features" / "test.npz") as stored:
     features = stored["features"]
@@ -69,7 +71,7 @@ def _load(config, network, workdir):
 def test_features_of_another_network_are_recomputed(tmp_path, capsys,
                                                     monkeypatch):
   config = smoke_config("linear_probe")
-  first = network_lib.random_network("resnet18")
+  first = network_lib.random_network(config.random_network)
   loaded = _load(config, first, tmp_path)
   assert loaded.encoded
   capsys.readouterr()
@@ -82,7 +84,7 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   assert not decoded and "recomputing" not in capsys.readouterr().out
   np.testing.assert_array_equal(again.test.rows, loaded.test.rows)
   # Another network (same architecture and shapes): detected, recomputed.
-  other = network_lib.random_network("resnet18", seed=1)
+  other = network_lib.random_network(config.random_network, seed=1)
   changed = _load(config, other, tmp_path)
   assert "features of another network or config; recomputing" in (
       capsys.readouterr().out)
@@ -91,7 +93,8 @@ def test_features_of_another_network_are_recomputed(tmp_path, capsys,
   with np.load(tmp_path / "features" / "test.npz") as stored:
     np.testing.assert_array_equal(stored["features"], changed.test.rows)
   # Another image size, and an unreadable file: recomputed too.
-  config.image_size = 40
+  assert config.image_size != 32
+  config.image_size = 32
   _load(config, other, tmp_path)
   assert "recomputing" in capsys.readouterr().out
   # A torn file, and the temporary file of a write killed midway.

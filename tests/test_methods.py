@@ -67,7 +67,7 @@ def test_a_method_adds_checks_and_shrinks_its_own_fields():
       32, 0.0, "flowers102")
   # The base fields shrink for every method; its own as it says.
   assert (smoke.image_size, smoke.epochs, smoke.random_network) == (
-      16, 2, "resnet18")
+      16, 2, "resnet_mini")
   smoke.bias_init = float("nan")
   with pytest.raises(errors.ConfigError,
                      match=r"^config: bias_init must be a finite number"):
@@ -224,7 +224,7 @@ def test_a_plugin_runs_through_main_sweep_report_and_export(
   run_dir = tmp_path / "run"
   _run("reprog_jax.main", f"--config=tests/{name}.py:smoke",
        f"--workdir={run_dir}", "--config.progress=False",
-       "--config.epochs=1", *flags, plugin=name)
+       "--config.epochs=1", "--config.plot_interval=0", *flags, plugin=name)
   summary = json.loads((run_dir / "summary.json").read_text())
   assert (summary["method"], summary["method_module"]) == (spec.name, name)
 
@@ -239,11 +239,12 @@ def test_a_plugin_runs_through_main_sweep_report_and_export(
 
   # sweep and report, in this process (the test module registered it); a
   # smoke study: the method's own smoke sizes, no overrides of its own.
-  study = {"networks": {"dense": {"dir": None, "random": "resnet18",
+  study = {"networks": {"dense": {"dir": None, "random": "resnet_mini",
                                   "kind": "dense"}},
            "methods": [spec.name], "datasets": ["cifar10"],
            "n_shots": [2], "seeds": [0, 1], "smoke": True,
            "overrides": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16,
+                         "plot_interval": 0,  # Seconds a run; none tested.
                          "data": {"mock": True, "worker_count": 0}}}
   sweep_dir = tmp_path / "sweep"
   outcomes = sweep.run(study, str(sweep_dir))

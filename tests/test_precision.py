@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import smoke_config
+from conftest import random_variables, smoke_config
 from reprog_jax import errors
 from reprog_jax import methods
 from reprog_jax.model import network as network_lib
@@ -39,23 +39,27 @@ def _eqns(jaxpr):
 
 
 def test_pooling_and_head_are_float32_under_bfloat16():
-  model = resnet.ResNet18(num_classes=7, dtype=jnp.bfloat16)
+  # resnet_mini: the pooling and the head are `resnet.ResNet`'s whatever its
+  # blocks and widths (ResNet-18's would only compile longer).
+  model = resnet.ResNetMini(num_classes=7, dtype=jnp.bfloat16)
   x = jnp.zeros((2, 32, 32, 3), jnp.float32)
-  variables = model.init(jax.random.key(0), x)
+  variables = random_variables(model)
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x).jaxpr
   eqns = list(_eqns(jaxpr))
   # The last reduction is the global pooling, the last matmul the head.
   pooling = [e for e in eqns if e.primitive.name == "reduce_sum"][-1]
   head = [e for e in eqns if e.primitive.name == "dot_general"][-1]
   assert pooling.invars[0].aval.dtype == jnp.float32
-  assert pooling.invars[0].aval.shape == (2, 1, 1, 512)
+  assert pooling.invars[0].aval.shape == (2, 1, 1, model.num_features)
   assert [v.aval.dtype for v in head.invars] == [jnp.float32] * 2
   assert head.outvars[0].aval.shape == (2, 7)
   # The body itself is bfloat16: the convolutions.
   convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
   assert convs and all(v.aval.dtype == jnp.bfloat16
                        for e in convs for v in e.invars)
-  features = model.apply(variables, x, features_only=True)
+  features = jax.jit(lambda v, x: model.apply(v, x, features_only=True))(
+      variables, x)
+  assert features.shape == (2, model.num_features)
   assert features.dtype == jnp.float32 and np.isfinite(features).all()
 
 

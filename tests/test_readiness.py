@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import shutil
 import socket
 import stat
 import subprocess
@@ -39,7 +40,9 @@ def _lp_config(**overrides):
 
 
 def _main(workdir, *flags):
-  """`python -m reprog_jax.main` on the linear-probing smoke run."""
+  """`python -m reprog_jax.main` on the linear-probing smoke run: the real
+  command, for what only its process shows (its exit status, and all of
+  its stderr up to its end)."""
   return subprocess.run(
       [sys.executable, "-m", "reprog_jax.main", f"--workdir={workdir}",
        *LP_FLAGS, *flags],
@@ -53,6 +56,23 @@ def _assert_one_line_error(proc, *fragments):
   assert proc.stderr.startswith("reprog_jax.main: error: ")
   for fragment in fragments:
     assert fragment in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+  """`_lp_config()` stopped after epoch 0 (read-only: `_stopped_after_epoch_0`
+  gives each test its own copy)."""
+  workdir = tmp_path_factory.mktemp("stopped") / "w"
+  train.train_and_evaluate(_lp_config(), str(workdir), stop_after_epoch=0)
+  assert checkpoints.latest_epoch(workdir) == 0
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+  """`_lp_config()` run to its end: (summary, workdir; read-only)."""
+  workdir = tmp_path_factory.mktemp("whole") / "w"
+  return train.train_and_evaluate(_lp_config(), str(workdir)), workdir
 
 
 # --------------------------------------------------------------------------
@@ -108,21 +128,25 @@ def test_epoch_sums_of_large_finite_losses_do_not_overflow():
   assert metrics["train_acc"] == pytest.approx([(0 + 1 + 2) / 24])
 
 
+# With the smoke preset's network, every step's loss is a finite float32,
+# but the epoch's test NLL is not (1e35 keeps it finite; 7e35 already
+# makes a step's loss infinite).
+OVERFLOWING_LR = 3.5e35
+
+
 def test_overflowing_metrics_are_divergence_not_infinity(tmp_path):
-  # lr 1e35: every step's loss is a finite float32, but the epoch's test
-  # NLL (and, summed in float32, its training loss) is not.
   with pytest.raises(train.TrainingError,
                      match=r"epoch 0\b.*\(seed 4\b.*; no checkpoint was "
                      r"written; lower --config.lr$"):
-    train.train_and_evaluate(_lp_config(lr=1e35), str(tmp_path))
+    train.train_and_evaluate(_lp_config(lr=OVERFLOWING_LR), str(tmp_path))
   assert metric_writer.read_metrics(tmp_path) == []
   assert checkpoints.latest_epoch(tmp_path) is None
   assert not (tmp_path / "summary.json").exists()
 
 
-def test_a_non_finite_test_metric_keeps_the_last_good_epoch(tmp_path,
-                                                          monkeypatch):
-  train.train_and_evaluate(_lp_config(), str(tmp_path), stop_after_epoch=0)
+def test_a_non_finite_test_metric_keeps_the_last_good_epoch(
+    tmp_path, monkeypatch, stopped_run):
+  _stopped_after_epoch_0(tmp_path, stopped_run)
   real = passes.evaluate_test
 
   def overflowing(*args, **kwargs):
@@ -141,8 +165,10 @@ def test_a_non_finite_test_metric_keeps_the_last_good_epoch(tmp_path,
   assert not (tmp_path / "summary.json").exists()
 
 
-def test_divergence_on_the_command_line_is_one_line(tmp_path):
-  proc = _main(tmp_path / "w", "--config.lr=1e35")
+def test_divergence_on_the_command_line_is_one_line(tmp_path,
+                                                    main_in_process):
+  proc = main_in_process(tmp_path / "w", *LP_FLAGS,
+                         f"--config.lr={OVERFLOWING_LR}")
   _assert_one_line_error(proc, "epoch 0", "seed 4", "lower --config.lr")
 
 
@@ -162,13 +188,13 @@ def test_non_finite_optimiser_settings_are_refused(field, value):
 
 
 def test_workdir_that_is_a_file_is_refused_before_the_network_loads(
-    tmp_path):
+    tmp_path, main_in_process):
   afile = tmp_path / "results.txt"
   afile.write_text("not a directory")
   for workdir, where in ((afile, "is not a directory"),
                          (afile / "run",
                           f"is inside {afile}, which is not a directory")):
-    proc = _main(workdir)
+    proc = main_in_process(workdir, *LP_FLAGS)
     _assert_one_line_error(proc, f"--workdir {workdir} {where}")
     assert "RANDOMLY INITIALISED" not in proc.stdout  # Not loaded.
   assert afile.read_text() == "not a directory"
@@ -191,14 +217,17 @@ def test_unwritable_workdir_is_refused_before_the_network_loads(
   assert os.listdir(parent) == []
 
 
-def _stopped_after_epoch_0(workdir):
-  train.train_and_evaluate(_lp_config(), str(workdir), stop_after_epoch=0)
+def _stopped_after_epoch_0(workdir, stopped_run):
+  """`workdir` as `_lp_config()` stopped after epoch 0 leaves it: a copy
+  of `stopped_run` (a workdir records no path of its own)."""
+  shutil.copytree(stopped_run, workdir, dirs_exist_ok=True)
   assert checkpoints.latest_epoch(workdir) == 0
 
 
-def test_corrupted_checkpoint_is_one_line_saying_how_to_recover(tmp_path):
+def test_corrupted_checkpoint_is_one_line_saying_how_to_recover(tmp_path,
+                                                                stopped_run):
   workdir = tmp_path / "w"
-  _stopped_after_epoch_0(workdir)
+  _stopped_after_epoch_0(workdir, stopped_run)
   data_files = sorted((workdir / "checkpoints" / "0").rglob("d/*"),
                       key=lambda p: p.stat().st_size)
   with open(data_files[-1], "r+b") as f:  # The largest: the trained values.
@@ -210,9 +239,10 @@ def test_corrupted_checkpoint_is_one_line_saying_how_to_recover(tmp_path):
   assert "resuming" not in proc.stdout
 
 
-def test_altered_checkpoint_bytes_are_refused_before_orbax_reads(tmp_path):
+def test_altered_checkpoint_bytes_are_refused_before_orbax_reads(tmp_path,
+                                                                stopped_run):
   workdir = tmp_path / "w"
-  _stopped_after_epoch_0(workdir)
+  _stopped_after_epoch_0(workdir, stopped_run)
   victim = max((workdir / "checkpoints" / "0").rglob("d/*"),
                key=lambda p: p.stat().st_size)
   with open(victim, "r+b") as f:  # Same size, other bytes.
@@ -225,21 +255,24 @@ def test_altered_checkpoint_bytes_are_refused_before_orbax_reads(tmp_path):
     checkpoints.read(workdir)
 
 
-def test_checkpoint_killed_before_its_file_record_resumes_exactly(tmp_path):
+def test_checkpoint_killed_before_its_file_record_resumes_exactly(
+    tmp_path, stopped_run, whole_run):
   # kill -9 after Orbax committed epoch 0 but before its record was written.
-  whole = train.train_and_evaluate(_lp_config(), str(tmp_path / "whole"))
+  whole, _ = whole_run
   workdir = tmp_path / "w"
-  _stopped_after_epoch_0(workdir)
+  _stopped_after_epoch_0(workdir, stopped_run)
   (workdir / "checkpoints" / "0" / layout.CHECKPOINT_MANIFEST).unlink()
   resumed = train.train_and_evaluate(_lp_config(), str(workdir))
   assert resumed["per_seed"][0]["last"] == whole["per_seed"][0]["last"]
   assert (workdir / "checkpoints" / "1" / layout.CHECKPOINT_MANIFEST).exists()
 
 
-def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path):
+def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path,
+                                                            whole_run):
   # kill -9 between the last epoch's checkpoint and summary.json: the re-run
   # trains nothing and writes the same summary.
-  whole = train.train_and_evaluate(_lp_config(), str(tmp_path))
+  whole, finished = whole_run
+  shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
   (tmp_path / "summary.json").unlink()
   again = train.train_and_evaluate(_lp_config(), str(tmp_path))
   assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0, 1]
@@ -247,8 +280,9 @@ def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path):
     assert again[key] == whole[key]
 
 
-def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path):
-  _stopped_after_epoch_0(tmp_path)
+def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path,
+                                                          stopped_run):
+  _stopped_after_epoch_0(tmp_path, stopped_run)
   (tmp_path / layout.CONFIG_FILE).unlink()
   with pytest.raises(train.TrainingError,
                      match=r"holds a run with checkpoints but no config.json; "
@@ -261,29 +295,23 @@ def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path):
   assert summary["config"]["overwrite"] is True
 
 
-def test_a_bug_inside_training_keeps_its_traceback(tmp_path):
+def test_a_bug_inside_training_keeps_its_traceback(tmp_path, monkeypatch,
+                                                  capfd, main_in_process):
   # Only `errors.UserError` becomes one line; a ValueError from deep inside
-  # (JAX, NumPy, our own code) is a bug and must show where it came from.
-  script = (
-      "import sys\n"
-      "from absl import app\n"
-      "from reprog_jax import main\n"
-      "from reprog_jax.train import passes\n"
-      "def broken(*args, **kwargs):\n"
-      "  raise ValueError('deep inside an XLA kernel')\n"
-      "passes.train_epoch = broken\n"
-      f"sys.argv = ['main', '--workdir={tmp_path / 'w'}', "
-      f"{', '.join(repr(f) for f in LP_FLAGS)}]\n"
-      "app.run(main.main, flags_parser=main.parse_flags)\n")
-  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
-                        env=dict(os.environ), capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode != 0
-  assert "Traceback (most recent call last)" in proc.stderr
-  assert "in broken" in proc.stderr
-  assert proc.stderr.rstrip().endswith(
-      "ValueError: deep inside an XLA kernel")
-  assert "reprog_jax.main: error" not in proc.stderr
+  # (JAX, NumPy, our own code) is a bug and must show where it came from:
+  # it leaves `main` as it was raised, which `app.run` (Python's own
+  # handling) prints with its traceback and a non-zero exit status.
+  def broken(*args, **kwargs):
+    raise ValueError("deep inside an XLA kernel")
+
+  monkeypatch.setattr(passes, "train_epoch", broken)
+  with pytest.raises(ValueError, match="^deep inside an XLA kernel$") as bug:
+    main_in_process(tmp_path / "w", *LP_FLAGS)
+  from reprog_jax import main  # pylint: disable=g-import-not-at-top
+  assert bug.traceback[-1].name == "broken"
+  assert any(entry.name == "main" and str(entry.path) == main.__file__
+             for entry in bug.traceback)
+  assert "reprog_jax.main: error" not in capfd.readouterr().err
 
 
 def test_metric_files_are_closed_when_training_fails(tmp_path, monkeypatch):

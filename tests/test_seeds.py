@@ -31,9 +31,26 @@ def assert_trained_values_close(ours, theirs):
   assert diff.max() <= 1e-3
 
 
+# The smoke runs' network, except for ILM-VP's: its prompt starts at zero,
+# a constant frame, whose exact ties in the max-pool windows a 1-ulp
+# difference between batch shapes breaks either way (see
+# `test_vmapped_gradient_equals_each_seeds_own`). Through `resnet_mini`'s
+# 16-channel stem that flips the sign of some pixels' first gradient, which
+# Adam turns into steps a learning rate apart, and the prompts drift apart
+# by more than TOLERANCE within the smoke run's 2 epochs while the losses
+# agree; through ResNet-18's, such a gradient moves by about 1 %, and the
+# prompts stay within TOLERANCE.
+NETWORKS = {"ilm_vp": "resnet18", "linear_probe": "resnet_mini"}
+
+
+def _config(name, **overrides):
+  """The smoke preset (2 epochs: a resumed run still trains one) on the
+  method's network."""
+  return smoke_config(name, random_network=NETWORKS[name], **overrides)
+
+
 def _run(workdir, name, **overrides):
-  summary = train.train_and_evaluate(
-      smoke_config(name, epochs=3, **overrides), str(workdir))
+  summary = train.train_and_evaluate(_config(name, **overrides), str(workdir))
   return summary, per_seed_records(workdir), checkpoints.read(workdir)
 
 
@@ -45,7 +62,8 @@ def _runs(name, root):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(pipeline, "load_uint8_image",
                   lambda *a: decoded.append(1) or real(*a))
-    together = _run(root / "together", name, seeds=SEEDS)
+    # Its figures too (`test_plots_per_seed`).
+    together = _run(root / "together", name, seeds=SEEDS, plot_interval=10)
   alone = [_run(root / f"seed{s}", name, seed=s) for s in SEEDS]
   return name, root, together, alone, len(decoded)
 
@@ -93,14 +111,17 @@ def test_vmapped_gradient_equals_each_seeds_own():
   from reprog_jax.model import network as network_lib
   from reprog_jax.train import sharding
   from reprog_jax.train import steps
-  network = network_lib.random_network("resnet18")
+  # The smoke runs' tiny network: the same layers (max-pool included) as
+  # any ResNet's, in a fraction of ResNet-18's compile time.
+  network = network_lib.random_network("resnet_mini")
   sgd = optax.sgd(1.0)  # One step from zero: minus the gradient.
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (3, 5, 16, 16, 3), np.uint8),
            "label": rng.integers(0, 10, (3, 5)).astype(np.int32),
            "mask": np.arange(5) < np.array([[5], [3], [4]])}
   for method in (methods.ilm_vp.visual_prompt(16, 10, 48),
-                 methods.linear_probe.linear_probe(512, 10)):
+                 methods.linear_probe.linear_probe(
+                     network.model.num_features, 10)):
     mappings = np.tile(method.initial_mapping, (3, 1))
     if method.name == "ilm_vp":
       mappings = rng.permutation(1000)[:30].reshape(3, 10)
@@ -120,7 +141,7 @@ def test_vmapped_gradient_equals_each_seeds_own():
       alone, alone_metrics = step(
           alone, network, mappings[k:k + 1],
           jax.tree.map(lambda x: x[k:k + 1], batch))
-      # Float32 rounding of a loss near 8: relative, not absolute.
+      # Float32 rounding of losses up to ~13: relative, not absolute.
       assert float(metrics["loss"][k]) == pytest.approx(
           float(alone_metrics["loss"][0]), rel=1e-6)
       for ours, theirs in zip(jax.tree.leaves(state.params),
@@ -157,7 +178,7 @@ def test_plots_per_seed(runs):
 
 def test_resumed_run_with_seeds_ends_identical(vp_runs, tmp_path):
   name, root, (summary, records, saved), _, _ = vp_runs
-  config = smoke_config(name, epochs=3, seeds=SEEDS)
+  config = _config(name, seeds=SEEDS)
   assert train.train_and_evaluate(config, str(tmp_path),
                                   stop_after_epoch=0) == {}
   resumed = train.train_and_evaluate(config, str(tmp_path))

@@ -18,9 +18,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # (method, overrides): 4 seeds split over 4 devices (one each; the images
 # kept on the devices), and 2 seeds whose batches of 6 (evaluation 10) are
 # split over 4 devices, padded.
+#
+# The seed-sharded ILM-VP run on ResNet-18, not the smoke preset's tiny
+# network: its prompt starts at zero, a constant frame, whose exact ties in
+# the max-pool windows a last-bit difference between the devices' and the
+# one device's programs breaks either way; through `resnet_mini`'s narrow
+# stem that changes whole gradient entries, which Adam turns into steps of
+# the learning rate, and the seeds' losses drift apart by more than 1e-5
+# within an epoch (`test_seeds` says more).
 CASES = {
     "seed_sharded": ("ilm_vp", {"seeds": (0, 1, 2, 3), "epochs": 2,
-                                "data__store_on_device": "yes"}),
+                                "data__store_on_device": "yes",
+                                "random_network": "resnet18"}),
     "batch_sharded": ("linear_probe", {"seeds": (0, 1), "epochs": 2,
                                        "batch_size": 6,
                                        "eval_batch_size": 10}),
@@ -44,6 +53,12 @@ np.savez({root!r} + "/gradients.npz", **one_step_gradients())
 """
 
 
+# What the gradients are taken through. How a step's work is split over
+# devices does not depend on the network's blocks or widths: the tiny one
+# compiles in a fraction of ResNet-18's time, in both processes.
+GRADIENT_NETWORK = "resnet_mini"
+
+
 def one_step_gradients() -> dict:
   """ILM-VP's gradient of one step, every seed, on all devices: (S, B) =
   (4, 8) (seeds split over 4 devices) and (1, 6) (batch split, padded)."""
@@ -51,7 +66,7 @@ def one_step_gradients() -> dict:
   from reprog_jax import methods
   from reprog_jax.model import network as network_lib
   from reprog_jax.train import steps
-  network = network_lib.random_network("resnet18")
+  network = network_lib.random_network(GRADIENT_NETWORK)
   method = methods.ilm_vp.visual_prompt(32, 10, 64)
   sgd = optax.sgd(1.0)  # One step: the program minus the gradient.
   out = {}
@@ -124,18 +139,24 @@ def test_four_devices_compute_one_devices_gradient(four_devices):
   import jax
   from reprog_jax import methods
   from reprog_jax.model import network as network_lib
-  network = network_lib.random_network("resnet18")
+  network = network_lib.random_network(GRADIENT_NETWORK)
   method = methods.ilm_vp.visual_prompt(32, 10, 64)
   saved = np.load(four_devices / "gradients.npz")
+
+  # Jitted (one program a batch size): op by op, each primitive compiles.
+  @jax.jit
+  def gradient(network, params, images, labels):
+    def loss(params):
+      logits = method.scores(params, network,
+                             images.astype(np.float32) / 255)[:, :10]
+      return optax_loss(logits, labels)
+    return jax.grad(loss)(params)["program"]
+
   for case in ("4x8", "1x6"):
     images, labels = saved[f"{case}_images"], saved[f"{case}_labels"]
     for k in range(len(images)):  # Each seed on one device, unpadded.
-      def loss(params, k=k):
-        logits = method.scores(params, network,
-                               images[k].astype(np.float32) / 255)[:, :10]
-        return optax_loss(logits, labels[k])
       params = {"program": saved[f"{case}_programs"][k]}
-      expected = jax.grad(loss)(params)["program"]
+      expected = gradient(network, params, images[k], labels[k])
       np.testing.assert_allclose(saved[case][k], expected, rtol=0, atol=1e-6)
       assert np.abs(expected).max() > 1e-3  # A real gradient.
 

@@ -1,5 +1,6 @@
-"""`reprog_jax.sweep`: a tiny real sweep (random ResNet-18 and a ticket of it
-on mock data), resuming, failures, job arrays and changed grids."""
+"""`reprog_jax.sweep`: a tiny real sweep (the smoke runs' random
+`resnet_mini` and a ticket of it on mock data), resuming, failures, job
+arrays and changed grids."""
 
 import contextlib
 import csv
@@ -38,9 +39,11 @@ def study_preset(preset):
 
 
 def tiny_study(**networks_):
-  """The smoke preset (mock data, 1 epoch, 2 seeds, tiny images) with
-  `networks_` as {name: (kind, dir)}, the random dense ResNet-18 too."""
+  """The smoke preset (mock data, 1 epoch, 2 seeds, tiny images; no
+  figures of each run: seconds a cell) with `networks_` as {name: (kind,
+  dir)}, the random dense `resnet_mini` too."""
   study = grid_lib.plain_study(study_preset("smoke"))
+  study["overrides"]["plot_interval"] = 0
   for name, (kind, directory) in networks_.items():
     study["networks"][name] = {"dir": str(directory), "random": None,
                                "kind": kind}
@@ -48,11 +51,12 @@ def tiny_study(**networks_):
 
 
 def save_ticket(directory):
-  """The random ResNet-18 the smoke runs use, half of each kernel masked."""
-  net = network_lib.random_network("resnet18", 0)
+  """The random `resnet_mini` the smoke runs use, half of each kernel
+  masked."""
+  net = network_lib.random_network("resnet_mini", 0)
   rng = np.random.default_rng(0)
   masks = jax.tree.map(lambda m: rng.random(m.shape) < 0.5, net.masks)
-  network_dir.save(directory, arch="resnet18",
+  network_dir.save(directory, arch="resnet_mini",
                    params=jax.device_get(net.params),
                    batch_stats=jax.device_get(net.batch_stats), masks=masks,
                    meta={"num_classes": 1000, "dense": False,

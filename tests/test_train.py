@@ -94,15 +94,18 @@ def test_vp_smoke_run_writes_every_file(vp_run):
                                 counts)
 
 
-def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path):
-  reference, _ = vp_run
+def test_resumed_run_ends_identical_to_an_uninterrupted_one(vp_run, tmp_path,
+                                                           main_in_process):
+  reference, _ = vp_run  # The command's own process.
   workdir = tmp_path / "vp"
-  first = run_main(workdir, "--config.epochs=3", "--stop_after_epoch=1")
+  flags = ("--config=configs/ilm_vp.py:smoke", "--config.progress=False",
+           "--config.epochs=3")
+  first = main_in_process(workdir, *flags, "--stop_after_epoch=1")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "stopped after epoch 1" in first.stdout
   assert len(metric_writer.read_metrics(workdir)) == 2
   assert not (workdir / "summary.json").exists()
-  second = run_main(workdir, "--config.epochs=3")
+  second = main_in_process(workdir, *flags)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming" in second.stdout
   assert without_timing(metric_writer.read_metrics(workdir)) == \
@@ -250,8 +253,14 @@ def test_more_than_1000_classes_is_refused_for_vp(tmp_path, monkeypatch):
     (["--config.lr=nan"], "config: lr must be a finite number, got nan"),
     (["--distributed"], "--distributed: cannot reach the other processes"),
 ])
-def test_bad_input_is_one_line_and_exit_1(overrides, message, tmp_path):
-  proc = run_main(tmp_path / "w", *overrides)
+def test_bad_input_is_one_line_and_exit_1(overrides, message, tmp_path,
+                                          main_in_process):
+  if "--distributed" in overrides:  # Never in this process: it would join.
+    proc = run_main(tmp_path / "w", *overrides)
+  else:  # `main` as the command runs it: its status and its lines.
+    proc = main_in_process(tmp_path / "w", "--config=configs/ilm_vp.py:smoke",
+                           "--config.progress=False", *overrides)
+  assert not (tmp_path / "w").exists()
   assert proc.returncode == 1
   assert proc.stderr.count("\n") == 1, proc.stderr
   assert proc.stderr.startswith("reprog_jax.main: error: ")

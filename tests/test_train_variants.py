@@ -1,5 +1,6 @@
-"""ILM-VP's variants end to end through `python -m reprog_jax.main`: BLM++
-and the padding prompt with FullyMap run, stop, resume and export."""
+"""ILM-VP's variants end to end through `reprog_jax.main` (run in this
+process as the command runs it: `conftest.main_in_process`): BLM++ and the
+padding prompt with FullyMap run, stop, resume and export."""
 
 import json
 
@@ -14,24 +15,26 @@ from reprog_jax.metrics import metric_writer
 from reprog_jax.model import prompts
 from reprog_jax.train import checkpoints
 from reprog_jax.train import run_config
-from test_train import run_main
 
 
-def _run_stop_resume(workdir, *overrides):
-  first = run_main(workdir, "--config.epochs=2", "--stop_after_epoch=0",
-                   *overrides)
+def _run_stop_resume(main, workdir, *overrides):
+  flags = ("--config=configs/ilm_vp.py:smoke", "--config.progress=False",
+           "--config.epochs=2", *overrides)
+  first = main(workdir, *flags, "--stop_after_epoch=0")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "stopped after epoch 0" in first.stdout
-  second = run_main(workdir, "--config.epochs=2", *overrides)
+  second = main(workdir, *flags)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming" in second.stdout
   assert [r["epoch"] for r in metric_writer.read_metrics(workdir)] == [0, 1]
   return json.loads((workdir / "summary.json").read_text())
 
 
-def test_blmpp_runs_resumes_and_exports_its_matrix(tmp_path, capsys):
+def test_blmpp_runs_resumes_and_exports_its_matrix(tmp_path,
+                                                   main_in_process):
   workdir = tmp_path / "blmpp"
-  summary = _run_stop_resume(workdir, "--config.label_mapping=blmpp")
+  summary = _run_stop_resume(main_in_process, workdir,
+                             "--config.label_mapping=blmpp")
   saved = checkpoints.read(workdir)
   matrix = saved["mapping_sequence"][0]
   assert matrix.shape == (1000, 10) and matrix.dtype == np.float32
@@ -51,9 +54,10 @@ def test_blmpp_runs_resumes_and_exports_its_matrix(tmp_path, capsys):
                                 saved["best"]["mapping_sequence"][0])
 
 
-def test_padding_prompt_with_fullymap_runs_resumes_and_exports(tmp_path):
+def test_padding_prompt_with_fullymap_runs_resumes_and_exports(
+    tmp_path, main_in_process):
   workdir = tmp_path / "padding"
-  _run_stop_resume(workdir, "--config.prompt=padding",
+  _run_stop_resume(main_in_process, workdir, "--config.prompt=padding",
                    "--config.label_mapping=fullymap")
   saved = checkpoints.read(workdir)
   params = saved["state"]["params"]

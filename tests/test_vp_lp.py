@@ -29,7 +29,7 @@ def test_vp_lp_resumes_and_exports_what_pytorch_computes(
     tmp_path, network_dir, resnet18_state, capsys):
   workdir = tmp_path / "vplp"
   config = smoke_config("vp_lp", random_network="", network_dir=network_dir,
-                        image_size=32)
+                        image_size=32, plot_interval=10)
   train.train_and_evaluate(config, str(workdir), stop_after_epoch=0)
   summary = train.train_and_evaluate(config, str(workdir))
   assert "resuming" in capsys.readouterr().out

@@ -14,7 +14,7 @@ seed 4.
 The method's parts, and their fields and defaults:
 `reprog_jax/methods/ilm_vp.py` (`inputs.py`, `outputs.py`).
 
-Smoke run (mock data, a random ResNet-18, seconds on a CPU):
+Smoke run (mock data, a tiny random ResNet, seconds on a CPU):
 
   python -m reprog_jax.main --config=configs/ilm_vp.py:smoke --workdir=/tmp/vp_smoke
 """

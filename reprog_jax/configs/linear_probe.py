@@ -12,7 +12,7 @@ ILM-VP paper reports 90.1 % on CIFAR-10 with a dense ResNet-50.
 
 The method's own fields and their defaults: `reprog_jax/methods/linear_probe.py`.
 
-Smoke run (mock data, a random ResNet-18, seconds on a CPU):
+Smoke run (mock data, a tiny random ResNet, seconds on a CPU):
 
   python -m reprog_jax.main --config=configs/linear_probe.py:smoke --workdir=/tmp/lp_smoke
 """

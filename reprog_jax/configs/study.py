@@ -50,9 +50,9 @@ verdicts; `reprog_jax.study.design`):
     E.g. --config.power_effect.test_acc=2.0.
 
 Presets:
-  smoke: mock CIFAR-10, a random ResNet-18, LP and ILM-VP, 2 shots, 2
-    seeds, 1 epoch, each method at its smoke sizes: seconds per cell on a
-    CPU; its numbers mean nothing. Add a method with
+  smoke: mock CIFAR-10, a tiny random ResNet (`resnet_mini`), LP and
+    ILM-VP, 2 shots, 2 seeds, 1 epoch, each method at its smoke sizes:
+    seconds per cell on a CPU; its numbers mean nothing. Add a method with
     --config.methods="('linear_probe', 'ilm_vp', 'vp_lp')".
     (Random networks are dense: a smoke study has no ticket, so the
     report's claims say "not testable".)
@@ -139,7 +139,7 @@ def get_config(preset=None):
   preset = preset or "smoke"
   study = config_dict.ConfigDict()
   if preset == "smoke":
-    study.networks = {"dense": _network("dense", random="resnet18")}
+    study.networks = {"dense": _network("dense", random="resnet_mini")}
     study.methods = ("linear_probe", "ilm_vp")
     study.datasets = ("cifar10",)
     study.n_shots = (2,)

@@ -16,7 +16,7 @@ writes its `visual_prompt_dict` and `fc_dict`.
 
 The method's parts and their fields: `reprog_jax/methods/vp_lp.py`.
 
-Smoke run (mock data, a random ResNet-18, seconds on a CPU):
+Smoke run (mock data, a tiny random ResNet, seconds on a CPU):
 
   python -m reprog_jax.main --config=configs/vp_lp.py:smoke --workdir=/tmp/vplp_smoke
 """

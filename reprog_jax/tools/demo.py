@@ -78,6 +78,8 @@ class Scale:
     n_shots: the target's few-shot budgets (examples per class).
     seeds: the target runs' seeds (trained at once).
     epochs: epochs of every target run.
+    run_figures: whether each target run draws its own figures (at its
+      last epoch); the report's are drawn either way.
   """
 
   source_classes: int
@@ -89,6 +91,7 @@ class Scale:
   n_shots: tuple[int, ...]
   seeds: tuple[int, ...]
   epochs: int
+  run_figures: bool = True
 
 
 # 8 seeds (vmapped: they share one compiled step) so that a cell can
@@ -101,7 +104,10 @@ FULL = Scale(source_classes=40, source_per_class=200, source_epochs=6,
              n_shots=(10, 50), seeds=tuple(range(8)), epochs=15)
 QUICK = Scale(source_classes=20, source_per_class=60, source_epochs=2,
               rewind_step=5, imp_rounds=2, ticket_states=(2,),
-              n_shots=(5,), seeds=(0, 1, 2), epochs=2)
+              n_shots=(5,), seeds=(0, 1, 2), epochs=2,
+              # Each run's figures would be a third of the miniature's
+              # time; the report's figures are what it shows.
+              run_figures=False)
 
 
 # --------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def make_study(workdir, scale: Scale, nets: dict):
       "epochs": scale.epochs,
       "batch_size": 32,
       "eval_batch_size": 256,
-      "plot_interval": scale.epochs,
+      "plot_interval": scale.epochs if scale.run_figures else 0,
       "test_every": 0,  # The test split where a selection needs it.
       "data": {"folder_root": os.path.join(workdir, "data", TARGET),
                "worker_count": 0},
@@ -313,18 +319,26 @@ def make_variant_study(workdir, scale: Scale, nets: dict):
   return study
 
 
+def _size(scale: Scale) -> dict:
+  """What a workdir records of its scale: everything but `run_figures`
+  (which changes no result; demos recorded before it existed resume)."""
+  size = dataclasses.asdict(scale)
+  del size["run_figures"]
+  return size
+
+
 def run(workdir, scale: Scale, progress=True) -> dict:
   """Runs (or resumes) every stage; returns the report's written paths."""
   workdir_lib.check(workdir)
   os.makedirs(workdir, exist_ok=True)
   done = _done(workdir, "networks")
   if done is not None and done["scale"] != json.loads(json.dumps(
-      dataclasses.asdict(scale))):
+      _size(scale))):
     raise DemoError(f"{workdir} holds a demo of another size (--quick or "
                     f"not); use another --workdir, or delete this one")
   if done is None:
     nets = make_source_networks(workdir, scale, progress)
-    _mark(workdir, "networks", {"scale": dataclasses.asdict(scale),
+    _mark(workdir, "networks", {"scale": _size(scale),
                                 "networks": nets})
   else:
     nets = done["networks"]

@@ -27,6 +27,7 @@ import json
 import os
 import threading
 from typing import Any
+import warnings
 
 import jax
 import numpy as np
@@ -191,6 +192,11 @@ def finish() -> None:
 
 def write_error(workdir, epoch, error) -> CheckpointWriteError:
   """The one line of a checkpoint write that found the disk full."""
+  # Orbax's writer gave up midway: the writes it had not started are
+  # coroutines never awaited, which Python reports when it collects them
+  # (at exit, after this line, on some runs): not for the user.
+  warnings.filterwarnings("ignore", r"coroutine .* was never awaited",
+                          RuntimeWarning)
   where = fileio.written_file(error)
   return CheckpointWriteError(
       f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "

@@ -285,9 +285,11 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch, *, saver,
   saver.save(checkpoints.pack(state, epoch=epoch, mappings=mappings,
                               best=best))
   # Plotting is host work between epochs that may take milliseconds on
-  # a GPU: every `plot_interval` epochs, the last, and where a job stops.
-  if writer and (stopping or (epoch + 1) % config.plot_interval == 0
-                 or epoch + 1 == config.epochs):
+  # a GPU: every `plot_interval` epochs, the last, and where a job stops;
+  # never with `plot_interval` 0.
+  if writer and config.plot_interval and (
+      stopping or (epoch + 1) % config.plot_interval == 0
+      or epoch + 1 == config.epochs):
     _plots(run, writer, epoch, params, bins, test_counts, mappings)
   processes.say(evaluation.epoch_line(
       epoch, records, best, shown=None if tested else test_metrics))

@@ -30,7 +30,7 @@ def method_config(method: str,
   Args:
     method: a registered method's name (`methods.names()`).
     arg: a dataset name (`data.dataset_names()`), 'smoke' (mock CIFAR-10,
-      a random ResNet-18, seconds on a CPU: `shrink_for_smoke`, then the
+      a tiny random ResNet, seconds on a CPU: `shrink_for_smoke`, then the
       method's own shrinking) or None (CIFAR-10).
 
   Raises:
@@ -120,8 +120,10 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
   # most of their time on the test split: `evaluation.py`).
   config.test_every = 1
   config.progress = True  # tqdm bars.
-  # Epochs between pictures (the last always): drawing them costs ~2-4 s
-  # per seed on a CPU, more than a few-shot epoch's steps (BENCHMARKS.md).
+  # Epochs between pictures (the last always; 0: none, e.g. for a sweep of
+  # many cells, whose report draws what it compares): drawing them costs
+  # ~2-4 s per seed on a CPU, more than a few-shot epoch's steps
+  # (BENCHMARKS.md).
   config.plot_interval = 10
   config.overwrite = False  # Start over in a workdir holding another config.
   # Weights & Biases (the `wandb` extra): off while `project` is unset;
@@ -142,11 +144,13 @@ def base_config(method: str, dataset: str = "cifar10") -> ml_collections.ConfigD
 
 
 def shrink_for_smoke(config) -> None:
-  """Makes `config` a seconds-long CPU run: mock data, a random ResNet-18."""
+  """Makes `config` a seconds-long CPU run: mock data, a tiny random ResNet
+  (`resnet_mini`: one block per stage at a quarter of ResNet-18's width;
+  what a smoke run checks does not depend on the network's size)."""
   config.data.mock = True
   config.data.worker_count = 0
   config.n_shot = 2
-  config.random_network = "resnet18"
+  config.random_network = "resnet_mini"
   config.epochs = 2
   config.batch_size = 8
   config.eval_batch_size = 16
@@ -222,9 +226,12 @@ def check(config) -> None:
         f"'auto', 'yes' or 'no'")
   if config.network not in ("dense", "ticket"):
     bad(f"network {config.network!r} is not 'dense' or 'ticket'")
-  for field in ("epochs", "batch_size", "eval_batch_size", "plot_interval"):
+  for field in ("epochs", "batch_size", "eval_batch_size"):
     if config[field] < 1:
       bad(f"{field} must be >= 1, got {config[field]}")
+  if config.plot_interval < 0:
+    bad(f"plot_interval must be >= 0 (epochs between figures; 0: none), "
+        f"got {config.plot_interval}")
   if config.calibration_holdout < 0:
     bad(f"calibration_holdout must be >= 0 (examples per class; 0: no "
         f"temperature scaling), got {config.calibration_holdout}")
