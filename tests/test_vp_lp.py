@@ -6,7 +6,6 @@ sizes through the sweep and the report, never in claim 1."""
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import smoke_config, torch_reference
