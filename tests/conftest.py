@@ -6,10 +6,10 @@ import tempfile
 import numpy as np
 import pytest
 
-import torch
-import torchvision
-
 from convert import torch_io
+
+# torch and torchvision are imported where used: a test's subprocess that
+# imports this module for `smoke_config` does not pay their seconds.
 
 # Many tests compile the same small programs (a smoke run's steps, again and
 # again): a persistent compilation cache, shared with the subprocesses the
@@ -34,6 +34,8 @@ jax.config.update("jax_compilation_cache_max_size", compile_cache.MAX_BYTES)
 def torch_reference(arch, state_dict, mask=None, num_classes=1000):
   """torchvision `arch` holding `weight * mask`, built here independently of
   the converter (the PyTorch version's recipe for a ticket)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
   model = getattr(torchvision.models, arch)(weights=None,
                                             num_classes=num_classes)
   tensors = {k: torch.as_tensor(v) for k, v in state_dict.items()}
@@ -44,6 +46,7 @@ def torch_reference(arch, state_dict, mask=None, num_classes=1000):
 
 
 def run_torch(model, images_nhwc, features=False):
+  import torch  # pylint: disable=g-import-not-at-top
   with torch.no_grad():
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
     if features:
@@ -62,6 +65,7 @@ def random_mask(state_dict, keep, seed):
 
 
 def save_pth(path, tensors_or_obj):
+  import torch  # pylint: disable=g-import-not-at-top
   obj = tensors_or_obj
   if isinstance(obj, dict):
     obj = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
@@ -193,44 +197,85 @@ def assert_records_close(ours, theirs, atol):
         assert ours[key][name] == value, (key, name)
 
 
-@pytest.fixture
-def main_in_process(monkeypatch, capfd):
-  """`python -m reprog_jax.main --workdir=W FLAGS` run in this process as
-  `app.run` runs it (its flags parser, then `main`), from the checkout's
-  root: `run(W, *FLAGS)` gives a `CompletedProcess` of its exit status and
-  what it wrote to stdout and stderr (the file descriptors' too).
+@pytest.fixture(autouse=True)
+def _runs_trace_afresh_where_a_test_patches(request):
+  """A test that patches (`monkeypatch.setattr`) may patch what a run's
+  jitted steps trace: every run after a patch traces afresh, reusing no
+  steps that runs before it kept in this process (`loop.forget_kept`), and
+  the test leaves none of its own to later tests."""
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def forget():
+    loop = sys.modules.get("reprog_jax.train.loop")
+    if loop:
+      loop.forget_kept()
+
+  if "monkeypatch" not in request.fixturenames:
+    yield
+    return
+  monkeypatch = request.getfixturevalue("monkeypatch")
+  setattr_ = monkeypatch.setattr
+
+  def setattr_and_forget(*args, **kwargs):
+    setattr_(*args, **kwargs)
+    forget()
+
+  monkeypatch.setattr = setattr_and_forget
+  yield
+  forget()
+
+
+def run_main_here(workdir, *flags):
+  """`python -m reprog_jax.main --workdir=WORKDIR FLAGS` run in this process
+  as `app.run` runs it (its flags parser, then `main`), from the checkout's
+  root; its exit status. What it prints goes where this process's output
+  goes (`main_in_process` captures it).
 
   Another process's start (seconds of imports) proves nothing more about
   what `main` prints and returns; tests of what only a process shows (a
   real exit, a plug-in imported at its start, several processes) start one.
   """
-  import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import warnings  # pylint: disable=g-import-not-at-top
   from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   from reprog_jax import main  # pylint: disable=g-import-not-at-top
-  monkeypatch.chdir(os.path.dirname(os.path.dirname(
+  # Not through `monkeypatch`: runs here patch nothing that they trace, so
+  # they may reuse what earlier runs kept (see the fixture above).
+  cwd, argv_before = os.getcwd(), sys.argv
+  os.chdir(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))  # Config files are named from there.
+  argv = ["main", f"--workdir={workdir}", *flags]
+  sys.argv = argv  # Where --config finds overrides.
+  verbosity = logging.get_verbosity()
+  try:
+    with warnings.catch_warnings():  # ml_collections loading --config.
+      warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+      return main.main(main.parse_flags(argv))
+  except SystemExit as e:  # The parser's one line for a bad flag.
+    return e.code
+  finally:  # Other tests parse no flags, and keep absl's warnings.
+    absl_flags.FLAGS.unparse_flags()
+    # Each parse of --config defines a flag per override it finds.
+    for name in [n for n in absl_flags.FLAGS if n.startswith("config.")]:
+      delattr(absl_flags.FLAGS, name)
+    logging.set_verbosity(verbosity)
+    os.chdir(cwd)
+    sys.argv = argv_before
+
+
+@pytest.fixture
+def main_in_process(capfd):
+  """`run(W, *FLAGS)`: `run_main_here(W, *FLAGS)`, as a `CompletedProcess`
+  of its exit status and what it wrote to stdout and stderr (the file
+  descriptors' too)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
 
   def run(workdir, *flags):
-    argv = ["main", f"--workdir={workdir}", *flags]
-    monkeypatch.setattr(sys, "argv", argv)  # Where --config finds overrides.
-    verbosity = logging.get_verbosity()
     capfd.readouterr()
-    try:
-      with warnings.catch_warnings():  # ml_collections loading --config.
-        warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
-        status = main.main(main.parse_flags(argv))
-    except SystemExit as e:  # The parser's one line for a bad flag.
-      status = e.code
-    finally:  # Other tests parse no flags, and keep absl's warnings.
-      absl_flags.FLAGS.unparse_flags()
-      # Each parse of --config defines a flag per override it finds.
-      for name in [n for n in absl_flags.FLAGS if n.startswith("config.")]:
-        delattr(absl_flags.FLAGS, name)
-      logging.set_verbosity(verbosity)
+    status = run_main_here(workdir, *flags)
     out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(argv, status, out, err)
+    return subprocess.CompletedProcess(
+        ["main", f"--workdir={workdir}", *flags], status, out, err)
 
   return run

@@ -1,6 +1,8 @@
 """End to end through `python -m reprog_jax.main`: files, resume, bad input."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_main_here, smoke_config
 from reprog_jax.train import checkpoints
 from reprog_jax import errors
 from reprog_jax import methods
@@ -42,10 +45,17 @@ def without_timing(records):
 
 @pytest.fixture(scope="module")
 def vp_run(tmp_path_factory):
+  """The ILM-VP smoke command with 3 epochs, run in this process (the
+  README's own smoke command runs in a process of its own: test_readme)."""
   workdir = tmp_path_factory.mktemp("runs") / "vp"
-  proc = run_main(workdir, "--config.epochs=3")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, proc
+  flags = ("--config=configs/ilm_vp.py:smoke", "--config.progress=False",
+           "--config.epochs=3")
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    status = run_main_here(workdir, *flags)
+  assert status == 0, err.getvalue()[-3000:]
+  return workdir, subprocess.CompletedProcess(flags, status, out.getvalue(),
+                                              err.getvalue())
 
 
 def test_vp_smoke_run_writes_every_file(vp_run):
@@ -147,6 +157,33 @@ def test_linear_probe_smoke_run_in_process(tmp_path):
   assert len(records) == 1 and METRIC_KEYS <= set(records[0])
   assert not (tmp_path / "plots" / "label_mapping.png").exists()
   assert (tmp_path / "plots" / "reliability.png").exists()
+
+
+def test_a_config_run_again_in_one_process_traces_nothing_again(tmp_path):
+  # The same config on the same network object: the kept method and jitted
+  # steps, the same records; another config: its own, traced.
+  traced = []
+
+  def count(event, *args, **kwargs):
+    if event == "/jax/core/compile/jaxpr_trace_duration":
+      traced.append(event)
+
+  def run(name, **overrides):
+    traced.clear()
+    train.train_and_evaluate(smoke_config("ilm_vp", epochs=1, **overrides),
+                             str(tmp_path / name))
+    return len(traced), without_timing(
+        metric_writer.read_metrics(tmp_path / name))
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    _, first = run("first")
+    assert run("again") == (0, first)
+    lr_traced, other = run("other", lr=smoke_config("ilm_vp").lr * 10)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert lr_traced > 0
+  assert other[0]["lr"] == pytest.approx(first[0]["lr"] * 10)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import sys
+import warnings
 
 from reprog_jax import fileio
 
@@ -90,13 +91,17 @@ def drop_failed_reads() -> None:
   """Collects the asyncio tasks of a failed save or restore now, quietly:
   left to the garbage collector, each would log a multi-line 'Task
   exception was never retrieved' or 'Exception ignored in' traceback after
-  the run's one-line error."""
+  the run's one-line error (and a write it never started, a coroutine
+  never awaited: a RuntimeWarning)."""
   asyncio_log = logging.getLogger("asyncio")
   level, hook = asyncio_log.level, sys.unraisablehook
   asyncio_log.setLevel(logging.CRITICAL)
   sys.unraisablehook = lambda unraisable: None
   try:
-    gc.collect()
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", r"coroutine .* was never awaited",
+                              RuntimeWarning)
+      gc.collect()
   finally:
     asyncio_log.setLevel(level)
     sys.unraisablehook = hook

@@ -13,6 +13,7 @@ last checkpointed epoch and ends with exactly the result of an
 uninterrupted run.
 """
 
+import collections
 import contextlib
 import os
 import time
@@ -147,24 +148,21 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
     # network, then the method.
     run_data = inputs_lib.open_run_data(config, run_config.seeds(config))
     net = load_network(config, run_config.compute_dtype(config))
-    return net, run_data, methods.build(config, net, run_data.num_classes,
-                                        run_config.image_size(config))
+    return net, run_data, _method(config, net, run_data.num_classes)
   net, run_data, method = processes.each_checks(own_inputs)
   dtype = run_config.compute_dtype(config)
   seeds = run_config.seeds(config)
   image_size = run_config.image_size(config)
-  layout = sharding.Layout.create(len(seeds))
   is_lead = processes.is_lead()  # The process that writes files.
 
   # The network replicated on every device; evaluation and label mapping
   # run at `eval_dtype` (float32: the PyTorch version runs them outside
-  # autocast). The optimiser.
+  # autocast).
+  steps_per_epoch = -(-run_data.pools.shape[1] // config.batch_size)
+  layout = _kept(("layout", len(seeds), tuple(jax.devices())),
+                 lambda: sharding.Layout.create(len(seeds)))
   network = layout.put(net, layout.replicated)
   eval_network = network.with_dtype(run_config.eval_dtype(config))
-  steps_per_epoch = -(-run_data.pools.shape[1] // config.batch_size)
-  optimizer, schedule = steps.make_optimizer(
-      config.lr, config.epochs, steps_per_epoch, config.milestone_fractions,
-      config.gamma, config.b1, config.b2, config.eps, config.weight_decay)
 
   # Workdir: every input is checked by now, so this is the first write.
   def claim():
@@ -179,27 +177,82 @@ def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
                            network=network, eval_network=eval_network,
                            layout=layout, workdir=workdir)
   encodes_each_step = method.encode is not None and not inputs.encoded
+  jitted = _kept(("steps", id(method), steps_per_epoch, id(layout),
+                  inputs.encoded, encodes_each_step),
+                 lambda: _steps(config, method, layout, steps_per_epoch,
+                                inputs.encoded, encodes_each_step),
+                 alive=(method, layout))
   return passes.Run(
       config=config, workdir=workdir, seeds=seeds, image_size=image_size,
       layout=layout, net=net, network=network, eval_network=eval_network,
-      run_data=run_data, inputs=inputs, method=method, optimizer=optimizer,
-      schedule=schedule,
+      run_data=run_data, inputs=inputs, method=method, started=started,
+      is_lead=is_lead, **jitted), latest
+
+
+# Kept per process, the last few: what a run builds from its config, its
+# network and its data's shapes (the method, the layout, the optimiser and
+# the jitted steps), so that a run equal in those to one before it (the
+# same config run again or resumed in one process: a notebook, a test)
+# traces nothing again, which costs seconds a run. Keys hold objects by
+# identity, and each entry keeps its key's objects alive (a network among
+# them: hence few entries). `forget_kept` empties it.
+_KEPT: collections.OrderedDict = collections.OrderedDict()
+_KEEP = 6
+
+
+def _kept(key, build, alive=()):
+  """`build()`, or what it returned for `key` before; `alive`: the objects
+  whose `id` is in `key`, kept alive with the entry (so no other takes it)."""
+  if key in _KEPT:
+    _KEPT.move_to_end(key)
+    return _KEPT[key][1]
+  value = build()
+  _KEPT[key] = (alive, value)
+  while len(_KEPT) > _KEEP:
+    _KEPT.popitem(last=False)  # The least recently used.
+  return value
+
+
+def forget_kept() -> None:
+  """Forgets every kept method and step (for code that changes what they
+  trace: a test that patches a function the steps call)."""
+  _KEPT.clear()
+
+
+def _method(config, net, num_classes):
+  """`methods.build` for this run, or the one an earlier run in this
+  process built from an equal config (all of it), the same network object
+  and registered method, and the same class count."""
+  spec = methods.get(config.method)
+  image_size = run_config.image_size(config)
+  return _kept(("method", config.to_json(sort_keys=True), id(spec), id(net),
+                num_classes, image_size),
+               lambda: methods.build(config, net, num_classes, image_size),
+               alive=(spec, net))
+
+
+def _steps(config, method, layout, steps_per_epoch, encoded,
+           encodes_each_step) -> dict:
+  """The optimiser and the jitted steps of a run (`passes.Run`'s fields)."""
+  optimizer, schedule = steps.make_optimizer(
+      config.lr, config.epochs, steps_per_epoch, config.milestone_fractions,
+      config.gamma, config.b1, config.b2, config.eps, config.weight_decay)
+  precision = config.eval_precision
+  return dict(
+      optimizer=optimizer, schedule=schedule,
       # Features recomputed every step go through the same jitted encode
       # program as cached ones (`encode_step`), so that the two train on
       # the same bits under bfloat16 too, not on another fusion's rounding.
       train_step=steps.make_train_step(method, optimizer, layout,
-                                       inputs.encoded or encodes_each_step),
-      encode_step=(steps.make_encode_step(method, layout,
-                                          precision=config.eval_precision)
+                                       encoded or encodes_each_step),
+      encode_step=(steps.make_encode_step(method, layout, precision=precision)
                    if encodes_each_step else None),
-      eval_step=steps.make_eval_step(method, layout, inputs.encoded,
-                                     precision=config.eval_precision),
-      seed_eval_step=steps.make_eval_step(method, layout, inputs.encoded,
-                                          precision=config.eval_precision,
-                                          per_seed=True),
-      count_step=steps.make_count_step(method, layout, inputs.encoded,
-                                       precision=config.eval_precision),
-      started=started, is_lead=is_lead), latest
+      eval_step=steps.make_eval_step(method, layout, encoded,
+                                     precision=precision),
+      seed_eval_step=steps.make_eval_step(method, layout, encoded,
+                                          precision=precision, per_seed=True),
+      count_step=steps.make_count_step(method, layout, encoded,
+                                       precision=precision))
 
 
 def _restore(run: passes.Run, latest, saver):
