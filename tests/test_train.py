@@ -161,17 +161,21 @@ def test_linear_probe_smoke_run_in_process(tmp_path):
 
 def test_a_config_run_again_in_one_process_traces_nothing_again(tmp_path):
   # The same config on the same network object: the kept method and jitted
-  # steps, the same records; another config: its own, traced.
+  # steps, the same records; another config: its own, traced; a config
+  # holding a value JSON cannot (so no key can say all of it): none kept.
   traced = []
 
   def count(event, *args, **kwargs):
     if event == "/jax/core/compile/jaxpr_trace_duration":
       traced.append(event)
 
-  def run(name, **overrides):
+  def run(name, extra=None, **overrides):
+    config = smoke_config("ilm_vp", epochs=1, **overrides)
+    if extra is not None:
+      with config.unlocked():
+        config.extra = extra
     traced.clear()
-    train.train_and_evaluate(smoke_config("ilm_vp", epochs=1, **overrides),
-                             str(tmp_path / name))
+    train.train_and_evaluate(config, str(tmp_path / name))
     return len(traced), without_timing(
         metric_writer.read_metrics(tmp_path / name))
 
@@ -180,10 +184,12 @@ def test_a_config_run_again_in_one_process_traces_nothing_again(tmp_path):
     _, first = run("first")
     assert run("again") == (0, first)
     lr_traced, other = run("other", lr=smoke_config("ilm_vp").lr * 10)
+    opaque = [run(f"opaque{k}", extra=object())[0] for k in range(2)]
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
   assert lr_traced > 0
   assert other[0]["lr"] == pytest.approx(first[0]["lr"] * 10)
+  assert all(opaque)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(

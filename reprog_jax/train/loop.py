@@ -225,10 +225,13 @@ def _method(config, net, num_classes):
   and registered method, and the same class count."""
   spec = methods.get(config.method)
   image_size = run_config.image_size(config)
-  return _kept(("method", config.to_json(sort_keys=True), id(spec), id(net),
-                num_classes, image_size),
-               lambda: methods.build(config, net, num_classes, image_size),
-               alive=(spec, net))
+  build = lambda: methods.build(config, net, num_classes, image_size)
+  try:
+    fields = config.to_json(sort_keys=True)
+  except TypeError:  # A value JSON cannot hold (a plug-in's object): no
+    return build()   # key says all of it, so nothing is kept or reused.
+  return _kept(("method", fields, id(spec), id(net), num_classes,
+                image_size), build, alive=(spec, net))
 
 
 def _steps(config, method, layout, steps_per_epoch, encoded,
