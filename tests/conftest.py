@@ -96,6 +96,23 @@ def network_dir(tmp_path_factory, resnet18_pth):
   return str(out)
 
 
+def save_random_network(directory, num_classes=1000, arch="resnet_mini"):
+  """A dense `arch` with `random_variables`' values (seed 0), saved as a
+  network directory: a run that loads it compiles no random
+  initialisation (flax's costs seconds a process)."""
+  from reprog_jax.model import masks as masks_lib  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import network_dir  # pylint: disable=g-import-not-at-top
+  from reprog_jax.model import resnet  # pylint: disable=g-import-not-at-top
+  variables = random_variables(
+      resnet.get_architecture(arch)(num_classes=num_classes))
+  network_dir.save(directory, arch=arch, params=variables["params"],
+                   batch_stats=variables["batch_stats"],
+                   masks=masks_lib.dense(variables["params"]),
+                   meta={"num_classes": num_classes, "sources": {},
+                         "ticket": None, "dense": True})
+  return directory
+
+
 def listing(directory):
   """Everything under `directory`, to check that nothing was written."""
   return sorted(os.path.relpath(os.path.join(root, name), directory)

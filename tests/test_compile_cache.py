@@ -5,11 +5,8 @@ import os
 import subprocess
 import sys
 
-from conftest import random_variables
+from conftest import save_random_network
 from reprog_jax import compile_cache
-from reprog_jax.model import masks as masks_lib
-from reprog_jax.model import network_dir
-from reprog_jax.model import resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,24 +50,11 @@ def _run(workdir, cache, network):
   return int(line.split()[1])
 
 
-def _saved_network(directory):
-  """The smoke preset's `resnet_mini`, saved with values drawn in numpy:
-  flax's compiled initialisation of a random network would be a third of
-  the first run's compilations' time."""
-  model = resnet.get_architecture("resnet_mini")()
-  variables = random_variables(model)
-  network_dir.save(directory, arch="resnet_mini",
-                   params=variables["params"],
-                   batch_stats=variables["batch_stats"],
-                   masks=masks_lib.dense(variables["params"]),
-                   meta={"num_classes": 1000, "sources": {}, "ticket": None,
-                         "dense": True})
-  return directory
-
-
 def test_a_second_run_of_the_same_shapes_compiles_nothing(tmp_path):
   cache = tmp_path / "cache"
-  network = _saved_network(tmp_path / "network")
+  # Loaded, not drawn: flax's compiled random initialisation would be a
+  # third of the first run's compilations' time.
+  network = save_random_network(tmp_path / "network")
   assert _run(tmp_path / "first", cache, network) > 0
   assert any(cache.iterdir())
   assert _run(tmp_path / "second", cache, network) == 0

@@ -11,11 +11,9 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from conftest import random_variables
+from conftest import save_random_network
 from convert import cli
-from reprog_jax.model import masks as masks_lib
 from reprog_jax.model import network_dir
-from reprog_jax.model import resnet
 from reprog_jax.tools import evaluate_source
 
 CLASSES = ("n01", "n02", "n03")
@@ -25,16 +23,8 @@ CLASSES = ("n01", "n02", "n03")
 def mini_network(tmp_path_factory):
   """A random resnet_mini with 3 classes, saved as a network directory
   (its values drawn in numpy: flax's `init`, op by op, compiles for ~10 s)."""
-  directory = tmp_path_factory.mktemp("nets") / "mini"
-  model = resnet.get_architecture("resnet_mini")(num_classes=len(CLASSES))
-  variables = random_variables(model)
-  params = variables["params"]
-  network_dir.save(directory, arch="resnet_mini", params=params,
-                batch_stats=variables["batch_stats"],
-                masks=masks_lib.dense(params), meta={
-                    "num_classes": len(CLASSES), "sources": {},
-                    "ticket": None, "dense": True})
-  return directory
+  return save_random_network(tmp_path_factory.mktemp("nets") / "mini",
+                             num_classes=len(CLASSES))
 
 
 @pytest.fixture(scope="module")

@@ -195,8 +195,7 @@ def write_error(workdir, epoch, error) -> CheckpointWriteError:
   # Orbax's writer gave up midway: the writes it had not started are
   # coroutines never awaited, which Python reports when it collects them
   # (at exit, after this line, on some runs): not for the user.
-  warnings.filterwarnings("ignore", r"coroutine .* was never awaited",
-                          RuntimeWarning)
+  warnings.filterwarnings("ignore", full_disk.UNAWAITED_WRITE, RuntimeWarning)
   where = fileio.written_file(error)
   return CheckpointWriteError(
       f"{_step_dir(workdir, epoch)}: writing the checkpoint of epoch "

@@ -87,6 +87,11 @@ def drain(manager, attempts=8) -> None:
         raise
 
 
+# Python's warning for a write Orbax gave up before starting (a coroutine
+# collected unawaited): not for the user, who gets the run's one line.
+UNAWAITED_WRITE = r"coroutine .* was never awaited"
+
+
 def drop_failed_reads() -> None:
   """Collects the asyncio tasks of a failed save or restore now, quietly:
   left to the garbage collector, each would log a multi-line 'Task
@@ -99,8 +104,7 @@ def drop_failed_reads() -> None:
   sys.unraisablehook = lambda unraisable: None
   try:
     with warnings.catch_warnings():
-      warnings.filterwarnings("ignore", r"coroutine .* was never awaited",
-                              RuntimeWarning)
+      warnings.filterwarnings("ignore", UNAWAITED_WRITE, RuntimeWarning)
       gc.collect()
   finally:
     asyncio_log.setLevel(level)
