@@ -142,11 +142,45 @@ def smoke_config(name="ilm_vp", **overrides):
   return config
 
 
-def random_variables(model, seed: int = 0) -> dict:
+def lp_config(**overrides):
+  """The short linear-probing run the resume tests share: the smoke preset,
+  2 epochs at 32 px, with `overrides` (as `smoke_config`'s)."""
+  return smoke_config("linear_probe", **{"epochs": 2, "image_size": 32,
+                                         **overrides})
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+  """`lp_config()` stopped after epoch 0 (read-only: `copy_stopped_run`
+  gives each test its own copy)."""
+  from reprog_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  from reprog_jax.train import loop  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("stopped") / "w"
+  loop.train_and_evaluate(lp_config(), str(workdir), stop_after_epoch=0)
+  assert checkpoints.latest_epoch(workdir) == 0
+  return workdir
+
+
+def copy_stopped_run(workdir, stopped_run):
+  """`workdir` as `lp_config()` stopped after epoch 0 leaves it: a copy of
+  `stopped_run` (a workdir records no path of its own)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from reprog_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  shutil.copytree(stopped_run, workdir, dirs_exist_ok=True)
+  assert checkpoints.latest_epoch(workdir) == 0
+
+
+def random_variables(model, seed: int = 0, random_affine: bool = False,
+                     head_scale: float = 1.0) -> dict:
   """`model.init`'s variables (`params`, `batch_stats`), drawn in numpy as
   torchvision initialises its ResNets: convolutions kaiming-normal (fan
-  out, ReLU gain), the head normal with variance 1 / fan in, zero biases
-  and means, unit BatchNorm scales and variances.
+  out, ReLU gain), the head normal with variance `head_scale**2 / fan in`,
+  zero biases and means, unit BatchNorm scales and variances.
+
+  `random_affine`: random BatchNorm statistics, scales and biases instead
+  (variances U(0.5, 2), means N(0, 0.2^2), scales U(0.7, 1.2), biases
+  N(0, 0.1^2)), so that a comparison exercises every term of the affine
+  maps rather than identities.
 
   Not flax's `model.init`: compiled, its random number generation costs
   several seconds a network on a CPU (op by op, more), and a test's random
@@ -164,16 +198,20 @@ def random_variables(model, seed: int = 0) -> dict:
     if name == "kernel":  # HWIO convolutions, (in, out) dense.
       fan = (np.prod(shape[:-2]) * shape[-1] if len(shape) == 4
              else shape[0])
-      gain = 2.0 if len(shape) == 4 else 1.0
+      gain = 2.0 if len(shape) == 4 else head_scale**2
       # Drawn in float64: numpy's float32 sampler returns exact zeros (one
       # in ~10 million), which would make a dense network look pruned.
-      value = (rng.standard_normal(shape) * np.sqrt(gain / fan)).astype(
-          np.float32)
-    elif name in ("scale", "var"):
-      value = np.ones(shape, np.float32)
-    else:  # Biases and means.
-      value = np.zeros(shape, np.float32)
-    values[path] = value
+      value = rng.standard_normal(shape) * np.sqrt(gain / fan)
+    elif not random_affine:
+      value = np.ones(shape) if name in ("scale", "var") else np.zeros(shape)
+    elif name == "var":
+      value = rng.uniform(0.5, 2.0, shape)
+    elif name == "scale":  # Moderate activations at any depth.
+      value = rng.uniform(0.7, 1.2, shape)
+    else:
+      assert name in ("mean", "bias"), path
+      value = (0.2 if name == "mean" else 0.1) * rng.standard_normal(shape)
+    values[path] = value.astype(np.float32)
   return flax.traverse_util.unflatten_dict(values)
 
 

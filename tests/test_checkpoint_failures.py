@@ -9,7 +9,6 @@ import errno
 import inspect
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from conftest import smoke_config
+from conftest import copy_stopped_run, lp_config
 from reprog_jax import fileio
 from reprog_jax import layout
 from reprog_jax.metrics import metric_writer
@@ -30,26 +29,6 @@ from reprog_jax.train import loop as train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESUME = ("free space and run the same command to resume")
-
-
-def _config():
-  return smoke_config("linear_probe", epochs=2, image_size=32)
-
-
-@pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
-  """`_config()` stopped after epoch 0 (read-only: `_stopped_after_epoch_0`
-  gives each test its own copy)."""
-  workdir = tmp_path_factory.mktemp("stopped") / "w"
-  train.train_and_evaluate(_config(), str(workdir), stop_after_epoch=0)
-  return workdir
-
-
-def _stopped_after_epoch_0(workdir, stopped_run):
-  """`workdir` as `_config()` stopped after epoch 0 leaves it: a copy of
-  `stopped_run` (a workdir records no path of its own)."""
-  shutil.copytree(stopped_run, workdir, dirs_exist_ok=True)
-  assert checkpoints.latest_epoch(workdir) == 0
 
 
 def _fill_disk_under(prefix):
@@ -77,7 +56,7 @@ def _no_thread_left_to_print():
 
 
 def _rerun_finishes(workdir, capfd):
-  summary = train.train_and_evaluate(_config(), str(workdir))
+  summary = train.train_and_evaluate(lp_config(), str(workdir))
   assert summary["method"] == "linear_probe"
   assert checkpoints.latest_epoch(workdir) == 1
   assert [r["epoch"] for r in metric_writer.read_metrics(workdir)] == [0, 1]
@@ -86,13 +65,13 @@ def _rerun_finishes(workdir, capfd):
 
 def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch,
                                                        capfd, stopped_run):
-  _stopped_after_epoch_0(tmp_path, stopped_run)
+  copy_stopped_run(tmp_path, stopped_run)
   # The disk fills while Orbax's background writer writes epoch 1's files.
   step_1 = str(tmp_path / "checkpoints" / "1")
   for name, write in _fill_disk_under(step_1).items():
     monkeypatch.setattr(epath.gpath.PosixGPath, name, write)
   with pytest.raises(checkpoints.CheckpointWriteError) as error:
-    train.train_and_evaluate(_config(), str(tmp_path))
+    train.train_and_evaluate(lp_config(), str(tmp_path))
   message = str(error.value)
   assert "\n" not in message
   assert message.startswith(
@@ -129,10 +108,10 @@ class _FillingEventsFile:
 def test_a_full_disk_under_tensorboard_is_one_line(tmp_path, monkeypatch,
                                                    capfd, stopped_run):
   from tensorboardX import record_writer
-  _stopped_after_epoch_0(tmp_path, stopped_run)
+  copy_stopped_run(tmp_path, stopped_run)
   monkeypatch.setattr(record_writer, "open_file", _FillingEventsFile)
   with pytest.raises(checkpoints.DiskFullError) as error:
-    train.train_and_evaluate(_config(), str(tmp_path))
+    train.train_and_evaluate(lp_config(), str(tmp_path))
   events = max((tmp_path / "tensorboard").iterdir(),
                key=lambda p: p.stat().st_mtime)  # This run's file.
   assert str(error.value) == (
@@ -147,7 +126,7 @@ def test_a_full_disk_under_tensorboard_is_one_line(tmp_path, monkeypatch,
 
 def test_a_full_disk_under_the_record_is_one_line(tmp_path, monkeypatch,
                                                   capfd, stopped_run):
-  _stopped_after_epoch_0(tmp_path, stopped_run)
+  copy_stopped_run(tmp_path, stopped_run)
   real = fileio.write_json
 
   def write_json(path, *args, **kwargs):
@@ -157,7 +136,7 @@ def test_a_full_disk_under_the_record_is_one_line(tmp_path, monkeypatch,
 
   monkeypatch.setattr(fileio, "write_json", write_json)
   with pytest.raises(checkpoints.DiskFullError) as error:
-    train.train_and_evaluate(_config(), str(tmp_path))
+    train.train_and_evaluate(lp_config(), str(tmp_path))
   record = tmp_path / "checkpoints" / "1" / layout.CHECKPOINT_MANIFEST
   # Epoch 1 is committed, only its record is missing: restored unchecked,
   # as a checkpoint killed before its record is.
@@ -190,7 +169,7 @@ app.run(main.main, flags_parser=main.parse_flags)
 
 def test_a_full_disk_on_the_command_line_is_exactly_one_line(
     tmp_path, capfd, stopped_run):
-  _stopped_after_epoch_0(tmp_path, stopped_run)
+  copy_stopped_run(tmp_path, stopped_run)
   step_1 = tmp_path / "checkpoints" / "1"
   script = _MAIN_ON_A_FULL_DISK.format(
       fill_disk_under=inspect.getsource(_fill_disk_under), step=str(step_1),

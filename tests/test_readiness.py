@@ -16,7 +16,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import smoke_config
+from conftest import copy_stopped_run, lp_config, smoke_config
 from reprog_jax import layout
 from reprog_jax.train import checkpoints
 from reprog_jax import errors
@@ -29,14 +29,9 @@ from reprog_jax.train import workdir as workdir_lib
 from reprog_jax.data import prepare
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The same run as `_lp_config()`, on the command line.
+# The same run as `lp_config()`, on the command line.
 LP_FLAGS = ("--config=configs/linear_probe.py:smoke", "--config.progress=False",
             "--config.epochs=2", "--config.image_size=32")
-
-
-def _lp_config(**overrides):
-  return smoke_config("linear_probe", **{"epochs": 2, "image_size": 32,
-                                         **overrides})
 
 
 def _main(workdir, *flags):
@@ -59,20 +54,10 @@ def _assert_one_line_error(proc, *fragments):
 
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
-  """`_lp_config()` stopped after epoch 0 (read-only: `_stopped_after_epoch_0`
-  gives each test its own copy)."""
-  workdir = tmp_path_factory.mktemp("stopped") / "w"
-  train.train_and_evaluate(_lp_config(), str(workdir), stop_after_epoch=0)
-  assert checkpoints.latest_epoch(workdir) == 0
-  return workdir
-
-
-@pytest.fixture(scope="module")
 def whole_run(tmp_path_factory):
-  """`_lp_config()` run to its end: (summary, workdir; read-only)."""
+  """`lp_config()` run to its end: (summary, workdir; read-only)."""
   workdir = tmp_path_factory.mktemp("whole") / "w"
-  return train.train_and_evaluate(_lp_config(), str(workdir)), workdir
+  return train.train_and_evaluate(lp_config(), str(workdir)), workdir
 
 
 # --------------------------------------------------------------------------
@@ -138,7 +123,7 @@ def test_overflowing_metrics_are_divergence_not_infinity(tmp_path):
   with pytest.raises(train.TrainingError,
                      match=r"epoch 0\b.*\(seed 4\b.*; no checkpoint was "
                      r"written; lower --config.lr$"):
-    train.train_and_evaluate(_lp_config(lr=OVERFLOWING_LR), str(tmp_path))
+    train.train_and_evaluate(lp_config(lr=OVERFLOWING_LR), str(tmp_path))
   assert metric_writer.read_metrics(tmp_path) == []
   assert checkpoints.latest_epoch(tmp_path) is None
   assert not (tmp_path / "summary.json").exists()
@@ -146,7 +131,7 @@ def test_overflowing_metrics_are_divergence_not_infinity(tmp_path):
 
 def test_a_non_finite_test_metric_keeps_the_last_good_epoch(
     tmp_path, monkeypatch, stopped_run):
-  _stopped_after_epoch_0(tmp_path, stopped_run)
+  copy_stopped_run(tmp_path, stopped_run)
   real = passes.evaluate_test
 
   def overflowing(*args, **kwargs):
@@ -159,7 +144,7 @@ def test_a_non_finite_test_metric_keeps_the_last_good_epoch(
                      match=r"^the run diverged: test_nll is inf at epoch 1 "
                      r"\(seed 4\); the last good checkpoint \(epoch 0\) is "
                      r"kept; lower --config.lr$"):
-    train.train_and_evaluate(_lp_config(), str(tmp_path))
+    train.train_and_evaluate(lp_config(), str(tmp_path))
   assert checkpoints.latest_epoch(tmp_path) == 0
   assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0]
   assert not (tmp_path / "summary.json").exists()
@@ -179,7 +164,7 @@ def test_non_finite_optimiser_settings_are_refused(field, value):
   with pytest.raises(errors.ConfigError,
                      match=rf"config: {field} must be a finite number, got "
                      rf"{value}"):
-    run_config.check(_lp_config(**{field: value}))
+    run_config.check(lp_config(**{field: value}))
 
 
 # --------------------------------------------------------------------------
@@ -213,21 +198,14 @@ def test_unwritable_workdir_is_refused_before_the_network_loads(
       "the network loaded before the workdir was checked"))
   with pytest.raises(train.TrainingError,
                      match=f"{parent} is not writable by this user"):
-    train.train_and_evaluate(_lp_config(), str(parent / "run"))
+    train.train_and_evaluate(lp_config(), str(parent / "run"))
   assert os.listdir(parent) == []
-
-
-def _stopped_after_epoch_0(workdir, stopped_run):
-  """`workdir` as `_lp_config()` stopped after epoch 0 leaves it: a copy
-  of `stopped_run` (a workdir records no path of its own)."""
-  shutil.copytree(stopped_run, workdir, dirs_exist_ok=True)
-  assert checkpoints.latest_epoch(workdir) == 0
 
 
 def test_corrupted_checkpoint_is_one_line_saying_how_to_recover(tmp_path,
                                                                 stopped_run):
   workdir = tmp_path / "w"
-  _stopped_after_epoch_0(workdir, stopped_run)
+  copy_stopped_run(workdir, stopped_run)
   data_files = sorted((workdir / "checkpoints" / "0").rglob("d/*"),
                       key=lambda p: p.stat().st_size)
   with open(data_files[-1], "r+b") as f:  # The largest: the trained values.
@@ -242,7 +220,7 @@ def test_corrupted_checkpoint_is_one_line_saying_how_to_recover(tmp_path,
 def test_altered_checkpoint_bytes_are_refused_before_orbax_reads(tmp_path,
                                                                 stopped_run):
   workdir = tmp_path / "w"
-  _stopped_after_epoch_0(workdir, stopped_run)
+  copy_stopped_run(workdir, stopped_run)
   victim = max((workdir / "checkpoints" / "0").rglob("d/*"),
                key=lambda p: p.stat().st_size)
   with open(victim, "r+b") as f:  # Same size, other bytes.
@@ -250,7 +228,7 @@ def test_altered_checkpoint_bytes_are_refused_before_orbax_reads(tmp_path,
     f.write(b"\xa5" * 64)
   with pytest.raises(checkpoints.CheckpointError,
                      match=rf"{victim}: content differs"):
-    train.train_and_evaluate(_lp_config(), str(workdir))
+    train.train_and_evaluate(lp_config(), str(workdir))
   with pytest.raises(checkpoints.CheckpointError):  # The exporter's path.
     checkpoints.read(workdir)
 
@@ -260,9 +238,9 @@ def test_checkpoint_killed_before_its_file_record_resumes_exactly(
   # kill -9 after Orbax committed epoch 0 but before its record was written.
   whole, _ = whole_run
   workdir = tmp_path / "w"
-  _stopped_after_epoch_0(workdir, stopped_run)
+  copy_stopped_run(workdir, stopped_run)
   (workdir / "checkpoints" / "0" / layout.CHECKPOINT_MANIFEST).unlink()
-  resumed = train.train_and_evaluate(_lp_config(), str(workdir))
+  resumed = train.train_and_evaluate(lp_config(), str(workdir))
   assert resumed["per_seed"][0]["last"] == whole["per_seed"][0]["last"]
   assert (workdir / "checkpoints" / "1" / layout.CHECKPOINT_MANIFEST).exists()
 
@@ -274,7 +252,7 @@ def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path,
   whole, finished = whole_run
   shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
   (tmp_path / "summary.json").unlink()
-  again = train.train_and_evaluate(_lp_config(), str(tmp_path))
+  again = train.train_and_evaluate(lp_config(), str(tmp_path))
   assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0, 1]
   for key in ("per_seed", "seeds_mean_std", "config"):
     assert again[key] == whole[key]
@@ -282,14 +260,14 @@ def test_killed_after_the_last_checkpoint_before_the_summary(tmp_path,
 
 def test_workdir_with_checkpoints_but_no_config_is_refused(tmp_path,
                                                           stopped_run):
-  _stopped_after_epoch_0(tmp_path, stopped_run)
+  copy_stopped_run(tmp_path, stopped_run)
   (tmp_path / layout.CONFIG_FILE).unlink()
   with pytest.raises(train.TrainingError,
                      match=r"holds a run with checkpoints but no config.json; "
                      r".*--config.overwrite=True"):
-    train.train_and_evaluate(_lp_config(), str(tmp_path))
+    train.train_and_evaluate(lp_config(), str(tmp_path))
   assert checkpoints.latest_epoch(tmp_path) == 0  # Nothing lost.
-  summary = train.train_and_evaluate(_lp_config(overwrite=True),
+  summary = train.train_and_evaluate(lp_config(overwrite=True),
                                      str(tmp_path))
   assert [r["epoch"] for r in metric_writer.read_metrics(tmp_path)] == [0, 1]
   assert summary["config"]["overwrite"] is True
@@ -328,7 +306,7 @@ def test_metric_files_are_closed_when_training_fails(tmp_path, monkeypatch):
   monkeypatch.setattr(metric_writer.MetricWriter, "__init__", recording_init)
   monkeypatch.setattr(passes, "train_epoch", broken)
   with pytest.raises(RuntimeError, match="a bug"):
-    train.train_and_evaluate(_lp_config(), str(tmp_path))
+    train.train_and_evaluate(lp_config(), str(tmp_path))
   assert len(opened) == 1 and opened[0]._file.closed
 
 
@@ -401,7 +379,7 @@ def finished_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   previous = os.umask(0o022)
   try:
-    summary = train.train_and_evaluate(_lp_config(epochs=1, n_shot=3),
+    summary = train.train_and_evaluate(lp_config(epochs=1, n_shot=3),
                                        str(workdir))
   finally:
     os.umask(previous)
@@ -443,13 +421,13 @@ def test_n_shot_is_written_once(finished_run):
   assert summary["train_examples"] == 3 * 10  # --config.n_shot=3 worked.
   assert summary["config"]["n_shot"] == 3
   assert "n_shot" not in summary["config"]["data"]
-  assert "n_shot" not in _lp_config().data  # One field, at the top.
+  assert "n_shot" not in lp_config().data  # One field, at the top.
   recorded = json.loads((workdir / layout.CONFIG_FILE).read_text())
   assert recorded["n_shot"] == 3 and "data.n_shot" not in recorded
 
 
 def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
-  config = _lp_config()
+  config = lp_config()
   workdir_lib.prepare(config, str(tmp_path), np.float32)
   # A checkpoint of this version's format (it keeps a validation epoch).
   checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32),
@@ -471,7 +449,7 @@ def test_a_run_recorded_with_n_shot_twice_still_resumes(tmp_path):
 
 def test_a_run_recorded_before_test_every_resumes_as_testing_every_epoch(
     tmp_path):
-  config = _lp_config()
+  config = lp_config()
   workdir_lib.prepare(config, str(tmp_path), np.float32)
   checkpoints.save(str(tmp_path), {"epoch": np.asarray(0, np.int32),
                                    "best": {"val_acc": np.zeros(1)}})

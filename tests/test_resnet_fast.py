@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_variables
 from reprog_jax.model import resnet
 
 TOLERANCE = 1e-4  # max |difference| in float32, as test_networks.py
@@ -46,44 +47,13 @@ def _normal(seed, shape, scale=1.0):
       np.float32)
 
 
-def _random_variables(network, seed):
-  """Convolutions as torchvision initialises them (kaiming-normal, fan out),
-  random BatchNorm statistics and affine parameters, and a head of 4x the
-  usual scale (std 4 / sqrt(fan in)): logits of a few units, which differ
-  between images by more than the checks below ask.
-
-  Drawn in numpy, on the tree `init` would make: flax's initialisation
-  compiles its random number generation, for ~10-20 s a network on a CPU.
-  """
-  shapes = jax.eval_shape(network(conv_impl="xla").init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  rng = np.random.default_rng(seed)
-
-  def randomise(path, leaf):
-    name, shape = jax.tree_util.keystr(path), leaf.shape
-    if name.endswith("['kernel']"):  # HWIO convolutions, (in, out) dense.
-      if len(shape) == 4:
-        value = rng.normal(0, np.sqrt(2 / (np.prod(shape[:2]) * shape[3])),
-                           shape)
-      else:
-        value = rng.normal(0, 4 / np.sqrt(shape[0]), shape)
-    elif name.endswith("['var']"):
-      value = rng.uniform(0.5, 2.0, shape)
-    elif name.endswith("['mean']"):
-      value = 0.2 * rng.standard_normal(shape)
-    elif name.endswith("['scale']"):  # moderate activations at any depth
-      value = rng.uniform(0.7, 1.2, shape)
-    else:
-      assert name.endswith("['bias']"), name
-      value = 0.1 * rng.standard_normal(shape)
-    return value.astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(randomise, shapes)
-
-
 @functools.lru_cache(maxsize=None)
 def _variables(name):
-  return _random_variables(NETWORKS[name], seed=0)
+  """Random BatchNorm statistics and affine parameters, and a head of 4x
+  the usual scale: logits of a few units, which differ between images by
+  more than the checks below ask."""
+  return random_variables(NETWORKS[name](conv_impl="xla"), random_affine=True,
+                          head_scale=4.0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
