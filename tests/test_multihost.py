@@ -20,6 +20,7 @@ import pytest
 
 from conftest import assert_records_close, per_seed_records
 from reprog_jax import data
+from reprog_jax import layout
 from reprog_jax.data import sources
 from reprog_jax.metrics import metric_writer
 from reprog_jax.train import processes
@@ -272,26 +273,27 @@ runpy.run_module("reprog_jax.main", run_name="__main__", alter_sys=True)
 """
 
 
-def _main_on_two(tmp_path, flags_of):
+def _main_on_two(tmp_path, flags_of, prelude="", within=FAIL_WITHIN):
   """`main --distributed` as processes 0 and 1 of 2, process i with the
-  smoke config, a workdir of its own and `flags_of(i)`; their results."""
+  smoke config, the workdir `tmp_path / 'run'` and `flags_of(i)`, each
+  after `prelude` (Python); their results, given `within` seconds."""
   port = portpicker.pick_unused_port()
   return _finish([_start(
-      [sys.executable, "-c", _EVERY_PROCESS_WRITES_THE_CACHE + _MAIN,
+      [sys.executable, "-c", _EVERY_PROCESS_WRITES_THE_CACHE + prelude + _MAIN,
        "--distributed",
        f"--coordinator_address=localhost:{port}", "--num_processes=2",
        f"--process_id={i}", f"--workdir={tmp_path / 'run'}",
        "--config=configs/linear_probe.py:smoke", *flags_of(i)], 2)
-                  for i in range(2)], timeout=FAIL_WITHIN)
+                  for i in range(2)], timeout=within)
 
 
-def _assert_one_line_on_both(results, start, names):
-  """Both exited 1 in time, each printing one identical stderr line that
-  begins with `start` and names `names`."""
+def _assert_one_line_on_both(results, start, names, within=FAIL_WITHIN):
+  """Both exited 1 in `within` seconds, each printing one identical stderr
+  line that begins with `start` and names `names`."""
   lines = []
   for code, _, err, seconds in results:
     assert code == 1, err[-3000:]
-    assert seconds < FAIL_WITHIN
+    assert seconds < within
     assert err.endswith("\n") and err.count("\n") == 1, err[-3000:]
     lines.append(err.strip())
   assert lines[0] == lines[1]
@@ -342,6 +344,58 @@ def test_a_network_dir_missing_on_the_lead_ends_both_at_once(
       results, "reprog_jax.main: error: process 0 of 2: ",
       f"{missing}: no such network directory")
   assert not (tmp_path / "run").exists()
+
+
+# Process 0 alone writes a checkpoint's record (its files' sizes and
+# hashes, in a thread behind the next epoch), the metrics and the cached
+# features; here the disk is full under one of them, on process 0 alone.
+# What every process checks (the last checkpoint's commit and record) names
+# the process that failed; what the lead alone does, its line as it is.
+_ON_THE_LEAD = """
+import errno, sys
+def full(path):
+  raise OSError(errno.ENOSPC, "No space left on device", path)
+if "--process_id=0" in sys.argv:
+  from reprog_jax import fileio, layout
+  from reprog_jax.metrics import metric_writer
+  from reprog_jax.train import inputs
+"""
+_FULL_DISKS = {
+    "record": ("""
+  write_json = fileio.write_json
+  def write_json_on_a_full_disk(path, *args, **kwargs):
+    if path.endswith(layout.CHECKPOINT_MANIFEST):
+      full(path)
+    return write_json(path, *args, **kwargs)
+  fileio.write_json = write_json_on_a_full_disk
+""", (layout.CHECKPOINTS_DIR, "0", layout.CHECKPOINT_MANIFEST),
+               "the checkpoint of epoch 0 is intact", "process 0 of 2: "),
+    "metrics": ("""
+  metric_writer.MetricWriter.write = lambda self, *a, **k: full(self.path)
+""", (layout.METRICS_FILE,), "no epoch had been checkpointed yet", ""),
+    "features": ("""
+  inputs._save_atomically = lambda path, *a: full(path)
+""", (layout.FEATURES_DIR, "train.npz"), "no epoch had been checkpointed yet",
+                 ""),
+}
+
+
+@pytest.mark.parametrize("where", sorted(_FULL_DISKS))
+def test_a_full_disk_under_a_write_of_the_lead_ends_both_at_once(where,
+                                                                 tmp_path):
+  # The lead fails alone (a checkpoint's record: when it waits for it, in
+  # epoch 1); the other process, whose own writes all went well, must hear
+  # it there, not wait in its next collective for a lead that is gone
+  # (minutes, then JAX's abort). A whole run here takes ~10 s.
+  patch, parts, kept, process = _FULL_DISKS[where]
+  within = 3 * FAIL_WITHIN
+  results = _main_on_two(tmp_path, lambda i: ["--config.progress=False"],
+                         prelude=_ON_THE_LEAD + patch, within=within)
+  _assert_one_line_on_both(
+      results, f"reprog_jax.main: error: {process}"
+      f"{tmp_path.joinpath('run', *parts)}: writing failed: no space left on "
+      f"device; nothing committed was lost ({kept}); free space and run the "
+      f"same command to resume", "", within=within)
 
 
 @pytest.mark.parametrize("messages, line", [

@@ -218,6 +218,19 @@ def disk_full(workdir, error) -> DiskFullError | None:
       f"command to resume")
 
 
+def full_disk_in_one_line(workdir, work):
+  """`work()` (writes of the run in `workdir`), a full disk under it raised
+  as its one line (`disk_full`): the form in which it can reach the other
+  processes of a run (`processes.each_checks`, `processes.lead_only`)."""
+  try:
+    return work()
+  except Exception as e:  # pylint: disable=broad-except
+    full = disk_full(workdir, e)
+    if full is None:
+      raise
+    raise full from None
+
+
 def _kept(workdir) -> str:
   latest = _committed(workdir)
   return ("no epoch had been checkpointed yet" if latest is None else

@@ -53,6 +53,7 @@ import tqdm
 from reprog_jax import data
 from reprog_jax import fileio
 from reprog_jax import layout as file_layout
+from reprog_jax.train import checkpoints
 from reprog_jax.train import processes
 from reprog_jax.train import sharding
 from reprog_jax.train import steps
@@ -238,7 +239,7 @@ def load(run_data: RunData, config, *, seeds, image_size, method, network,
     stores = [
         _cached_features(os.path.join(features_dir, f"{name}.npz"),
                          split, positions, net, encode, encode_layout, config,
-                         image_size, name)
+                         image_size, name, workdir)
         for name, split, positions, net in parts]
   else:
     stores = [_decode(split, positions, image_size, config, name)
@@ -341,7 +342,7 @@ def feature_key(network, split, positions, config, image_size) -> dict:
 
 
 def _cached_features(path, split, positions, network, encode, layout, config,
-                     image_size, name) -> data.RowStore:
+                     image_size, name, workdir) -> data.RowStore:
   key = feature_key(network, split, positions, config, image_size)
   # Every process must agree whether to encode (a collective): the lead
   # looks, and the others follow (reading the same file if it is good).
@@ -351,8 +352,10 @@ def _cached_features(path, split, positions, network, encode, layout, config,
   features = _encode_split(split, positions, network, encode, layout, config,
                            image_size, name)
   store = data.RowStore(features, split.labels[positions], positions)
-  if processes.is_lead():
-    _save_atomically(path, key, store)
+  # The lead writes the file; a failure there (a full disk) reaches every
+  # process before the run's next collective.
+  processes.lead_only(lambda: checkpoints.full_disk_in_one_line(
+      workdir, lambda: _save_atomically(path, key, store)))
   return store
 
 

@@ -98,7 +98,7 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
   # collective); closed last of all on every exit path.
   saver = closing.enter_context(saver_lib.Saver(workdir))
   state, mappings, best, start_epoch = _restore(run, latest, saver)
-  writer = _open_writer(run, start_epoch, closing)
+  writer = _on_lead(run, lambda: _open_writer(run, start_epoch, closing))
   note = evaluation.note(config, run.run_data.validation is not None)
   if note:
     processes.say(note)
@@ -110,19 +110,19 @@ def _run(config, workdir, stop_after_epoch, closing) -> dict:
                                    saver=saver, stopping=stopping)
     if stopping and epoch + 1 < config.epochs:
       saver.wait()  # Committed and recorded before the job says so.
-      if writer:
-        writer.close()
+      _on_lead(run, lambda: writer.close())
       processes.say(f"stopped after epoch {epoch}; run the same command "
                     f"to resume")
       return {}
   saver.wait()  # The last checkpoint is committed before the summary.
-  if not writer:
-    return {}
-  writer.close()
 
   # --- Summary. ------------------------------------------------------------
-  return summary_lib.write(config, workdir, run.net, run.run_data, run.inputs,
-                           mappings, best, run.seeds, run.layout, run.started)
+  def summary():
+    writer.close()
+    return summary_lib.write(config, workdir, run.net, run.run_data,
+                             run.inputs, mappings, best, run.seeds,
+                             run.layout, run.started)
+  return _on_lead(run, summary) or {}  # {} on the other processes.
 
 
 def _setup(config, workdir, closing) -> tuple[passes.Run, int | None]:
@@ -276,11 +276,17 @@ def _restore(run: passes.Run, latest, saver):
           restored["epoch"] + 1)
 
 
+def _on_lead(run: passes.Run, work):
+  """`work()` on the lead process (the run's files: metrics, figures, the
+  summary; None elsewhere); a failure there ends every process at once,
+  a full disk with its one line on all (`processes.lead_only`)."""
+  return processes.lead_only(
+      lambda: checkpoints.full_disk_in_one_line(run.workdir, work))
+
+
 def _open_writer(run: passes.Run, start_epoch, closing):
-  """The metric writer (on the lead process; None elsewhere), with the
-  lines past the last checkpoint (a crash in between) dropped."""
-  if not run.is_lead:
-    return None
+  """The metric writer (the lead's: `_on_lead`), with the lines past the
+  last checkpoint (a crash in between) dropped."""
   mirror = None
   if wandb_log.enabled(run.config):  # W&B gets what TensorBoard gets.
     mirror = wandb_log.start(run.config, run.workdir,
@@ -333,20 +339,22 @@ def _epoch(run: passes.Run, writer, state, mappings, best, epoch, *, saver,
   records = evaluation.records(config, epoch, train_metrics, held_out,
                                test_metrics if tested else None, best, timing)
   _check_finite(epoch, records, seeds)  # Before anything of it is kept.
-  if writer:
+  def write_records():
     for seed, record in zip(seeds, records):
       writer.write(epoch, record, seed=seed,
                    tag_prefix=files.seed_prefix(seeds, seed, "/"))
+  _on_lead(run, write_records)
   # Written while the next epoch runs (and the figures are drawn).
   saver.save(checkpoints.pack(state, epoch=epoch, mappings=mappings,
                               best=best))
   # Plotting is host work between epochs that may take milliseconds on
   # a GPU: every `plot_interval` epochs, the last, and where a job stops;
   # never with `plot_interval` 0.
-  if writer and config.plot_interval and (
+  if config.plot_interval and (
       stopping or (epoch + 1) % config.plot_interval == 0
       or epoch + 1 == config.epochs):
-    _plots(run, writer, epoch, params, bins, test_counts, mappings)
+    _on_lead(run, lambda: _plots(run, writer, epoch, params, bins,
+                                 test_counts, mappings))
   processes.say(evaluation.epoch_line(
       epoch, records, best, shown=None if tested else test_metrics))
   return state, mappings, best

@@ -13,7 +13,10 @@ at exit in JAX's shutdown barrier (5 minutes, then an abort). So:
 - whatever only one process may decide — the workdir's lock, overwrite's
   deletions, which epoch to resume after — is decided by process 0 (the
   lead, the process that writes the run's files) in `lead_decides`, and
-  its answer, or its one-line error, reaches every process.
+  its answer, or its one-line error, reaches every process;
+- what only the lead does once the run has begun (its metrics, figures
+  and summary) runs in `lead_only`, so its failure (a full disk) reaches
+  every process too.
 
 Failing together, they also reach JAX's shutdown barrier together, and
 exit at once. The reports travel through the coordination service's
@@ -139,6 +142,29 @@ def lead_decides(fn: Callable[[], int | None]) -> int | None:
     raise RuntimeError(f"process 0 failed ({report['message']}); its "
                        f"traceback says why")
   return report["result"]
+
+
+def lead_only(fn: Callable[[], T]) -> T | None:
+  """Runs `fn` (the lead's own work: the run's files) on the lead process
+  only, and every process learns whether it failed.
+
+  Returns:
+    What `fn` returned, on the lead; None on the other processes.
+
+  Raises:
+    What `lead_decides` raises: `fn`'s error on the lead, and on the other
+    processes its line (`errors.TrainingError`) or a `RuntimeError` naming
+    the lead's bug.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  returned = {}
+
+  def run() -> None:  # On the lead alone; its result stays here.
+    returned["result"] = fn()
+
+  lead_decides(run)
+  return returned.get("result")
 
 
 def _attempt(fn):

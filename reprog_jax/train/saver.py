@@ -11,6 +11,11 @@ the next run's manager), a committed checkpoint without its record
 committed epoch and ends as an uninterrupted run. The record of epoch e
 lands before the save of epoch e + 1 starts, so before Orbax may delete
 epoch e.
+
+With several processes, every wait for the last save agrees
+(`processes.each_checks`): a save or record that failed on one process
+(process 0 alone writes the records) ends every process at once with its
+line, instead of leaving the others in the next save's collective.
 """
 
 import contextlib
@@ -21,6 +26,7 @@ import orbax.checkpoint as ocp
 from reprog_jax import fileio
 from reprog_jax.train import checkpoints
 from reprog_jax.train import full_disk
+from reprog_jax.train import processes
 
 
 class Saver:
@@ -57,7 +63,7 @@ class Saver:
     what failed there)."""
     started = time.time()
     try:
-      checkpoints.finish()
+      self._finish()
       epoch = int(tree["epoch"])
       try:
         self.manager.save(epoch, args=ocp.args.StandardSave(tree),
@@ -90,9 +96,15 @@ class Saver:
     failed (a full disk: `checkpoints.CheckpointWriteError`, one line)."""
     started = time.time()
     try:
-      checkpoints.finish()
+      self._finish()
     finally:
       self.waited += time.time() - started
+
+  def _finish(self) -> None:
+    """`checkpoints.finish`, agreed by every process: a failure on any
+    (a full disk: one line) is raised on all of them."""
+    processes.each_checks(lambda: checkpoints.full_disk_in_one_line(
+        self.workdir, checkpoints.finish))
 
   def take_waited(self) -> float:
     """The seconds spent in `save` and `wait` since the last call."""
