@@ -124,6 +124,25 @@ def test_a_full_disk_under_tensorboard_is_one_line(tmp_path, monkeypatch,
   _rerun_finishes(tmp_path, capfd)
 
 
+def test_a_full_disk_under_the_figures_names_the_checkpoint_written_meanwhile(
+    tmp_path, monkeypatch, stopped_run):
+  # Epoch 1's figures are drawn while its checkpoint is written: the line
+  # comes once that is committed, and names it.
+  copy_stopped_run(tmp_path, stopped_run)
+  figure = tmp_path / "plots" / "figure.png"
+
+  def plots(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(figure))
+
+  monkeypatch.setattr(train, "_plots", plots)
+  with pytest.raises(checkpoints.DiskFullError) as error:
+    train.train_and_evaluate(lp_config(plot_interval=1), str(tmp_path))
+  assert str(error.value) == (
+      f"{figure}: writing failed: no space left on device; nothing "
+      f"committed was lost (the checkpoint of epoch 1 is intact); {RESUME}")
+  assert checkpoints.latest_epoch(tmp_path) == 1
+
+
 def test_a_full_disk_under_the_record_is_one_line(tmp_path, monkeypatch,
                                                   capfd, stopped_run):
   copy_stopped_run(tmp_path, stopped_run)

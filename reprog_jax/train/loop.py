@@ -280,6 +280,10 @@ def _on_lead(run: passes.Run, work):
   """`work()` on the lead process (the run's files: metrics, figures, the
   summary; None elsewhere); a failure there ends every process at once,
   a full disk with its one line on all (`processes.lead_only`)."""
+  if jax.process_count() == 1:
+    # A full disk is said by `train_and_evaluate`, once the checkpoint
+    # still being written is committed: its line names that one.
+    return work()
   return processes.lead_only(
       lambda: checkpoints.full_disk_in_one_line(run.workdir, work))
 
