@@ -37,7 +37,7 @@ LT_MASK = "{arch}_dyn4_{k}_mask.pth"
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m convert",
       description="Convert PyTorch checkpoints into reprog-jax networks.")
   sub = parser.add_subparsers(dest="command", required=True)

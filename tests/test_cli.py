@@ -81,3 +81,29 @@ def test_argparse_types_and_parser_give_one_line(capsys):
   err = capsys.readouterr().err
   assert err.startswith("tool: error: argument --alpha: '2' is not in (0, 1)")
   assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("module, argv, line", [
+    ("convert.cli", ["torch", "--arch", "resnet18"],
+     "python -m convert torch: error: the following arguments are required: "
+     "--out"),
+    ("convert.cli", [], "python -m convert: error: the following arguments "
+     "are required: command"),
+    ("reprog_jax.tools.bench", ["--steps", "x"],
+     "python -m reprog_jax.bench: error: argument --steps: invalid int "
+     "value: 'x'"),
+    ("reprog_jax.tools.demo", [], "python -m reprog_jax.demo: error: the "
+     "following arguments are required: --workdir"),
+    ("reprog_jax.data.prepare", [], "python -m reprog_jax.data.prepare: "
+     "error: the following arguments are required: name"),
+    ("reprog_jax.data.benchmark", ["--batches", "x"],
+     "python -m reprog_jax.data.benchmark: error: argument --batches: "
+     "invalid int value: 'x'"),
+])
+def test_every_commands_bad_flag_is_one_line_with_status_1(module, argv,
+                                                           line, capsys):
+  import importlib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exited:
+    importlib.import_module(module).main(argv)
+  assert exited.value.code == 1
+  assert capsys.readouterr().err == f"{line} (see --help)\n"

@@ -262,9 +262,10 @@ def test_verify_size_must_be_positive(size, tmp_path, capsys):
   with pytest.raises(SystemExit) as exited:
     cli.main(["torch", "--arch", "resnet18", "--random-init", "--out",
               str(tmp_path / "net"), "--verify-size", size])
-  assert exited.value.code == 2
+  assert exited.value.code == 1
   err = capsys.readouterr().err
-  assert f"argument --verify-size: {size} is not a positive integer" in err
+  assert err == (f"python -m convert torch: error: argument --verify-size: "
+                 f"{size} is not a positive integer (see --help)\n")
   assert listing(tmp_path) == []
 
 

@@ -203,9 +203,9 @@ def test_mask_from_zeros_takes_no_other_mask_source(tmp_path, capsys, source):
   with pytest.raises(SystemExit) as e:
     cli.main(["torch", "--arch", "resnet18", *source, "--mask-from-zeros",
               "--out", str(tmp_path / "net")])
-  assert e.value.code == 2
-  err = capsys.readouterr().err
-  assert err.splitlines()[-1].endswith(
-      "--mask-from-zeros takes the mask from --weights' zeros: not with "
-      "--mask, --lt-dir or --random-init")
+  assert e.value.code == 1
+  assert capsys.readouterr().err == (
+      "python -m convert: error: --mask-from-zeros takes the mask from "
+      "--weights' zeros: not with --mask, --lt-dir or --random-init (see "
+      "--help)\n")
   assert listing(tmp_path) == []

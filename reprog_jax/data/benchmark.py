@@ -15,7 +15,6 @@ batches gathered from the decoded `RowStore`. Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -127,7 +126,7 @@ def _check(args) -> tuple[list[tuple[int, str]], list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m reprog_jax.data.benchmark', description=__doc__.split('\n')[0])
   parser.add_argument('--cases', default='32:png32,128:jpeg500,224:jpeg500,'
                       '224:png32', help='comma-separated SIZE:SOURCE.')

@@ -24,7 +24,6 @@ exit with status 1.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -207,7 +206,7 @@ def _prepare_tfds(name: str, data_dir: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m reprog_jax.data.prepare', description=__doc__.split('\n')[0])
   parser.add_argument('name', help=', '.join(registry.dataset_names()))
   parser.add_argument('--data_dir', default=None,

@@ -44,7 +44,6 @@ Every mode also reports the images/s the input side feeds: batches gathered
 from the decoded uint8 store and put on the device, as training does.
 """
 
-import argparse
 import os
 import platform
 import time
@@ -71,7 +70,7 @@ class BenchError(errors.UserError, ValueError):
 
 
 def parse(argv):
-  parser = argparse.ArgumentParser(prog="python -m reprog_jax.bench",
+  parser = cli.ArgumentParser(prog="python -m reprog_jax.bench",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--method", choices=methods.names(),
                       default=_default_method(),

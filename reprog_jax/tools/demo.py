@@ -24,7 +24,6 @@ write their outputs atomically and leave a marker; re-running with the same
 `--quick` shrinks everything for CI (about a minute on 2 cores).
 """
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -399,7 +398,7 @@ def _configure_jax(workdir):
 
 def main(argv=None) -> int:
   """`python -m reprog_jax.demo --workdir DIR [--quick]`."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m reprog_jax.demo",
       description="An offline miniature of the paper's whole protocol. "
       + DISCLAIMER)
