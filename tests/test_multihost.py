@@ -108,6 +108,38 @@ def raise_(error):
   raise error
 
 
+# `outcome` of a linear-probing run whose disk is full, on process 0 alone,
+# under `where`: a checkpoint's record, the metrics or the cached features
+# (each the lead's write alone), and how long it took.
+def on_a_full_disk(where):
+  import errno, time
+  from reprog_jax import fileio, layout
+  from reprog_jax.train import inputs
+
+  def full(path):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+  write_json = fileio.write_json
+  owner, name, patched = {
+      "record": (fileio, "write_json", lambda path, *a, **k: (
+          full(path) if path.endswith(layout.CHECKPOINT_MANIFEST)
+          else write_json(path, *a, **k))),
+      "metrics": (metric_writer.MetricWriter, "write",
+                  lambda self, *a, **k: full(self.path)),
+      "features": (inputs, "_save_atomically", lambda path, *a: full(path)),
+  }[where]
+  real = getattr(owner, name)
+  if process_id == 0:
+    setattr(owner, name, patched)
+  started = time.monotonic()
+  try:
+    return outcome(lambda: loop.train_and_evaluate(
+        config_of("linear_probe"), os.path.join(root, "full_" + where))) + [
+            time.monotonic() - started]
+  finally:
+    setattr(owner, name, real)
+
+
 if port:
   outcomes = {
       "bad_workdir": outcome(lambda: loop.train_and_evaluate(
@@ -120,6 +152,8 @@ if port:
           lambda: raise_(errors.ConfigError("no, says the lead")))),
       "lead_answers": outcome(lambda: processes.lead_decides(
           lambda: 40 + process_id)),
+      **{"full_" + where: on_a_full_disk(where)
+         for where in ("record", "metrics", "features")},
   }
   with open(os.path.join(root, f"outcomes{process_id}.json"), "w") as f:
     json.dump(outcomes, f)
@@ -239,7 +273,9 @@ def test_two_processes_stop_resume_and_end_like_one(runs, method):
 def test_only_the_lead_process_prints(runs):
   (_, lead, _, _), (_, other, _, _) = runs[1]
   lead = _without_gloo(lead)
-  assert sum(line.startswith("epoch 0:") for line in lead) == len(METHODS)
+  # Each method's epoch 0, and the run whose record of epoch 0 fails.
+  assert sum(line.startswith("epoch 0:") for line in lead) == (
+      len(METHODS) + 1)
   assert sum(line.startswith("resuming") for line in lead) == len(METHODS)
   assert _not_gloo(other) == [], other
 
@@ -266,6 +302,34 @@ def test_failures_end_every_process_alike(runs):
   assert lead["lead_answers"] == other["lead_answers"] == ["returned", 40]
 
 
+@pytest.mark.parametrize("where, parts, kept, lead_error, process", [
+    # Found when the lead waits for epoch 0's record, in epoch 1: every
+    # process checks that wait, and the line names the process.
+    ("record", (layout.CHECKPOINTS_DIR, "0", layout.CHECKPOINT_MANIFEST),
+     "the checkpoint of epoch 0 is intact", "TrainingError",
+     "process 0 of 2: "),
+    # The lead's own writes: its line as it is, on both.
+    ("metrics", (layout.METRICS_FILE,), "no epoch had been checkpointed yet",
+     "DiskFullError", ""),
+    ("features", (layout.FEATURES_DIR, "train.npz"),
+     "no epoch had been checkpointed yet", "DiskFullError", ""),
+])
+def test_a_full_disk_under_a_write_of_the_lead_ends_both_at_once(
+    runs, where, parts, kept, lead_error, process):
+  # The other process, whose own writes all went well, hears of it at
+  # once, instead of waiting in its next collective for a lead that is
+  # gone (minutes, then JAX's abort); both then go on together.
+  root = runs[0] / "two"
+  lead, other = (json.loads((root / f"outcomes{i}.json").read_text())[
+      "full_" + where] for i in range(2))
+  line = (f"{process}{root.joinpath('full_' + where, *parts)}: writing "
+          f"failed: no space left on device; nothing committed was lost "
+          f"({kept}); free space and run the same command to resume")
+  assert lead[:2] == [lead_error, line]
+  assert other[:2] == ["TrainingError", line]
+  assert lead[2] < FAIL_WITHIN and other[2] < FAIL_WITHIN
+
+
 # `python -m reprog_jax.main`, after the cache's patch above.
 _MAIN = """
 import runpy
@@ -273,27 +337,26 @@ runpy.run_module("reprog_jax.main", run_name="__main__", alter_sys=True)
 """
 
 
-def _main_on_two(tmp_path, flags_of, prelude="", within=FAIL_WITHIN):
+def _main_on_two(tmp_path, flags_of):
   """`main --distributed` as processes 0 and 1 of 2, process i with the
-  smoke config, the workdir `tmp_path / 'run'` and `flags_of(i)`, each
-  after `prelude` (Python); their results, given `within` seconds."""
+  smoke config, a workdir of its own and `flags_of(i)`; their results."""
   port = portpicker.pick_unused_port()
   return _finish([_start(
-      [sys.executable, "-c", _EVERY_PROCESS_WRITES_THE_CACHE + prelude + _MAIN,
+      [sys.executable, "-c", _EVERY_PROCESS_WRITES_THE_CACHE + _MAIN,
        "--distributed",
        f"--coordinator_address=localhost:{port}", "--num_processes=2",
        f"--process_id={i}", f"--workdir={tmp_path / 'run'}",
        "--config=configs/linear_probe.py:smoke", *flags_of(i)], 2)
-                  for i in range(2)], timeout=within)
+                  for i in range(2)], timeout=FAIL_WITHIN)
 
 
-def _assert_one_line_on_both(results, start, names, within=FAIL_WITHIN):
-  """Both exited 1 in `within` seconds, each printing one identical stderr
-  line that begins with `start` and names `names`."""
+def _assert_one_line_on_both(results, start, names):
+  """Both exited 1 in time, each printing one identical stderr line that
+  begins with `start` and names `names`."""
   lines = []
   for code, _, err, seconds in results:
     assert code == 1, err[-3000:]
-    assert seconds < within
+    assert seconds < FAIL_WITHIN
     assert err.endswith("\n") and err.count("\n") == 1, err[-3000:]
     lines.append(err.strip())
   assert lines[0] == lines[1]
@@ -344,58 +407,6 @@ def test_a_network_dir_missing_on_the_lead_ends_both_at_once(
       results, "reprog_jax.main: error: process 0 of 2: ",
       f"{missing}: no such network directory")
   assert not (tmp_path / "run").exists()
-
-
-# Process 0 alone writes a checkpoint's record (its files' sizes and
-# hashes, in a thread behind the next epoch), the metrics and the cached
-# features; here the disk is full under one of them, on process 0 alone.
-# What every process checks (the last checkpoint's commit and record) names
-# the process that failed; what the lead alone does, its line as it is.
-_ON_THE_LEAD = """
-import errno, sys
-def full(path):
-  raise OSError(errno.ENOSPC, "No space left on device", path)
-if "--process_id=0" in sys.argv:
-  from reprog_jax import fileio, layout
-  from reprog_jax.metrics import metric_writer
-  from reprog_jax.train import inputs
-"""
-_FULL_DISKS = {
-    "record": ("""
-  write_json = fileio.write_json
-  def write_json_on_a_full_disk(path, *args, **kwargs):
-    if path.endswith(layout.CHECKPOINT_MANIFEST):
-      full(path)
-    return write_json(path, *args, **kwargs)
-  fileio.write_json = write_json_on_a_full_disk
-""", (layout.CHECKPOINTS_DIR, "0", layout.CHECKPOINT_MANIFEST),
-               "the checkpoint of epoch 0 is intact", "process 0 of 2: "),
-    "metrics": ("""
-  metric_writer.MetricWriter.write = lambda self, *a, **k: full(self.path)
-""", (layout.METRICS_FILE,), "no epoch had been checkpointed yet", ""),
-    "features": ("""
-  inputs._save_atomically = lambda path, *a: full(path)
-""", (layout.FEATURES_DIR, "train.npz"), "no epoch had been checkpointed yet",
-                 ""),
-}
-
-
-@pytest.mark.parametrize("where", sorted(_FULL_DISKS))
-def test_a_full_disk_under_a_write_of_the_lead_ends_both_at_once(where,
-                                                                 tmp_path):
-  # The lead fails alone (a checkpoint's record: when it waits for it, in
-  # epoch 1); the other process, whose own writes all went well, must hear
-  # it there, not wait in its next collective for a lead that is gone
-  # (minutes, then JAX's abort). A whole run here takes ~10 s.
-  patch, parts, kept, process = _FULL_DISKS[where]
-  within = 3 * FAIL_WITHIN
-  results = _main_on_two(tmp_path, lambda i: ["--config.progress=False"],
-                         prelude=_ON_THE_LEAD + patch, within=within)
-  _assert_one_line_on_both(
-      results, f"reprog_jax.main: error: {process}"
-      f"{tmp_path.joinpath('run', *parts)}: writing failed: no space left on "
-      f"device; nothing committed was lost ({kept}); free space and run the "
-      f"same command to resume", "", within=within)
 
 
 @pytest.mark.parametrize("messages, line", [
