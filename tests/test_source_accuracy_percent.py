@@ -16,12 +16,10 @@ def test_convert_refuses_a_fraction(tmp_path, capsys, value):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["torch", "--arch", "resnet18", "--random-init", "--no-verify",
               "--source-accuracy", value, "--out", str(tmp_path / "x")])
-  assert exit_info.value.code != 0
-  # convert's argparse prints its usage, then the error in one line.
-  last = capsys.readouterr().err.strip().splitlines()[-1]
-  assert last == (f"python -m convert torch: error: argument "
-                  f"--source-accuracy: {value} looks like a fraction; give "
-                  f"percent (76.1 for 76.1 %)")
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err == (
+      f"python -m convert torch: error: argument --source-accuracy: {value} "
+      f"looks like a fraction; give percent (76.1 for 76.1 %) (see --help)\n")
   assert not (tmp_path / "x").exists()
 
 
