@@ -63,8 +63,10 @@ class Network:
 
   The module is static (part of the jit cache key); the three trees are
   device-resident leaves, passed whole to every jitted step, so one
-  compiled step serves any ticket of the same architecture and nothing is
-  baked into a program as a constant.
+  compiled program serves any ticket of the same architecture and nothing
+  is baked into a program as a constant. (`meta_json` is static too: a
+  network with another description is traced again, and its program,
+  the same, is found in the persistent compilation cache.)
 
   Attributes:
     model: the flax `ResNet` (static); its `dtype` is the compute dtype.
