@@ -3,8 +3,10 @@ as `--distributed` sets up) run like one process with 4 devices: fresh,
 stopped after epoch 0 and resumed; only the lead prints. A bad input that
 one process alone sees (its data root, its network directory) ends both
 processes of `main --distributed` at once, each printing the same one line
-that names the failed process; a bad workdir, a bug in one process's checks
-or the lead's error ends both alike, and they go on together after it."""
+that names the failed process; a bad workdir, a bug in one process's checks,
+the lead's error or a full disk under one of the lead's writes (a
+checkpoint's record, the metrics, the cached features) ends both alike, and
+they go on together after it."""
 
 import json
 import os
