@@ -157,6 +157,32 @@ def test_divergence_on_the_command_line_is_one_line(tmp_path,
   _assert_one_line_error(proc, "epoch 0", "seed 4", "lower --config.lr")
 
 
+def test_another_config_on_a_run_names_the_flags_that_resume_it(
+    tmp_path, main_in_process, stopped_run):
+  workdir = tmp_path / "w"
+  copy_stopped_run(workdir, stopped_run)
+  recorded = json.loads((workdir / layout.CONFIG_FILE).read_text())
+  changed = ("--config.lr=0.5", "--config.n_shot=3", "--config.b1=0.8",
+             "--config.data.name=eurosat")
+  proc = main_in_process(workdir, *LP_FLAGS, *changed)
+  resume = (f"--config.b1={recorded['b1']!r} "
+            f"--config.data.name={recorded['data.name']} "
+            f"--config.lr={recorded['lr']!r} "
+            f"--config.n_shot={recorded['n_shot']!r}")
+  _assert_one_line_error(
+      proc, f"{workdir} holds a run with another config (differs in b1, "
+      f"data.name, lr, n_shot); to resume it, pass {resume}; use another "
+      f"--workdir, or pass --config.overwrite=True")
+  # Those flags after the others: the run resumes, and ends.
+  proc = main_in_process(workdir, *LP_FLAGS, *changed, *resume.split())
+  assert proc.returncode == 0, proc.stderr
+  assert "resuming" in proc.stdout and (workdir / "summary.json").exists()
+  # A field recorded as None (seeds: the one `seed`) no flag sets back.
+  proc = main_in_process(workdir, *LP_FLAGS, "--config.seeds=(0,1)")
+  _assert_one_line_error(proc, "another config (differs in seeds); use "
+                         "another --workdir")
+
+
 @pytest.mark.parametrize("field", ["lr", "b1", "b2", "eps", "gamma",
                                    "weight_decay"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -9,6 +9,7 @@ checkpoint an earlier version wrote in another format, unless
 
 import json
 import os
+import shlex
 import shutil
 
 import jax.numpy as jnp
@@ -75,11 +76,12 @@ def check(workdir) -> None:
         f"a directory you can write to")
 
 
-def _mismatch(path, current) -> str | None:
-  """Why the run whose config `path` records cannot resume as `current`;
-  None if it can."""
+def _mismatch(path, current) -> tuple[str | None, str | None]:
+  """Why the run whose config `path` records cannot resume as `current`
+  (None if it can), and the flags that would resume it (None if no flags
+  can: a field only one of them has, or one no flag sets back)."""
   if not os.path.exists(path):
-    return f"checkpoints but no {layout.CONFIG_FILE}"
+    return f"checkpoints but no {layout.CONFIG_FILE}", None
   with open(path) as f:
     previous = json.load(f)
   previous = {**ADDED, **{RENAMED.get(k, k): v for k, v in previous.items()
@@ -91,7 +93,29 @@ def _mismatch(path, current) -> str | None:
     previous, current = spec.comparable(previous), spec.comparable(current)
   diff = sorted(k for k in previous.keys() | current.keys()
                 if previous.get(k) != current.get(k))
-  return f"another config (differs in {', '.join(diff[:5])})" if diff else None
+  if not diff:
+    return None, None
+  flags = [_flag(k, previous[k]) if k in previous and k in current else None
+           for k in diff]
+  return (f"another config (differs in {', '.join(diff[:5])})",
+          None if None in flags else " ".join(flags))
+
+
+def _flag(key, value) -> str | None:
+  """`--config.KEY=VALUE` (shell-quoted) setting `key` back to the
+  recorded `value`; None where no flag can (the resolved dtype, None, a
+  tuple of anything but numbers)."""
+  def literal(v):
+    if isinstance(v, (int, float)):  # bool too
+      return repr(v)
+    if isinstance(v, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+      return "(" + ",".join(map(repr, v)) + ("," if len(v) == 1 else "") + ")"
+    return None
+  if key == "resolved_dtype" or value is None:
+    return None
+  text = value if isinstance(value, str) else literal(value)
+  return None if text is None else shlex.quote(f"--config.{key}={text}")
 
 
 def prepare(config, workdir, dtype) -> None:
@@ -105,13 +129,16 @@ def prepare(config, workdir, dtype) -> None:
   path = os.path.join(workdir, layout.CONFIG_FILE)
   current = comparable(config, dtype)
   if checkpoints.latest_epoch(workdir) is not None:
-    problem = checkpoints.outdated(workdir) or _mismatch(path, current)
+    problem, resume = checkpoints.outdated(workdir), None
+    if not problem:
+      problem, resume = _mismatch(path, current)
     if problem:
       if not config.overwrite:
+        hint = f"to resume it, pass {resume}; " if resume else ""
         raise TrainingError(
-            f"{workdir} holds a run with {problem}; use another --workdir, "
-            f"or pass --config.overwrite=True to delete that run and start "
-            f"over")
+            f"{workdir} holds a run with {problem}; {hint}use another "
+            f"--workdir, or pass --config.overwrite=True to delete that run "
+            f"and start over")
       print(f"overwrite: deleting the run in {workdir} (it has {problem})")
       for name in os.listdir(workdir):
         if name == layout.LOCK_FILE:
