@@ -219,6 +219,29 @@ def _fake_checkpoint(workdir):
                                   "best": {"val_acc": np.zeros(1)}})
 
 
+def test_a_blmpp_run_of_the_earlier_defaults_is_told_how_to_resume(tmp_path):
+  # What config.json held then: lap None (BLM++ read it as 0), top_k 3,
+  # no topk_ratio.
+  f32 = np.float32
+  config = smoke_config("ilm_vp", label_mapping="blmpp")
+  workdir_lib.prepare(config, str(tmp_path), f32)
+  path = tmp_path / "config.json"
+  old = {k: v for k, v in json.loads(path.read_text()).items()
+         if k != "topk_ratio"}
+  path.write_text(json.dumps({**old, "lap": None, "top_k": 3}))
+  _fake_checkpoint(tmp_path)
+  with pytest.raises(train.TrainingError) as error:
+    workdir_lib.prepare(config, str(tmp_path), f32)
+  assert str(error.value).startswith(
+      f"{tmp_path} holds a run with another config (differs in lap, top_k, "
+      f"topk_ratio); "
+      f"to resume it, pass --config.lap=0.0 --config.top_k=3; use another "
+      f"--workdir")
+  with config.unlocked():
+    config.lap, config.top_k = 0.0, 3
+  workdir_lib.prepare(config, str(tmp_path), f32)  # It resumes.
+
+
 def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
   f32 = np.float32
   workdir_lib.prepare(_lp_smoke(), str(tmp_path), f32)

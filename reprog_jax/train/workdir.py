@@ -79,7 +79,7 @@ def check(workdir) -> None:
 def _mismatch(path, current) -> tuple[str | None, str | None]:
   """Why the run whose config `path` records cannot resume as `current`
   (None if it can), and the flags that would resume it (None if no flags
-  can: a field only one of them has, or one no flag sets back)."""
+  can: a field the run records and no flag sets back, e.g. None)."""
   if not os.path.exists(path):
     return f"checkpoints but no {layout.CONFIG_FILE}", None
   with open(path) as f:
@@ -89,16 +89,25 @@ def _mismatch(path, current) -> tuple[str | None, str | None]:
   # Fields the method does not use in this config, or that an older
   # version left implicit, as the method reads them (its parts decide).
   spec = methods.find(current.get("method"))
-  if spec is not None:
-    previous, current = spec.comparable(previous), spec.comparable(current)
-  diff = sorted(k for k in previous.keys() | current.keys()
-                if previous.get(k) != current.get(k))
+  as_read = spec.comparable if spec is not None else dict
+
+  def differing(recorded, given):
+    recorded, given = as_read(recorded), as_read(given)
+    return sorted(k for k in recorded.keys() | given.keys()
+                  if recorded.get(k) != given.get(k))
+
+  diff = differing(previous, current)
   if not diff:
     return None, None
-  flags = [_flag(k, previous[k]) if k in previous and k in current else None
-           for k in diff]
+  # The recorded values a flag can set back; a hint only if they suffice.
+  recorded = as_read(previous)
+  flags = {k: _flag(k, recorded[k]) for k in diff
+           if k in recorded and k in current}
+  flags = {k: flag for k, flag in flags.items() if flag is not None}
+  resumes = flags and not differing(
+      previous, {**current, **{k: recorded[k] for k in flags}})
   return (f"another config (differs in {', '.join(diff[:5])})",
-          None if None in flags else " ".join(flags))
+          " ".join(flags.values()) if resumes else None)
 
 
 def _flag(key, value) -> str | None:
