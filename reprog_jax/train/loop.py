@@ -74,18 +74,14 @@ def train_and_evaluate(config, workdir, stop_after_epoch=None) -> dict:
   """
   # Before anything compiles: a second run of the same shapes loads them.
   compile_cache.enable(config.compile_cache)
-  try:
+  def run():
     # Whatever ends the run (an error included), its files get closed and
     # its last checkpoint is committed and recorded.
     with contextlib.ExitStack() as closing:
       return _run(config, workdir, stop_after_epoch, closing)
-  except Exception as e:  # pylint: disable=broad-except
-    # A full disk under any write (metrics, TensorBoard, figures, summary)
-    # is one line saying which checkpoint is intact; anything else is not.
-    full = checkpoints.disk_full(workdir, e)
-    if full is None:
-      raise
-    raise full from None
+  # A full disk under any write (metrics, TensorBoard, figures, summary) is
+  # one line saying which checkpoint is intact; anything else is not.
+  return checkpoints.full_disk_in_one_line(workdir, run)
 
 
 def _run(config, workdir, stop_after_epoch, closing) -> dict:
